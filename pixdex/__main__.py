@@ -1,0 +1,3 @@
+from pixdex.cli import main
+
+main()

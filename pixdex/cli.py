@@ -1,0 +1,234 @@
+"""The pixdex command line: parses options and calls the packages.
+
+Heavy modules (torch, faiss, open_clip, the encoders) are imported inside the commands, never here,
+so that `pixdex --help` and text search start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from pixdex.errors import PixdexError
+
+app = typer.Typer(
+    name="pixdex",
+    help="Local-first semantic image search and dataset deduplication.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+log = logging.getLogger("pixdex")
+
+StoreOpt = typer.Option(None, "--store", help="Store directory (default: $PIXDEX_HOME or the user data dir).")
+ModelOpt = typer.Option(None, "--model", "-m", help="Model name, name:pretrained_tag, or a trained model directory.")
+CheckpointOpt = typer.Option(None, "--checkpoint", help="Weights file to load (works offline).")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+
+
+def _store_dir(store: Optional[Path]) -> Path:
+    from pixdex.paths import default_store_dir
+
+    return Path(store).expanduser() if store else default_store_dir()
+
+
+def _echo_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages to stderr.")):
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+@app.command()
+def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """List registered models, their embedding dims and whether weights are cached."""
+    from pixdex.encoders.registry import describe_models
+
+    rows = describe_models()
+    if json_out:
+        _echo_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "family", "dim", "image", "pretrained tags", "cached")
+    for r in rows:
+        table.add_row(
+            r["name"], r["family"], str(r["dim"]), str(r["image_size"]),
+            ", ".join(r["pretrained"]) or "-", ", ".join(r["cached"]) or "-",
+        )
+    Console().print(table)
+
+
+@app.command()
+def embed(
+    model: str = typer.Option(..., "--model", "-m", help="Model spec."),
+    checkpoint: Optional[Path] = CheckpointOpt,
+    text: Optional[str] = typer.Option(None, "--text", help="Text to embed."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Image file to embed."),
+    device: str = DeviceOpt,
+):
+    """Print one L2-normalised embedding as JSON: {"model", "dim", "embedding"}."""
+    if (text is None) == (image is None):
+        raise PixdexError("give exactly one of --text or --image")
+    from pixdex.encoders.encoder import embed_one
+
+    _echo_json(embed_one(model, checkpoint=checkpoint, text=text, image=image, device=device))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Path = typer.Argument(..., help="Output folder (images + manifest.csv)."),
+    n: int = typer.Option(1000, "--n", help="Number of images."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (different seeds give different images)."),
+    image_size: int = typer.Option(64, "--image-size", help="Side of the square images in pixels."),
+):
+    """Write a deterministic captioned synthetic image set."""
+    from pixdex.training.demo_data import generate
+
+    path = generate(out, n=n, seed=seed, image_size=image_size)
+    typer.echo(f"wrote {n} images and {path}")
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Manifest: CSV, JSONL or parquet."),
+    model: str = typer.Option(..., "--model", "-m", help="Model config name or directory."),
+    out: Path = typer.Option(..., "--out", help="Output directory."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to start from."),
+    loss: str = typer.Option("clip", "--loss", help="clip or siglip."),
+    epochs: int = typer.Option(10, "--epochs"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(5e-4, "--lr"),
+    weight_decay: float = typer.Option(0.1, "--weight-decay"),
+    warmup: int = typer.Option(100, "--warmup", help="Warm-up steps."),
+    accum: int = typer.Option(1, "--accum", help="Gradient accumulation steps."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip"),
+    image_col: str = typer.Option("image", "--image-col"),
+    caption_col: str = typer.Option("caption", "--caption-col"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction"),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(2, "--workers"),
+    device: str = DeviceOpt,
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+):
+    """Train or fine-tune a CLIP/SigLIP model on captioned images."""
+    from pixdex.training.trainer import TrainOptions, train as run_train
+
+    opts = TrainOptions(
+        data=data, model=model, out=out, init=init, loss=loss, epochs=epochs, batch_size=batch_size,
+        lr=lr, weight_decay=weight_decay, warmup=warmup, accum=accum, grad_clip=grad_clip,
+        image_col=image_col, caption_col=caption_col, val_fraction=val_fraction, seed=seed,
+        workers=workers, device=device, max_steps=max_steps,
+    )
+    run_train(opts)
+
+
+# ----------------------------------------------------------------------------- indexing
+
+
+@app.command()
+def index(
+    paths: List[Path] = typer.Argument(..., help="Folders (or files) to index."),
+    store: Optional[Path] = StoreOpt,
+    model: Optional[str] = ModelOpt,
+    checkpoint: Optional[Path] = CheckpointOpt,
+    device: str = DeviceOpt,
+    batch_size: int = typer.Option(32, "--batch-size"),
+    workers: int = typer.Option(0, "--workers", help="Decode workers (0: automatic)."),
+    json_out: bool = typer.Option(False, "--json", help="Quiet; print the summary as JSON."),
+):
+    """Index photo folders into a store (incremental, crash-safe)."""
+    from pixdex.indexer.run import index_paths
+
+    summary = index_paths(
+        paths, store_dir=_store_dir(store), model=model, checkpoint=checkpoint, device=device,
+        batch_size=batch_size, workers=workers, json_mode=json_out,
+    )
+    if json_out:
+        _echo_json(summary)
+
+
+@app.command()
+def status(
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Counts, model, FAISS type and whether FAISS and the database agree."""
+    from pixdex.storage.status import store_status, print_status
+
+    info = store_status(_store_dir(store))
+    if json_out:
+        _echo_json(info)
+    else:
+        print_status(info)
+
+
+# ----------------------------------------------------------------------------- search
+
+
+@app.command()
+def search(
+    query: Optional[str] = typer.Argument(None, help="Text query."),
+    k: int = typer.Option(20, "-k", "--k", help="Number of results."),
+    store: Optional[Path] = StoreOpt,
+    text: List[str] = typer.Option([], "--text", help="Extra text query, optionally weighted as W:TEXT."),
+    image: List[str] = typer.Option([], "--image", help="Image query file, optionally weighted as W:FILE."),
+    like: List[int] = typer.Option([], "--like", help="Id of an indexed image to search like."),
+    minus: List[str] = typer.Option([], "--minus", help="Text to subtract, optionally weighted as W:TEXT."),
+    min_score: Optional[float] = typer.Option(None, "--min-score"),
+    path_glob: Optional[str] = typer.Option(None, "--path", help="Only paths matching this glob."),
+    after: Optional[str] = typer.Option(None, "--after", help="Taken on or after DATE (YYYY-MM-DD)."),
+    before: Optional[str] = typer.Option(None, "--before", help="Taken before DATE (YYYY-MM-DD)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON array."),
+    paths_out: bool = typer.Option(False, "--paths", help="Print one path per line."),
+):
+    """Search the store with text, images, or both."""
+    from pixdex.search.cli_search import run_search_command
+
+    run_search_command(
+        store_dir=_store_dir(store), query=query, k=k, texts=text, images=image, like=like, minus=minus,
+        min_score=min_score, path_glob=path_glob, after=after, before=before,
+        json_out=json_out, paths_out=paths_out,
+    )
+
+
+@app.command()
+def serve(
+    store: Optional[Path] = StoreOpt,
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8765, "--port"),
+):
+    """Serve a JSON API and a web UI for the store (loopback by default)."""
+    from pixdex.search.serve import serve as run_serve
+
+    run_serve(_store_dir(store), host=host, port=port)
+
+
+def main() -> None:
+    """Console-script entry point: PixdexError becomes one line on stderr and an exit code."""
+    try:
+        app()
+    except PixdexError as e:
+        sys.stderr.write(f"pixdex: error: {e}\n")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("pixdex: interrupted\n")
+        sys.exit(130)

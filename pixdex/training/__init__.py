@@ -1,0 +1,1 @@
+"""pixdex.training."""
