@@ -1,0 +1,164 @@
+"""Export a model's text tower into a store so that text queries run without torch.
+
+``export_text_tower(encoder, store_dir)`` (torch side: the indexer calls it when a store is bound to a
+model) writes two files into the store:
+
+- ``text_tower.safetensors``: the text transformer's weights in float32 under the canonical key names of
+  :mod:`pixdex.encoders.numpy_text` (loadable with ``safetensors.numpy.load_file`` too);
+- ``text_tower.json``: format version, the encoder's identity (the store is bound to it), the full
+  ModelConfig (for the tokenizer) and the tower's hyper-parameters.
+
+``load_text_encoder(store_dir, identity)`` (numpy side, no torch import) returns a
+:class:`TextQueryEncoder` if the exported tower belongs to ``identity``, else None.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+import numpy as np
+
+from pixdex.errors import PixdexError
+
+log = logging.getLogger(__name__)
+
+TEXT_TOWER_FILE = "text_tower.safetensors"
+TEXT_TOWER_META = "text_tower.json"
+FORMAT_VERSION = 1
+IDENTITY_KEYS = ("model", "checkpoint_sha256", "dim")
+
+_BLOCK_KEYS = (
+    "ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
+    "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+    "mlp.c_proj.weight", "mlp.c_proj.bias",
+)
+_BLOCK_RE = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)$")
+_IGNORED = {"attn_mask", "logit_scale", "logit_bias"}
+
+
+def _np(v) -> np.ndarray:
+    if hasattr(v, "detach"):  # a torch tensor (export runs on the torch side)
+        v = v.detach().cpu().float().numpy()
+    return np.ascontiguousarray(np.asarray(v, dtype=np.float32))
+
+
+def canonical_text_weights(state: Mapping[str, object]) -> Dict[str, np.ndarray]:
+    """Map a text-tower state dict (OpenAI/open_clip names, optional ``text.`` prefix) to canonical keys."""
+    out: Dict[str, np.ndarray] = {}
+    unexpected: List[str] = []
+    for key, value in state.items():
+        k = key[5:] if key.startswith("text.") else key
+        m = _BLOCK_RE.match(k)
+        if m and m.group(2) in _BLOCK_KEYS:
+            out[f"blocks.{m.group(1)}.{m.group(2)}"] = _np(value)
+        elif k == "token_embedding.weight":
+            out["token_embedding"] = _np(value)
+        elif k in ("positional_embedding", "ln_final.weight", "ln_final.bias"):
+            out[k] = _np(value)
+        elif k == "text_projection":  # a (width, dim) matrix: pooled @ proj
+            out["proj"] = _np(value)
+        elif k in ("text_projection.weight", "head.weight", "proj.weight"):  # nn.Linear (dim, width)
+            out["proj"] = _np(value).T.copy()
+        elif k in ("text_projection.bias", "head.bias", "proj.bias"):
+            out["proj_bias"] = _np(value)
+        elif k.split(".")[-1] in _IGNORED or k in _IGNORED:
+            continue
+        else:
+            unexpected.append(key)
+    if unexpected:
+        raise PixdexError(f"cannot export the text tower: unexpected weights {sorted(unexpected)[:8]}")
+    layers = sorted({int(k.split(".")[1]) for k in out if k.startswith("blocks.")})
+    missing = [k for k in ("token_embedding", "positional_embedding", "ln_final.weight", "ln_final.bias", "proj")
+               if k not in out]
+    missing += [f"blocks.{i}.{b}" for i in range(len(layers)) for b in _BLOCK_KEYS if f"blocks.{i}.{b}" not in out]
+    if not layers or layers != list(range(len(layers))) or missing:
+        raise PixdexError(f"cannot export the text tower: missing weights {missing[:8] or ['transformer blocks']}")
+    return out
+
+
+def _identity_matches(a: Optional[dict], b: Optional[dict]) -> bool:
+    if not a or not b:
+        return False
+    return all(a.get(k) == b.get(k) for k in IDENTITY_KEYS if k in a or k in b)
+
+
+def export_text_tower(encoder, store_dir: Path) -> Path:
+    """Write the encoder's text tower into ``store_dir``; returns the weights path.
+
+    Skips the work when the store already holds the tower of the same identity.
+    """
+    store_dir = Path(store_dir)
+    identity = encoder.identity()
+    meta_path = store_dir / TEXT_TOWER_META
+    weights_path = store_dir / TEXT_TOWER_FILE
+    try:
+        old = json.loads(meta_path.read_text())
+        if old.get("format") == FORMAT_VERSION and _identity_matches(old.get("identity"), identity) \
+                and weights_path.exists():
+            return weights_path
+    except (OSError, ValueError):
+        pass
+    config = encoder.config
+    if config.text.kind not in ("clip", "siglip"):
+        raise PixdexError(f"cannot export a {config.text.kind!r} text tower")
+    tensors = canonical_text_weights(encoder.text_state_dict())
+    store_dir.mkdir(parents=True, exist_ok=True)
+    from pixdex.encoders.numpy_text import write_safetensors
+
+    write_safetensors(weights_path, tensors, metadata={"format": FORMAT_VERSION, "model": identity.get("model")})
+    meta = {
+        "format": FORMAT_VERSION,
+        "identity": identity,
+        "config": config.to_dict(),
+        "tower": {"kind": config.text.kind, "heads": config.text.heads, "act": config.text.act,
+                  "ln_eps": config.text.ln_eps, "dim": int(tensors["proj"].shape[1])},
+    }
+    tmp = meta_path.with_name(meta_path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1, default=str))
+    os.replace(tmp, meta_path)
+    log.info("exported the text tower of %s to %s", identity.get("model"), weights_path)
+    return weights_path
+
+
+class TextQueryEncoder:
+    """Numpy text encoder: tokenizer + :class:`NumpyTextTower`; ``encode_texts`` is L2-normalised."""
+
+    def __init__(self, tower, tokenizer, dim: int, identity: dict):
+        self.tower = tower
+        self.tokenizer = tokenizer
+        self.dim = dim
+        self.identity = identity
+
+    def encode_texts(self, texts: List[str]) -> np.ndarray:
+        ids = np.asarray(self.tokenizer(list(texts)), dtype=np.int64)
+        return self.tower.encode_ids(ids)
+
+
+def load_text_encoder(store_dir: Path, identity: Optional[dict] = None) -> Optional[TextQueryEncoder]:
+    """The store's exported text tower, or None when absent, outdated or exported for another model."""
+    store_dir = Path(store_dir)
+    try:
+        meta = json.loads((store_dir / TEXT_TOWER_META).read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("format") != FORMAT_VERSION:
+        return None
+    if identity is not None and not _identity_matches(meta.get("identity"), identity):
+        log.info("the store's exported text tower belongs to another model; ignoring it")
+        return None
+    weights = store_dir / TEXT_TOWER_FILE
+    if not weights.exists():
+        return None
+    from pixdex.encoders.config import ModelConfig
+    from pixdex.encoders.numpy_text import from_safetensors
+    from pixdex.encoders.tokenizer import get_tokenizer
+
+    t = meta["tower"]
+    tower = from_safetensors(weights, kind=t["kind"], heads=t["heads"], act=t["act"], ln_eps=t["ln_eps"])
+    config = ModelConfig.from_dict(meta["config"])
+    return TextQueryEncoder(tower, get_tokenizer(config), int(t["dim"]), meta.get("identity") or {})

@@ -1,0 +1,76 @@
+"""`pixdex search`: parse the query, search the store, print a table, JSON or paths.
+
+On the text-query path this imports neither torch nor SQLAlchemy; rich is imported only for the table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from pixdex.errors import PixdexError
+
+log = logging.getLogger(__name__)
+
+MAX_K = 10_000
+
+
+def run_search(store_dir: Path, query: Optional[str] = None, k: int = 20, texts: Sequence[str] = (),
+               images: Sequence[str] = (), like: Sequence[int] = (), minus: Sequence[str] = (),
+               min_score: Optional[float] = None, path_glob: Optional[str] = None,
+               after: Optional[str] = None, before: Optional[str] = None) -> List[dict]:
+    """Search and return the hits as dicts (rank, score, path, id, width, height, taken_at)."""
+    from pixdex.search.engine import SearchEngine
+    from pixdex.search.filters import make_filters
+    from pixdex.search.query import build_parts
+
+    if not 1 <= k <= MAX_K:
+        raise PixdexError(f"-k must be between 1 and {MAX_K}")
+    parts = build_parts(query, texts, images, like, minus)
+    filters = make_filters(path_glob, after, before, min_score)
+    engine = SearchEngine(Path(store_dir))
+    try:
+        if engine.count() == 0:
+            raise PixdexError(f"the store at {store_dir} has no indexed images; run: pixdex index FOLDER")
+        return [h.to_dict() for h in engine.search_parts(parts, k, filters)]
+    finally:
+        engine.close()
+
+
+def _describe(query, texts, images, like, minus) -> str:
+    bits = [repr(query)] if query else []
+    bits += [f"text {t!r}" for t in texts] + [f"image {i}" for i in images] + [f"like #{i}" for i in like]
+    bits += [f"minus {m!r}" for m in minus]
+    return ", ".join(bits)
+
+
+def run_search_command(store_dir: Path, query: Optional[str], k: int, texts: Sequence[str],
+                       images: Sequence[str], like: Sequence[int], minus: Sequence[str],
+                       min_score: Optional[float], path_glob: Optional[str], after: Optional[str],
+                       before: Optional[str], json_out: bool, paths_out: bool) -> None:
+    if json_out and paths_out:
+        raise PixdexError("give at most one of --json and --paths")
+    hits = run_search(store_dir, query, k, texts, images, like, minus, min_score, path_glob, after, before)
+    out = sys.stdout
+    if json_out:
+        out.write(json.dumps(hits, ensure_ascii=False) + "\n")
+        return
+    if paths_out:
+        out.write("".join(h["path"] + "\n" for h in hits))
+        return
+    if not hits:
+        out.write(f"No images match {_describe(query, texts, images, like, minus)}"
+                  f"{' with these filters' if (path_glob or after or before or min_score is not None) else ''}.\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("rank", "score", "path", title=Text(f"pixdex: {_describe(query, texts, images, like, minus)}"),
+                  title_justify="left", show_edge=False, pad_edge=False)
+    for h in hits:
+        table.add_row(str(h["rank"]), f"{h['score']:.3f}", Text(h["path"]))  # Text: no markup in file names
+    Console(soft_wrap=True).print(table)

@@ -1,0 +1,193 @@
+"""SearchEngine: one store opened for searching (the CLI opens one per process, `serve` keeps one).
+
+Loads lazily and only what a query needs: the FAISS file on the first search, the numpy text tower on
+the first text query (no torch), the torch image encoder only for ``--image`` files. ``--like`` uses
+the stored vector, so it needs no model at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pixdex.errors import PixdexError
+from pixdex.search.filters import Filters
+from pixdex.search.query import QueryPart, build_parts, encode_parts
+from pixdex.search.store_view import Row, StoreView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    score: float
+    id: int
+    path: str
+    width: Optional[int]
+    height: Optional[int]
+    taken_at: Optional[str]
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path, "id": self.id,
+                "width": self.width, "height": self.height, "taken_at": self.taken_at}
+
+
+class SearchEngine:
+    def __init__(self, store_dir: Path):
+        self.store_dir = Path(store_dir)
+        self.view = StoreView(self.store_dir)
+        self._lock = threading.RLock()
+        self._index = None
+        self._index_loaded = False
+        self._text = None
+        self._image = None
+
+    # ------------------------------------------------------------------ lazy parts
+
+    def count(self) -> int:
+        return self.view.live_count()
+
+    def _model_spec(self) -> Tuple[str, Optional[str]]:
+        ident = self.view.identity
+        spec = ident.get("model")
+        if not spec:
+            raise PixdexError(f"the store at {self.store_dir} is not bound to a model yet; run: pixdex index FOLDER")
+        ckpt = ident.get("checkpoint") or self.view.sidecar.get("checkpoint")
+        return spec, ckpt
+
+    def index(self):
+        """The FAISS index, or None when the store has no FAISS file (exact search then)."""
+        with self._lock:
+            if not self._index_loaded:
+                path = self.view.faiss_path()
+                if path.is_file():
+                    import faiss
+
+                    try:
+                        self._index = faiss.read_index(str(path))
+                    except RuntimeError as e:
+                        raise PixdexError(f"cannot read the FAISS index {path}: {str(e).splitlines()[0]}") from e
+                    if self._index.ntotal != self.view.live_count():
+                        log.warning("the FAISS index holds %d vectors but the store %d images; run `pixdex index` "
+                                    "to bring it up to date", self._index.ntotal, self.view.live_count())
+                else:
+                    log.info("no FAISS index in %s: exact search", self.store_dir)
+                self._index_loaded = True
+            return self._index
+
+    def text_encoder(self):
+        """The store's numpy text tower; exported once through torch when the store lacks it."""
+        with self._lock:
+            if self._text is None:
+                from pixdex.encoders.textexport import export_text_tower, load_text_encoder
+
+                ident = self.view.identity
+                self._text = load_text_encoder(self.store_dir, ident or None)
+                if self._text is None:
+                    spec, ckpt = self._model_spec()
+                    log.warning("the store has no exported text tower for %s; loading it with torch (once)", spec)
+                    from pixdex.encoders.encoder import load_encoder
+
+                    enc = load_encoder(spec, checkpoint=ckpt, device="cpu", towers=("text",))
+                    try:
+                        export_text_tower(enc, self.store_dir)
+                        self._text = load_text_encoder(self.store_dir, ident or None)
+                    except (OSError, PixdexError) as e:
+                        log.warning("cannot export the text tower into the store: %s", e)
+                    if self._text is None:
+                        self._text = enc
+            return self._text
+
+    def image_encoder(self):
+        with self._lock:
+            if self._image is None:
+                spec, ckpt = self._model_spec()
+                from pixdex.encoders.encoder import load_encoder
+
+                self._image = load_encoder(spec, checkpoint=ckpt, towers=("image",))
+            return self._image
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode_texts(self, texts: List[str]) -> np.ndarray:
+        return self.text_encoder().encode_texts(list(texts))
+
+    def encode_image_files(self, files: List[str]) -> np.ndarray:
+        from PIL import Image, ImageOps, UnidentifiedImageError
+
+        batch = []
+        enc = None
+        for f in files:
+            p = Path(f).expanduser()
+            if not p.is_file():
+                raise PixdexError(f"--image: no such file: {f}")
+            if enc is None:
+                enc = self.image_encoder()
+            try:
+                with Image.open(p) as im:
+                    draft = getattr(enc.preprocess, "draft_size", None)
+                    if draft and im.format == "JPEG":
+                        im.draft("RGB", (draft, draft))
+                    batch.append(enc.preprocess(ImageOps.exif_transpose(im).convert("RGB")))
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                raise PixdexError(f"--image: cannot read {f}: {e}") from e
+        return enc.encode_images(np.stack(batch))
+
+    def stored_vectors(self, ids: List[int]) -> np.ndarray:
+        found, vecs = self.view.vectors(np.asarray(ids, dtype=np.int64))
+        missing = sorted(set(int(i) for i in ids) - set(found.tolist()))
+        if missing:
+            raise PixdexError(f"--like: no indexed image with id {missing[0]}")
+        order = {int(i): j for j, i in enumerate(found)}
+        return vecs[[order[int(i)] for i in ids]]
+
+    def encode(self, parts: Sequence[QueryPart]) -> np.ndarray:
+        return encode_parts(parts, self.encode_texts, self.encode_image_files, self.stored_vectors)
+
+    # ------------------------------------------------------------------ searching
+
+    def search(self, query_vector: np.ndarray, k: int = 20, filters: Optional[Filters] = None,
+               exclude: Sequence[int] = ()) -> List[Hit]:
+        from pixdex.search.retrieval import search_vectors
+
+        exclude = set(int(i) for i in exclude)
+        with self._lock:
+            index = self.index()
+            pairs = search_vectors(self.view, index, query_vector, k + len(exclude), filters)
+            pairs = [p for p in pairs if p[0] not in exclude][:k]
+            rows = self.view.rows([i for i, _ in pairs])
+        hits = []
+        for i, s in pairs:
+            r = rows.get(i)
+            if r is None:  # deleted between the two reads
+                continue
+            hits.append(Hit(len(hits) + 1, s, i, r.path, r.width, r.height, r.taken_at))
+        return hits
+
+    def search_parts(self, parts: Sequence[QueryPart], k: int, filters: Optional[Filters] = None) -> List[Hit]:
+        return self.search(self.encode(parts), k, filters)
+
+    def search_text(self, text: str, k: int = 20, filters: Optional[Filters] = None) -> List[Hit]:
+        return self.search_parts(build_parts(text), k, filters)
+
+    def similar(self, image_id: int, k: int = 20) -> Tuple[Optional[Row], List[Hit]]:
+        """Images like a stored one (the image itself left out); (None, []) for an unknown id."""
+        row = self.view.row(image_id)
+        if row is None:
+            return None, []
+        found, vecs = self.view.vectors([image_id])
+        if len(found) == 0:
+            return None, []
+        return row, self.search(vecs[0], k, exclude=[image_id])
+
+    def row(self, image_id: int) -> Optional[Row]:
+        return self.view.row(image_id)
+
+    def close(self) -> None:
+        self.view.close()

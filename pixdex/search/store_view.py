@@ -1,0 +1,176 @@
+"""A read-only view of a store for search, on stdlib sqlite3 (no SQLAlchemy: it costs ~0.5 s to import).
+
+It reads what docs/ARCHITECTURE.md lists as the storage contract: ``pixdex.db`` (rows and float32
+vector blobs), ``store.json`` (model identity) and the FAISS file. The database is opened read-only
+(``mode=ro``), so searching never takes a write lock and works while `pixdex index` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from pixdex.errors import PixdexError
+from pixdex.search.filters import Filters
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "pixdex.db"
+SIDECAR_FILE = "store.json"
+FAISS_FILE = "index.faiss"
+
+# The storage schema as search reads it (see docs/ARCHITECTURE.md, storage section).
+T_IMAGES = "images"
+C_ID, C_PATH, C_WIDTH, C_HEIGHT, C_TAKEN, C_STATUS = "id", "path", "width", "height", "taken_at", "status"
+T_VECTORS, C_VEC_ID, C_VEC = "images", "id", "vector"
+LIVE_SQL = f"{C_STATUS} = 'ok'"
+
+_CHUNK = 900  # bound parameters per statement (SQLite's default limit is 999 on old builds)
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    path: str
+    width: Optional[int]
+    height: Optional[int]
+    taken_at: Optional[str]
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "path": self.path, "width": self.width, "height": self.height,
+                "taken_at": self.taken_at}
+
+
+def _to_datetime(v) -> Optional[datetime]:
+    if v is None or v == "":
+        return None
+    if isinstance(v, (int, float)):
+        return datetime.fromtimestamp(float(v))
+    try:
+        return datetime.fromisoformat(str(v).replace("Z", "+00:00")).replace(tzinfo=None)
+    except ValueError:
+        return None
+
+
+def _taken_str(v) -> Optional[str]:
+    d = _to_datetime(v)
+    return d.isoformat() if d is not None else None
+
+
+def _chunks(ids: np.ndarray) -> Iterable[List[int]]:
+    ids = [int(i) for i in ids]
+    for s in range(0, len(ids), _CHUNK):
+        yield ids[s:s + _CHUNK]
+
+
+class StoreView:
+    def __init__(self, store_dir: Path):
+        self.dir = Path(store_dir)
+        db = self.dir / DB_FILE
+        if not db.is_file():
+            if not self.dir.exists():
+                raise PixdexError(f"no store at {self.dir} (index some photos first: pixdex index FOLDER)")
+            raise PixdexError(f"{self.dir} is not a pixdex store (no {DB_FILE}); run: pixdex index FOLDER")
+        try:
+            self.sidecar = json.loads((self.dir / SIDECAR_FILE).read_text())
+        except FileNotFoundError:
+            self.sidecar = {}
+        except (OSError, ValueError) as e:
+            raise PixdexError(f"cannot read {self.dir / SIDECAR_FILE}: {e}") from e
+        try:
+            self.conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            self.conn.execute("PRAGMA query_only = 1")
+        except sqlite3.Error as e:
+            raise PixdexError(f"cannot open {db}: {e}") from e
+        self._lock = threading.RLock()
+        self._all: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        self._dim: Optional[int] = None
+
+    # ------------------------------------------------------------------ metadata
+
+    @property
+    def identity(self) -> dict:
+        m = self.sidecar.get("model")
+        return m if isinstance(m, dict) else {}
+
+    def faiss_path(self) -> Path:
+        f = self.sidecar.get("faiss")
+        name = f.get("file") if isinstance(f, dict) else None
+        return self.dir / (name or FAISS_FILE)
+
+    def _q(self, sql: str, args=()) -> list:
+        with self._lock:
+            try:
+                return self.conn.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise PixdexError(f"cannot read the store database {self.dir / DB_FILE}: {e}") from e
+
+    def live_count(self) -> int:
+        return int(self._q(f"SELECT COUNT(*) FROM {T_IMAGES} WHERE {LIVE_SQL}")[0][0])
+
+    # ------------------------------------------------------------------ rows and vectors
+
+    def rows(self, ids: Iterable[int]) -> Dict[int, Row]:
+        out: Dict[int, Row] = {}
+        for chunk in _chunks(np.asarray(list(ids), dtype=np.int64)):
+            sql = (f"SELECT {C_ID}, {C_PATH}, {C_WIDTH}, {C_HEIGHT}, {C_TAKEN} FROM {T_IMAGES} "
+                   f"WHERE {LIVE_SQL} AND {C_ID} IN ({','.join('?' * len(chunk))})")
+            for i, p, w, h, t in self._q(sql, chunk):
+                out[int(i)] = Row(int(i), p, w, h, _taken_str(t))
+        return out
+
+    def row(self, image_id: int) -> Optional[Row]:
+        return self.rows([image_id]).get(int(image_id))
+
+    def _decode(self, found: List[Tuple[int, bytes]]) -> Tuple[np.ndarray, np.ndarray]:
+        if not found:
+            return np.zeros(0, np.int64), np.zeros((0, self._dim or 0), np.float32)
+        ids = np.fromiter((f[0] for f in found), dtype=np.int64, count=len(found))
+        vecs = np.frombuffer(b"".join(f[1] for f in found), dtype=np.float32).reshape(len(found), -1)
+        self._dim = vecs.shape[1]
+        return ids, vecs
+
+    def vectors(self, ids) -> Tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the live rows among ``ids``, in the order given."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        got: Dict[int, bytes] = {}
+        for chunk in _chunks(ids):
+            sql = (f"SELECT {C_VEC_ID}, {C_VEC} FROM {T_VECTORS} WHERE {LIVE_SQL} AND {C_VEC} IS NOT NULL "
+                   f"AND {C_VEC_ID} IN ({','.join('?' * len(chunk))})")
+            got.update((int(i), v) for i, v in self._q(sql, chunk))
+        return self._decode([(int(i), got[int(i)]) for i in ids if int(i) in got])
+
+    def all_vectors(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Every live vector (cached: used for exact search of stores without a FAISS file)."""
+        if self._all is None:
+            rows = self._q(f"SELECT {C_VEC_ID}, {C_VEC} FROM {T_VECTORS} WHERE {LIVE_SQL} "
+                           f"AND {C_VEC} IS NOT NULL ORDER BY {C_VEC_ID}")
+            self._all = self._decode([(int(i), v) for i, v in rows])
+        return self._all
+
+    def matching_ids(self, filters: Filters) -> np.ndarray:
+        """Sorted ids of live rows that pass the path and date filters."""
+        sql = f"SELECT {C_ID}, {C_PATH}, {C_TAKEN} FROM {T_IMAGES} WHERE {LIVE_SQL}"
+        args: list = []
+        if filters.path_glob is not None and "[" not in filters.path_glob:
+            # SQLite GLOB on the lower-cased path narrows the rows; Python's fnmatch decides
+            # (character classes differ between the two, so those patterns are left to fnmatch).
+            sql += f" AND lower(replace({C_PATH}, '\\', '/')) GLOB ?"
+            args.append(filters.path_glob)
+        if filters.after is not None or filters.before is not None:
+            sql += f" AND {C_TAKEN} IS NOT NULL"
+        ids = [int(i) for i, p, t in self._q(sql + f" ORDER BY {C_ID}", args)
+               if filters.path_ok(p) and filters.date_ok(_to_datetime(t))]
+        return np.asarray(ids, dtype=np.int64)
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()

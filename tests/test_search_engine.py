@@ -1,0 +1,134 @@
+"""SearchEngine and `pixdex search` over a real SQLite store + FAISS file (no model: --like queries)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+
+from pixdex.errors import PixdexError
+from pixdex.search.cli_search import run_search
+from pixdex.search.engine import SearchEngine
+from pixdex.search.filters import make_filters
+
+from search_support import make_store, unit
+
+N = 400
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    vecs = unit(rng.normal(size=(N, 24)))
+    paths = [f"/photos/{'beach' if i % 4 == 0 else 'city'}/IMG_{i:04d}.jpg" for i in range(N)]
+    status = ["ok"] * N
+    for i in (10, 11, 12):
+        status[i] = "deleted"
+    status[13] = "failed"
+    taken = [None if i % 7 == 0 else f"2023-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00" for i in range(N)]
+    d = make_store(tmp_path_factory.mktemp("store") / "s", vecs, paths, status, taken, faiss_kind="ivf", nlist=8)
+    return d, vecs, paths, status, taken
+
+
+def exact(vecs, status, q, keep=None):
+    s = vecs @ q
+    ids = [i for i in np.lexsort((np.arange(N), -s)) if status[i] == "ok" and (keep is None or keep(i))]
+    return [int(i) + 1 for i in ids]
+
+
+def test_like_search_ranks_by_stored_vectors_and_skips_dead_rows(store):
+    d, vecs, paths, status, _ = store
+    # query like an image whose nearest neighbours include the deleted/failed rows
+    q_id = 1
+    hits = run_search(d, like=[q_id], k=30)
+    assert [h["id"] for h in hits] == exact(vecs, status, vecs[q_id - 1])[:30]
+    assert hits[0]["id"] == q_id and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert set(hits[0]) == {"rank", "score", "path", "id", "width", "height", "taken_at"}
+    assert [h["rank"] for h in hits] == list(range(1, 31))
+    assert all(paths[h["id"] - 1] == h["path"] for h in hits)
+    dead = {i + 1 for i, s in enumerate(status) if s != "ok"}
+    for dead_id in dead:  # even asking for a dead image's own neighbours never returns dead rows
+        q = vecs[dead_id - 1]
+        e = SearchEngine(d)
+        got = [h.id for h in e.search(q, 20)]
+        e.close()
+        assert not dead & set(got) and got == exact(vecs, status, q)[:20]
+
+
+def test_path_and_date_filters_fill_k(store):
+    d, vecs, paths, status, taken = store
+    hits = run_search(d, like=[2], k=25, path_glob="beach/*", after="2023-03-01", before="2023-09")
+    f = make_filters("beach/*", "2023-03-01", "2023-09")
+
+    def keep(i):
+        from datetime import datetime
+        return f.path_ok(paths[i]) and taken[i] is not None and f.date_ok(datetime.fromisoformat(taken[i]))
+
+    want = exact(vecs, status, vecs[1], keep)
+    assert len(want) >= 25
+    assert [h["id"] for h in hits] == want[:25]
+    assert all("/beach/" in h["path"] and "2023-03" <= h["taken_at"] < "2023-09" for h in hits)
+
+
+def test_min_score_and_no_results(store):
+    d, vecs, _, status, _ = store
+    hits = run_search(d, like=[5], k=50, min_score=0.2)
+    assert hits and all(h["score"] >= 0.2 for h in hits)
+    assert [h["id"] for h in hits] == [i for i in exact(vecs, status, vecs[4])[:50] if vecs[i - 1] @ vecs[4] >= 0.2]
+    assert run_search(d, like=[5], path_glob="/nowhere/*") == []
+
+
+def test_bad_input_is_one_clear_error(store, tmp_path):
+    d = store[0]
+    with pytest.raises(PixdexError, match="no store"):
+        run_search(tmp_path / "missing", like=[1])
+    with pytest.raises(PixdexError, match="not a pixdex store"):
+        run_search(tmp_path, like=[1])
+    with pytest.raises(PixdexError, match="no indexed image with id 11"):
+        run_search(d, like=[11])  # deleted
+    with pytest.raises(PixdexError, match="-k"):
+        run_search(d, like=[1], k=0)
+    empty = make_store(tmp_path / "empty", np.zeros((0, 24), np.float32), [], faiss_kind=None)
+    with pytest.raises(PixdexError, match="no indexed images"):
+        run_search(empty, like=[1])
+
+
+def test_similar_leaves_the_source_out(store):
+    d, vecs, _, status, _ = store
+    e = SearchEngine(d)
+    try:
+        src, hits = e.similar(3, 10)
+        assert src.id == 3 and 3 not in [h.id for h in hits]
+        assert [h.id for h in hits] == exact(vecs, status, vecs[2])[1:11]
+        assert e.similar(11, 10) == (None, [])  # deleted
+        assert e.similar(10_000, 10) == (None, [])
+    finally:
+        e.close()
+
+
+def _cli(*args, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "pixdex", "search", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_cli_outputs(store, tmp_path):
+    d, vecs, paths, status, _ = store
+    r = _cli("--like", "7", "-k", "5", "--store", str(d), "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert [h["id"] for h in got] == exact(vecs, status, vecs[6])[:5]
+    r = _cli("--like", "7", "-k", "5", "--store", str(d), "--paths")
+    assert r.stdout.splitlines() == [h["path"] for h in got]
+    r = _cli("--like", "7", "-k", "3", "--store", str(d))
+    assert r.returncode == 0 and all(h["path"] in r.stdout for h in got[:3])
+    r = _cli("--like", "7", "--store", str(d), "--path", "/nowhere/*")
+    assert r.returncode == 0 and "No images match" in r.stdout
+    r = _cli("--like", "7", "--store", str(d), "--path", "/nowhere/*", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == []
+    r = _cli("--like", "7", "--store", str(tmp_path / "nope"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no store" in r.stderr and not r.stdout
