@@ -1,0 +1,141 @@
+// pixdex web UI: search box, thumbnail grid, viewer with "more like this".
+// Every piece of text from the server goes into the page through textContent, never innerHTML.
+"use strict";
+
+(function () {
+  const PAGE = 60;
+  const $ = (id) => document.getElementById(id);
+  const grid = $("grid"), statusEl = $("status"), hint = $("hint"), input = $("q");
+  const viewer = $("viewer"), viewerImg = $("viewer-img");
+  let current = null;      // the result shown in the viewer
+  let lastFocus = null;
+  let requestSeq = 0;      // ignore answers to superseded requests
+
+  function baseName(path) {
+    const parts = String(path || "").split(/[\\/]/);
+    return parts[parts.length - 1] || String(path || "");
+  }
+
+  function setStatus(text, isError) {
+    statusEl.textContent = text;
+    statusEl.classList.toggle("error", Boolean(isError));
+  }
+
+  async function getJSON(url) {
+    const resp = await fetch(url, { headers: { Accept: "application/json" } });
+    let body = null;
+    try { body = await resp.json(); } catch (e) { body = null; }
+    if (!resp.ok) throw new Error((body && body.error) || ("HTTP " + resp.status));
+    return body;
+  }
+
+  function card(hit) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "card";
+    b.dataset.id = String(hit.id);
+    b.title = hit.path + "  (" + hit.score.toFixed(3) + ")";
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.decoding = "async";
+    img.alt = baseName(hit.path);
+    img.src = "/api/thumb/" + encodeURIComponent(hit.id);
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = baseName(hit.path);
+    b.append(img, label);
+    b.addEventListener("click", () => openViewer(hit, b));
+    return b;
+  }
+
+  function render(results, what) {
+    grid.replaceChildren(...results.map(card));
+    hint.hidden = true;
+    if (results.length === 0) {
+      setStatus("No images match " + what + ".");
+    } else {
+      setStatus(results.length + " result" + (results.length === 1 ? "" : "s") + " for " + what);
+    }
+  }
+
+  async function runSearch(q) {
+    const seq = ++requestSeq;
+    setStatus("Searching\u2026");
+    try {
+      const body = await getJSON("/api/search?q=" + encodeURIComponent(q) + "&k=" + PAGE);
+      if (seq === requestSeq) render(body.results, "\u201c" + q + "\u201d");
+    } catch (e) {
+      if (seq === requestSeq) { grid.replaceChildren(); setStatus(e.message, true); }
+    }
+  }
+
+  async function runSimilar(id) {
+    const seq = ++requestSeq;
+    setStatus("Searching\u2026");
+    try {
+      const body = await getJSON("/api/similar/" + encodeURIComponent(id) + "?k=" + PAGE);
+      const name = body.source ? baseName(body.source.path) : "#" + id;
+      if (seq === requestSeq) render(body.results, "images like " + name);
+    } catch (e) {
+      if (seq === requestSeq) { grid.replaceChildren(); setStatus(e.message, true); }
+    }
+  }
+
+  function openViewer(hit, from) {
+    current = hit;
+    lastFocus = from || null;
+    viewerImg.src = "/api/image/" + encodeURIComponent(hit.id);
+    viewerImg.alt = baseName(hit.path);
+    $("viewer-name").textContent = hit.path;
+    const meta = [];
+    if (typeof hit.score === "number") meta.push("score " + hit.score.toFixed(3));
+    if (hit.width && hit.height) meta.push(hit.width + "\u00d7" + hit.height);
+    if (hit.taken_at) meta.push(String(hit.taken_at));
+    $("viewer-meta").textContent = meta.join(" \u00b7 ");
+    $("viewer-open").href = "/api/image/" + encodeURIComponent(hit.id);
+    viewer.hidden = false;
+    $("viewer-like").focus();
+  }
+
+  function closeViewer() {
+    viewer.hidden = true;
+    viewerImg.removeAttribute("src");
+    if (lastFocus) lastFocus.focus();
+  }
+
+  function route() {
+    const params = new URLSearchParams(location.hash.slice(1));
+    if (params.has("like")) {
+      input.value = "";
+      runSimilar(params.get("like"));
+    } else if (params.get("q")) {
+      input.value = params.get("q");
+      runSearch(params.get("q"));
+    } else {
+      grid.replaceChildren();
+      hint.hidden = false;
+      setStatus("");
+    }
+  }
+
+  function go(hash) {
+    if (location.hash === hash) route(); else location.hash = hash;
+  }
+
+  $("search-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const q = input.value.trim();
+    if (q) go("#q=" + encodeURIComponent(q));
+  });
+  $("viewer-like").addEventListener("click", () => {
+    if (!current) return;
+    const id = current.id;
+    closeViewer();
+    go("#like=" + encodeURIComponent(id));
+  });
+  $("viewer-close").addEventListener("click", closeViewer);
+  viewer.addEventListener("click", (ev) => { if (ev.target === viewer) closeViewer(); });
+  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && !viewer.hidden) closeViewer(); });
+  window.addEventListener("hashchange", route);
+  route();
+})();
