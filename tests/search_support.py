@@ -28,13 +28,12 @@ def make_store(store: Path, vecs: np.ndarray, paths: Sequence[str], status: Opti
     sizes = list(sizes or [(64, 64)] * n)
     con = sqlite3.connect(store / sv.DB_FILE)
     con.execute(f"CREATE TABLE {sv.T_IMAGES} ({sv.C_ID} INTEGER PRIMARY KEY, {sv.C_PATH} TEXT NOT NULL UNIQUE, "
-                f"{sv.C_WIDTH} INTEGER, {sv.C_HEIGHT} INTEGER, {sv.C_TAKEN} TEXT, {sv.C_STATUS} TEXT NOT NULL, "
-                f"{sv.C_VEC} BLOB)")
-    con.executemany(
-        f"INSERT INTO {sv.T_IMAGES} VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(i + 1, str(paths[i]), sizes[i][0], sizes[i][1], taken[i], status[i],
-          vecs[i].tobytes() if status[i] == "ok" else None) for i in range(n)],
-    )
+                f"{sv.C_WIDTH} INTEGER, {sv.C_HEIGHT} INTEGER, {sv.C_TAKEN} TEXT, {sv.C_STATUS} TEXT NOT NULL)")
+    con.execute(f"CREATE TABLE {sv.T_VECTORS} ({sv.C_VEC_ID} INTEGER PRIMARY KEY, {sv.C_VEC} BLOB NOT NULL)")
+    con.executemany(f"INSERT INTO {sv.T_IMAGES} VALUES (?, ?, ?, ?, ?, ?)",
+                    [(i + 1, str(paths[i]), sizes[i][0], sizes[i][1], taken[i], status[i]) for i in range(n)])
+    con.executemany(f"INSERT INTO {sv.T_VECTORS} VALUES (?, ?)",
+                    [(i + 1, vecs[i].tobytes()) for i in range(n) if status[i] == "ok"])
     con.commit()
     con.close()
     ids = np.arange(1, n + 1, dtype=np.int64)

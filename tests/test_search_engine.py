@@ -132,3 +132,27 @@ def test_cli_outputs(store, tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout) == []
     r = _cli("--like", "7", "--store", str(tmp_path / "nope"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no store" in r.stderr and not r.stdout
+
+
+def test_matching_ids_sql_and_python_agree(tmp_path):
+    from pixdex.search.store_view import StoreView
+
+    paths = ["/p/Été/a.JPG", "/p/ete/b.jpg", "/p/x/IMG_1.png", "/p/x/IMG_2.png", "C:\\pics\\c.jpg", "/p/y/d.jpg"]
+    taken = ["2023-05-01 09:00:00", "2023-05-01T23:30:00", "2023-04-30T23:59:59", None, "2023-06-01T00:00:00",
+             "2023-05-31 10:00:00"]
+    d = make_store(tmp_path / "s", unit(np.eye(6, 8)), paths, taken=taken, faiss_kind=None)
+    v = StoreView(d)
+    try:
+        for pattern, after, before in [
+            ("été/*", None, None), ("*.jpg", None, None), ("img_[12].png", None, None), ("pics/*", None, None),
+            (None, "2023-05-01", None), (None, None, "2023-06-01"), (None, "2023-05-01T12:00", "2023-06"),
+            ("*.jpg", "2023-05", "2023-05-31T11:00"), ("/P/?TÉ/*", None, None),
+        ]:
+            f = make_filters(pattern, after, before)
+            want = [i + 1 for i in range(6) if f.path_ok(paths[i]) and f.date_ok(
+                None if taken[i] is None else __import__("datetime").datetime.fromisoformat(taken[i]))]
+            assert v.matching_ids(f).tolist() == want, (pattern, after, before)
+        assert v.matching_ids(make_filters("été/*")).tolist() == [1]
+        assert v.matching_ids(make_filters(None, "2023-05-01", "2023-06-01")).tolist() == [1, 2, 6]
+    finally:
+        v.close()

@@ -9,7 +9,7 @@ Guarantees:
   search (more candidates, more IVF lists, up to all of them) until k matches are found.
 
 ``source`` is any object with the methods of :class:`pixdex.search.store_view.StoreView` used here:
-``live_count()``, ``vectors(ids) -> (ids, vecs)`` (live rows only), ``matching_ids(filters)`` (sorted
+``vectors(ids) -> (ids, vecs)`` (live rows only), ``matching_ids(filters)`` (sorted
 int64 ids of live rows passing the row filters) and ``all_vectors() -> (ids, vecs)``.
 """
 
@@ -98,9 +98,6 @@ def search_vectors(source, index, q: np.ndarray, k: int, filters: Optional[Filte
     q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1)
     if index is not None and index.d != q.shape[0]:
         raise PixdexError(f"the query has {q.shape[0]} dimensions but the store's index has {index.d}")
-    n_live = source.live_count()
-    if n_live == 0:
-        return []
     allowed = None
     if filters.restricts_rows:
         allowed = np.unique(np.asarray(source.matching_ids(filters), dtype=np.int64))

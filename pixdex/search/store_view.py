@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -30,8 +30,9 @@ FAISS_FILE = "index.faiss"
 # The storage schema as search reads it (see docs/ARCHITECTURE.md, storage section).
 T_IMAGES = "images"
 C_ID, C_PATH, C_WIDTH, C_HEIGHT, C_TAKEN, C_STATUS = "id", "path", "width", "height", "taken_at", "status"
-T_VECTORS, C_VEC_ID, C_VEC = "images", "id", "vector"
-LIVE_SQL = f"{C_STATUS} = 'ok'"
+T_VECTORS, C_VEC_ID, C_VEC = "vectors", "image_id", "vector"
+LIVE_SQL = f"{T_IMAGES}.{C_STATUS} = 'ok'"
+_VEC_JOIN = f"{T_VECTORS} JOIN {T_IMAGES} ON {T_IMAGES}.{C_ID} = {T_VECTORS}.{C_VEC_ID}"
 
 _CHUNK = 900  # bound parameters per statement (SQLite's default limit is 999 on old builds)
 
@@ -143,7 +144,7 @@ class StoreView:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         got: Dict[int, bytes] = {}
         for chunk in _chunks(ids):
-            sql = (f"SELECT {C_VEC_ID}, {C_VEC} FROM {T_VECTORS} WHERE {LIVE_SQL} AND {C_VEC} IS NOT NULL "
+            sql = (f"SELECT {C_VEC_ID}, {C_VEC} FROM {_VEC_JOIN} WHERE {LIVE_SQL} "
                    f"AND {C_VEC_ID} IN ({','.join('?' * len(chunk))})")
             got.update((int(i), v) for i, v in self._q(sql, chunk))
         return self._decode([(int(i), got[int(i)]) for i in ids if int(i) in got])
@@ -151,25 +152,43 @@ class StoreView:
     def all_vectors(self) -> Tuple[np.ndarray, np.ndarray]:
         """Every live vector (cached: used for exact search of stores without a FAISS file)."""
         if self._all is None:
-            rows = self._q(f"SELECT {C_VEC_ID}, {C_VEC} FROM {T_VECTORS} WHERE {LIVE_SQL} "
-                           f"AND {C_VEC} IS NOT NULL ORDER BY {C_VEC_ID}")
+            rows = self._q(f"SELECT {C_VEC_ID}, {C_VEC} FROM {_VEC_JOIN} WHERE {LIVE_SQL} ORDER BY {C_VEC_ID}")
             self._all = self._decode([(int(i), v) for i, v in rows])
         return self._all
 
     def matching_ids(self, filters: Filters) -> np.ndarray:
-        """Sorted ids of live rows that pass the path and date filters."""
+        """Sorted ids of live rows that pass the path and date filters.
+
+        SQLite does the work: GLOB on the ASCII-lower-cased path, date bounds compared as text (whole-day
+        bounds as ``YYYY-MM-DD`` prefixes, right for both ``T`` and space separators). Python re-checks
+        only what SQL cannot decide exactly (character classes, non-ASCII patterns, time-of-day bounds).
+        """
         sql = f"SELECT {C_ID}, {C_PATH}, {C_TAKEN} FROM {T_IMAGES} WHERE {LIVE_SQL}"
         args: list = []
-        if filters.path_glob is not None and "[" not in filters.path_glob:
-            # SQLite GLOB on the lower-cased path narrows the rows; Python's fnmatch decides
-            # (character classes differ between the two, so those patterns are left to fnmatch).
+        recheck = False
+        g = filters.path_glob
+        if g is not None:
+            exact = "[" not in g and g.isascii()
+            recheck |= not exact
+            # character classes: no narrowing in SQL; non-ASCII letters: any one character
+            sql_glob = "*" if "[" in g else "".join(c if c.isascii() else "?" for c in g)
             sql += f" AND lower(replace({C_PATH}, '\\', '/')) GLOB ?"
-            args.append(filters.path_glob)
-        if filters.after is not None or filters.before is not None:
-            sql += f" AND {C_TAKEN} IS NOT NULL"
-        ids = [int(i) for i, p, t in self._q(sql + f" ORDER BY {C_ID}", args)
-               if filters.path_ok(p) and filters.date_ok(_to_datetime(t))]
-        return np.asarray(ids, dtype=np.int64)
+            args.append(sql_glob)
+        for bound, op in ((filters.after, ">="), (filters.before, "<")):
+            if bound is None:
+                continue
+            sql += f" AND {C_TAKEN} IS NOT NULL AND {C_TAKEN} {op} ?"
+            midnight = bound.time() == datetime.min.time()
+            if midnight:
+                args.append(bound.date().isoformat())
+            else:  # a superset by whole days; Python decides the time of day
+                recheck = True
+                day = bound.date() if op == ">=" else bound.date() + timedelta(days=1)
+                args.append(day.isoformat())
+        rows = self._q(sql + f" ORDER BY {C_ID}", args)
+        if recheck:
+            rows = [r for r in rows if filters.path_ok(r[1]) and filters.date_ok(_to_datetime(r[2]))]
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def close(self) -> None:
         with self._lock:
