@@ -1,0 +1,120 @@
+"""Contrastive losses for image-text training, each owning its learnable temperature.
+
+- ``ClipLoss``: symmetric InfoNCE (cross-entropy over the rows and over the columns of the
+  ``scale * image @ text.T`` logits). Learnable ``logit_scale`` (log of the inverse temperature),
+  initialised to ``log(1 / 0.07)`` and clamped to ``<= ln(100)`` after each optimizer step.
+- ``SigLipLoss``: the sigmoid loss over all N x N pairs (the diagonal is positive, everything else
+  negative), summed and divided by N. Learnable ``logit_scale`` ``t`` (init ``log 10``) and
+  ``logit_bias`` ``b`` (init ``-10``).
+
+Features are expected L2-normalised (the trainer normalises). Both losses take an optional
+``logit_scale`` / ``logit_bias`` override so that they can be checked against other implementations
+with given values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)
+SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)
+SIGLIP_INIT_LOGIT_BIAS = -10.0
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class ClipLoss(nn.Module):
+    """Symmetric InfoNCE with a learnable ``logit_scale`` (``exp`` of it multiplies the cosines)."""
+
+    def __init__(self, init_logit_scale: float = CLIP_INIT_LOGIT_SCALE, max_logit_scale: float = MAX_LOGIT_SCALE):
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        self.logit_bias = None
+        self.max_logit_scale = float(max_logit_scale)
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor,
+               scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(N_images, N_texts)`` logits: ``scale * image @ text.T`` (``scale`` = exp(logit_scale))."""
+        if scale is None:
+            scale = self.logit_scale.exp()
+        return scale * image_features @ text_features.T
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean of the image->text and text->image cross-entropies; the i-th image matches the i-th text."""
+        _check_pair(image_features, text_features)
+        logits = self.logits(image_features, text_features, scale)
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Keep ``logit_scale`` in ``[0, ln 100]`` (call after each optimizer step)."""
+        self.logit_scale.clamp_(0.0, self.max_logit_scale)
+
+    def temperature(self) -> float:
+        return float(1.0 / self.logit_scale.detach().exp())
+
+
+class SigLipLoss(nn.Module):
+    """Sigmoid loss over all pairs with a learnable scale ``t`` (``logit_scale``) and bias ``b``."""
+
+    def __init__(self, init_logit_scale: float = SIGLIP_INIT_LOGIT_SCALE,
+                 init_logit_bias: float = SIGLIP_INIT_LOGIT_BIAS, max_logit_scale: float = MAX_LOGIT_SCALE):
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
+        self.max_logit_scale = float(max_logit_scale)
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor,
+               scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if scale is None:
+            scale = self.logit_scale.exp()
+        if bias is None:
+            bias = self.logit_bias
+        return scale * image_features @ text_features.T + bias
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``-sum(log sigmoid(z_ij * logit_ij)) / N`` with ``z_ii = 1`` and ``z_ij = -1`` otherwise."""
+        _check_pair(image_features, text_features)
+        logits = self.logits(image_features, text_features, scale, bias)
+        n = logits.shape[0]
+        signs = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
+        return -F.logsigmoid(signs * logits).sum() / n
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Keep ``t`` in ``[0, ln 100]``; ``b`` is free."""
+        self.logit_scale.clamp_(0.0, self.max_logit_scale)
+
+    def temperature(self) -> float:
+        return float(1.0 / self.logit_scale.detach().exp())
+
+
+def make_loss(kind: str, init_logit_scale: Optional[float] = None,
+              init_logit_bias: Optional[float] = None) -> nn.Module:
+    """``clip`` or ``siglip``; ``None`` initial values take each loss's defaults."""
+    from pixdex.errors import PixdexError
+
+    kind = (kind or "").lower()
+    if kind == "clip":
+        return ClipLoss(CLIP_INIT_LOGIT_SCALE if init_logit_scale is None else init_logit_scale)
+    if kind == "siglip":
+        return SigLipLoss(
+            SIGLIP_INIT_LOGIT_SCALE if init_logit_scale is None else init_logit_scale,
+            SIGLIP_INIT_LOGIT_BIAS if init_logit_bias is None else init_logit_bias,
+        )
+    raise PixdexError(f"unknown loss {kind!r} (expected clip or siglip)")
+
+
+def _check_pair(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+    if image_features.ndim != 2 or image_features.shape != text_features.shape:
+        raise ValueError(
+            f"image and text features must be two (N, D) tensors of the same shape, "
+            f"got {tuple(image_features.shape)} and {tuple(text_features.shape)}"
+        )
