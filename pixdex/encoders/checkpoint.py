@@ -1,0 +1,301 @@
+"""Checkpoint reading and strict loading.
+
+Formats, detected from the file (not only its name):
+
+- safetensors (preferred; read lazily, only the tensors a model keeps);
+- torch zip / legacy state dicts (``.bin``, ``.pt``, ``.pth``) via ``torch.load(weights_only=True)``, with
+  nested ``state_dict`` / ``model`` entries and ``module.`` prefixes unwrapped;
+- OpenAI's original ``.pt`` TorchScript archives. These are not plain state dicts: their ``data.pkl``
+  pickles ``__torch__.*`` module objects whose attributes are the tensors. ``torch.jit.load`` would
+  compile and run the archive's TorchScript code, and ``torch.load(weights_only=True)`` refuses the
+  ``__torch__`` globals, so a small restricted unpickler reads them instead: it resolves only the tensor
+  rebuild function, storage types and ``OrderedDict``; every ``__torch__.*`` class becomes an inert
+  attribute bag, storages come straight from the archive's ``data/`` entries, and nothing else can be
+  constructed or called.
+
+Key mapping: open_clip's extra ``input_resolution`` / ``context_length`` / ``vocab_size`` keys are
+dropped; SigLIP layouts (Hugging Face ``vision_model.`` / ``text_model.`` or open_clip's timm
+``visual.trunk.``) go through ``pixdex.encoders.siglip_keys.convert_state_dict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Union
+
+from pixdex.errors import PixdexError
+
+log = logging.getLogger(__name__)
+
+_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_LIST_LIMIT = 8
+
+
+# ----------------------------------------------------------------------------- reading files
+
+
+def _is_safetensors(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise PixdexError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 0 < n < 100_000_000 and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path, keep: Optional[Callable[[str], bool]]) -> Dict[str, "torch.Tensor"]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if keep is None or keep(k)}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PixdexError(f"cannot read checkpoint {path}: {e}") from e
+
+
+def _torchscript_prefix(zf: zipfile.ZipFile) -> Optional[str]:
+    """The archive folder of a TorchScript zip (it has ``code/`` and ``constants.pkl``), else None."""
+    names = zf.namelist()
+    for n in names:
+        if n.endswith("/data.pkl"):
+            prefix = n[: -len("data.pkl")]
+            if any(m.startswith(prefix + "code/") for m in names) or prefix + "constants.pkl" in names:
+                return prefix
+    return None
+
+
+class _ScriptObject:
+    """An inert stand-in for a pickled ``__torch__.*`` module: it only keeps its attributes."""
+
+    def __init__(self, *args, **kwargs):
+        self.state = {}
+
+    def __setstate__(self, state):
+        self.state = state if isinstance(state, dict) else {}
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str, path: Path):
+        import io
+
+        super().__init__(io.BytesIO(data))
+        self.zf, self.prefix, self.path = zf, prefix, path
+        self.storages: Dict[str, "torch.Tensor"] = {}
+
+    def find_class(self, module: str, name: str):
+        import collections
+
+        import torch
+
+        if module.startswith("__torch__"):
+            return type(name, (_ScriptObject,), {})
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return lambda data, requires_grad, hooks: data
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "torch" and name.endswith("Storage"):
+            dtype = getattr(torch, name[: -len("Storage")].lower(), None) if name != "UntypedStorage" else torch.uint8
+            alias = {"FloatStorage": torch.float32, "HalfStorage": torch.float16, "DoubleStorage": torch.float64,
+                     "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+                     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+                     "BoolStorage": torch.bool}
+            dtype = alias.get(name, dtype)
+            if isinstance(dtype, torch.dtype):
+                return dtype
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a TorchScript archive")
+
+    def persistent_load(self, pid):
+        import torch
+
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+        dtype, key = pid[1], str(pid[2])
+        if key not in self.storages:
+            raw = bytearray(self.zf.read(f"{self.prefix}data/{key}"))
+            self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return self.storages[key]
+
+
+def _rebuild_tensor(storage, offset, size, stride, *args):
+    import torch
+
+    if not size:
+        return storage[offset].clone().reshape(())
+    return torch.as_strided(storage, tuple(size), tuple(stride), offset).clone()
+
+
+def _flatten_script(obj, prefix: str, out: dict) -> None:
+    import torch
+
+    for name, value in obj.state.items():
+        if isinstance(value, torch.Tensor):
+            out[prefix + name] = value
+        elif isinstance(value, _ScriptObject):
+            _flatten_script(value, f"{prefix}{name}.", out)
+
+
+def _read_torchscript(path: Path, zf: zipfile.ZipFile, prefix: str) -> Dict[str, "torch.Tensor"]:
+    try:
+        root = _TorchScriptUnpickler(zf.read(prefix + "data.pkl"), zf, prefix, path).load()
+    except (pickle.UnpicklingError, KeyError, EOFError, ValueError, RuntimeError) as e:
+        raise PixdexError(f"cannot read TorchScript checkpoint {path}: {e}") from e
+    if not isinstance(root, _ScriptObject):
+        raise PixdexError(f"cannot read TorchScript checkpoint {path}: no module at its root")
+    out: Dict[str, "torch.Tensor"] = {}
+    _flatten_script(root, "", out)
+    return out
+
+
+def _read_torch(path: Path) -> Dict[str, "torch.Tensor"]:
+    import torch
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            prefix = _torchscript_prefix(zf)
+            if prefix is not None:
+                return _read_torchscript(path, zf, prefix)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PixdexError(f"cannot read checkpoint {path}: {first}") from e
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj, path) -> Dict[str, "torch.Tensor"]:
+    import torch
+
+    for _ in range(3):
+        if isinstance(obj, Mapping):
+            for key in ("state_dict", "model", "model_state_dict", "module"):
+                if key in obj and isinstance(obj[key], Mapping):
+                    obj = obj[key]
+                    break
+            else:
+                break
+    if not isinstance(obj, Mapping):
+        raise PixdexError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    out = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not out:
+        raise PixdexError(f"checkpoint {path} holds no tensors")
+    return out
+
+
+def read_state_dict(path: Union[str, Path], keep: Optional[Callable[[str], bool]] = None) -> Dict[str, "torch.Tensor"]:
+    """The tensors of a checkpoint file, whatever its format (see the module doc)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PixdexError(f"checkpoint not found: {path}")
+    if _is_safetensors(path):
+        return _read_safetensors(path, keep)
+    return _read_torch(path)
+
+
+# ----------------------------------------------------------------------------- key mapping
+
+
+def _strip_prefixes(sd: Dict[str, "torch.Tensor"]) -> Dict[str, "torch.Tensor"]:
+    for prefix in ("module.", "_orig_mod.", "model."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return {k: v for k, v in sd.items() if k not in _EXTRA_KEYS and not k.endswith(".attn_mask") and k != "attn_mask"}
+
+
+def is_siglip_layout(keys: Iterable[str]) -> bool:
+    return any(k.startswith(("vision_model.", "text_model.", "visual.trunk.")) for k in keys)
+
+
+def map_state_dict(sd: Dict[str, "torch.Tensor"], config) -> Dict[str, "torch.Tensor"]:
+    """Checkpoint keys -> pixdex keys."""
+    sd = _strip_prefixes(sd)
+    if is_siglip_layout(sd):
+        from pixdex.encoders.siglip_keys import convert_state_dict
+
+        sd = convert_state_dict(sd, config)
+    return sd
+
+
+# ----------------------------------------------------------------------------- strict loading
+
+
+def _short(items: List[str]) -> str:
+    if len(items) <= _LIST_LIMIT:
+        return ", ".join(items)
+    return ", ".join(items[:_LIST_LIMIT]) + f", ... ({len(items) - _LIST_LIMIT} more)"
+
+
+def load_checkpoint(model, path_or_state_dict, config=None, name: Optional[str] = None) -> None:
+    """Load weights into ``model`` strictly; one PixdexError lists every mismatch.
+
+    Keys under ``model.dropped_key_prefixes`` (towers removed with ``keep_towers``) are skipped. Tensors
+    take the model's dtypes. A model built on the ``meta`` device receives the tensors themselves.
+    """
+    import torch
+
+    dropped = tuple(getattr(model, "dropped_key_prefixes", ()) or ())
+    label = name or (str(path_or_state_dict) if not isinstance(path_or_state_dict, Mapping) else "state dict")
+    if isinstance(path_or_state_dict, Mapping):
+        sd = dict(path_or_state_dict)
+    else:
+        # a lazy read skips dropped towers' tensors unless the file needs key conversion first
+        keep = (lambda k: not _strip_one(k).startswith(dropped)) if dropped else None
+        sd = read_state_dict(path_or_state_dict, keep=None if keep is None else _safe_keep(path_or_state_dict, keep))
+    sd = map_state_dict(sd, config)
+    if dropped:
+        sd = {k: v for k, v in sd.items() if not k.startswith(dropped)}
+    expected = model.state_dict(keep_vars=True)
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}"
+                  for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_short(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches (checkpoint vs model): {_short(mismatched)}")
+        model_name = getattr(config, "name", None) or type(model).__name__
+        raise PixdexError(f"checkpoint {label} does not fit model {model_name}: " + "; ".join(parts))
+    assign = any(t.is_meta for t in expected.values())
+    cast = {}
+    for k, ref in expected.items():
+        t = sd[k]
+        if t.dtype != ref.dtype:
+            t = t.to(ref.dtype)
+        cast[k] = t.contiguous() if assign else t
+    model.load_state_dict(cast, strict=True, assign=assign)
+
+
+def _strip_one(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def _safe_keep(path, keep):
+    """Lazy filtering is only safe when the file is in pixdex's own (CLIP) key layout."""
+    from safetensors import safe_open
+
+    try:
+        if not _is_safetensors(Path(path).expanduser()):
+            return None
+        with safe_open(str(Path(path).expanduser()), framework="pt", device="cpu") as f:
+            if is_siglip_layout(f.keys()):
+                return None
+    except (OSError, ValueError, PixdexError):
+        return None
+    except Exception as e:  # safetensors' own error type; read_state_dict reports it properly
+        log.debug("cannot peek into %s: %s", path, e)
+        return None
+    return keep

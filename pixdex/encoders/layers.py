@@ -1,0 +1,145 @@
+"""Transformer building blocks shared by the CLIP and SigLIP towers.
+
+Parameter names follow OpenAI's CLIP (``attn.in_proj_weight``, ``attn.out_proj``, ``mlp.c_fc``,
+``mlp.c_proj``, ``ln_1``/``ln_2``, ``resblocks.N``) so that OpenAI and open_clip checkpoints load without
+renaming. Optional extras use open_clip's names: ``ls_1.gamma`` / ``ls_2.gamma`` (LayerScale) and
+``attn.ln_q`` / ``attn.ln_k`` (qk-norm). Activations are batch-first ``(N, L, C)``; attention goes through
+``torch.nn.functional.scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm that always normalises in float32 and casts back (safe under fp16/bf16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    """OpenAI's sigmoid approximation of GELU: ``x * sigmoid(1.702 x)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def get_activation(name: str) -> nn.Module:
+    """``gelu`` (exact), ``quick_gelu`` (OpenAI) or ``gelu_tanh`` (SigLIP's approximate GELU)."""
+    if name == "gelu":
+        return nn.GELU()
+    if name == "quick_gelu":
+        return QuickGELU()
+    if name in ("gelu_tanh", "gelu_pytorch_tanh"):
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"unknown activation {name!r} (expected gelu, quick_gelu or gelu_tanh)")
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init_value: float):
+        super().__init__()
+        self.gamma = nn.Parameter(init_value * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class MultiheadAttention(nn.Module):
+    """Self-attention with a packed ``in_proj_weight`` (3C, C) like ``torch.nn.MultiheadAttention``."""
+
+    def __init__(self, width: int, heads: int, qk_norm: bool = False, eps: float = 1e-5):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.head_dim = width // heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        if qk_norm:
+            self.ln_q = LayerNorm(self.head_dim, eps=eps)
+            self.ln_k = LayerNorm(self.head_dim, eps=eps)
+        else:
+            self.ln_q = self.ln_k = None
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                is_causal: bool = False) -> torch.Tensor:
+        n, length, width = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.view(n, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (N, heads, L, head_dim)
+        if self.ln_q is not None:
+            q, k = self.ln_q(q), self.ln_k(k)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        x = x.transpose(1, 2).reshape(n, length, width)
+        return self.out_proj(x)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``, optional LayerScale on both."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu",
+                 eps: float = 1e-5, qk_norm: bool = False, layer_scale_init: Optional[float] = None):
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.ln_1 = LayerNorm(width, eps=eps)
+        self.attn = MultiheadAttention(width, heads, qk_norm=qk_norm, eps=eps)
+        self.ln_2 = LayerNorm(width, eps=eps)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, hidden)),
+            ("gelu", get_activation(act)),
+            ("c_proj", nn.Linear(hidden, width)),
+        ]))
+        if layer_scale_init is not None:
+            self.ls_1 = LayerScale(width, layer_scale_init)
+            self.ls_2 = LayerScale(width, layer_scale_init)
+        else:
+            self.ls_1 = self.ls_2 = None
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                is_causal: bool = False) -> torch.Tensor:
+        a = self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal)
+        x = x + (self.ls_1(a) if self.ls_1 is not None else a)
+        m = self.mlp(self.ln_2(x))
+        return x + (self.ls_2(m) if self.ls_2 is not None else m)
+
+
+class Transformer(nn.Module):
+    """A stack of :class:`ResidualAttentionBlock` under ``resblocks.N``; batch-first input."""
+
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu",
+                 eps: float = 1e-5, qk_norm: bool = False, layer_scale_init: Optional[float] = None):
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.ModuleList([
+            ResidualAttentionBlock(width, heads, mlp_ratio, act, eps, qk_norm, layer_scale_init)
+            for _ in range(layers)
+        ])
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                is_causal: bool = False) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x, attn_mask=attn_mask, is_causal=is_causal)
+        return x
+
+    def init_weights(self, proj_std: float, attn_std: float, fc_std: float) -> None:
+        """OpenAI's initialisation of the block weights."""
+        for block in self.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)

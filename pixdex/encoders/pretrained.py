@@ -1,0 +1,152 @@
+"""Pretrained weights: ``name:tag`` through open_clip's pretrained registry to a Hugging Face Hub file.
+
+Files land in (and are read from) the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``). The cache is
+checked first without any network access; a download is attempted only when the file is not cached and
+``HF_HUB_OFFLINE`` is not set. Every failure is one PixdexError that names the model, the file it needs
+and ``--checkpoint``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from pixdex.encoders.config import ModelConfig
+from pixdex.errors import PixdexError
+
+log = logging.getLogger(__name__)
+
+SAFE_WEIGHTS = "open_clip_model.safetensors"
+TORCH_WEIGHTS = "open_clip_pytorch_model.bin"
+
+
+def _open_clip_name(config: ModelConfig) -> str:
+    return config.open_clip_name or config.name
+
+
+def pretrained_cfg(config: ModelConfig, tag: str) -> dict:
+    """open_clip's pretrained entry for (model, tag); {} when unknown or open_clip is missing."""
+    try:
+        from open_clip.pretrained import get_pretrained_cfg
+    except ModuleNotFoundError:
+        return {}
+    return dict(get_pretrained_cfg(_open_clip_name(config), tag) or {})
+
+
+def pretrained_tags(config: ModelConfig) -> List[str]:
+    try:
+        from open_clip.pretrained import list_pretrained_tags_by_model
+    except ModuleNotFoundError:
+        return []
+    return list(list_pretrained_tags_by_model(_open_clip_name(config)))
+
+
+def hf_location(pcfg: dict) -> Optional[Tuple[str, List[str]]]:
+    """(repo_id, candidate file names, safetensors first) of a pretrained entry, or None."""
+    hub = pcfg.get("hf_hub") or ""
+    if not hub:
+        return None
+    repo_id, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    if not filename:
+        return repo_id, [SAFE_WEIGHTS, TORCH_WEIGHTS]
+    names = [filename]
+    if filename.endswith((".bin", ".pth")):
+        names.insert(0, filename[:-4] + ".safetensors")
+    return repo_id, names
+
+
+def apply_pretrained_cfg(config: ModelConfig, pcfg: dict) -> ModelConfig:
+    """The config adjusted to what a pretrained entry says: QuickGELU, mean/std, resize mode."""
+    if pcfg.get("quick_gelu"):
+        config = config.replace(
+            vision=dataclasses.replace(config.vision, act="quick_gelu"),
+            text=dataclasses.replace(config.text, act="quick_gelu"),
+        )
+    pre = {}
+    for key in ("mean", "std", "interpolation", "resize_mode"):
+        if pcfg.get(key) is not None:
+            pre[key] = tuple(pcfg[key]) if key in ("mean", "std") else pcfg[key]
+    if pre:
+        config = config.replace(preprocess=dataclasses.replace(config.preprocess, **pre))
+    return config
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cached_file(repo_id: str, names: List[str]) -> Optional[Path]:
+    """The first of ``names`` already in the HF cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ModuleNotFoundError:
+        return None
+    for name in names:
+        hit = try_to_load_from_cache(repo_id, name)
+        if isinstance(hit, str) and os.path.isfile(hit):
+            return Path(hit)
+    return None
+
+
+def cached_tags(config: ModelConfig, tags: Optional[List[str]] = None) -> List[str]:
+    """Pretrained tags of ``config`` whose weights are already in the HF cache (no network)."""
+    out = []
+    for tag in tags if tags is not None else pretrained_tags(config):
+        loc = hf_location(pretrained_cfg(config, tag))
+        if loc and cached_file(*loc):
+            out.append(tag)
+    return out
+
+
+def _missing(config: ModelConfig, tag: str, what: str, why: str) -> PixdexError:
+    return PixdexError(
+        f"no weights for {config.name}:{tag}: {why}; it needs {what} "
+        f"(connect to the internet once, or pass a weights file with --checkpoint)"
+    )
+
+
+def resolve_pretrained(config: ModelConfig, tag: str) -> Tuple[ModelConfig, Path]:
+    """(config adjusted for the tag, local weights file) for ``config.name:tag``; downloads if needed."""
+    pcfg = pretrained_cfg(config, tag)
+    if not pcfg:
+        tags = pretrained_tags(config)
+        raise PixdexError(f"unknown pretrained tag {tag!r} for {config.name}; "
+                          f"known tags: {', '.join(tags) if tags else 'none'}")
+    config = apply_pretrained_cfg(config, pcfg)
+    loc = hf_location(pcfg)
+    if loc is None:
+        raise PixdexError(f"{config.name}:{tag} has no Hugging Face Hub location; "
+                          "download its weights yourself and pass them with --checkpoint")
+    repo_id, names = loc
+    what = f"{repo_id}/{names[-1]}" if len(names) == 1 else f"{repo_id}/{names[0]} (or {names[-1]})"
+    hit = cached_file(repo_id, names)
+    if hit is not None:
+        return config, hit
+    if _offline():
+        raise _missing(config, tag, what, "not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    except ModuleNotFoundError:
+        raise _missing(config, tag, what, "huggingface_hub is not installed") from None
+    last: Optional[BaseException] = None
+    for name in names:
+        try:
+            path = hf_hub_download(repo_id=repo_id, filename=name)
+            log.info("weights of %s:%s: %s", config.name, tag, path)
+            return config, Path(path)
+        except LocalEntryNotFoundError as e:  # offline or unreachable: nothing else will work
+            raise _missing(config, tag, what, "not in the Hugging Face cache and the Hub is unreachable") from e
+        except EntryNotFoundError as e:  # the repo has no such file: try the next name
+            last = e
+        except (HfHubHTTPError, OSError) as e:
+            raise _missing(config, tag, what, f"download failed ({_first_line(e)})") from e
+    raise _missing(config, tag, what, f"download failed ({_first_line(last)})")
+
+
+def _first_line(e) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
