@@ -1,0 +1,85 @@
+"""``pixdex status``: what a store holds and whether its FAISS index agrees with its database."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+
+from pixdex.storage import migrations
+from pixdex.storage.faiss_index import id_checksum
+from pixdex.storage.schema import STATUS_FAILED, STATUS_OK
+from pixdex.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def store_status(store_dir: Path) -> Dict:
+    """Counts, model, FAISS type/ntotal and agreement with the database (read-only; safe while indexing)."""
+    with Store.open_readonly(store_dir) as store:
+        by_root = store.counts_by_root()
+        indexed = sum(v.get(STATUS_OK, 0) for v in by_root.values())
+        failed = sum(v.get(STATUS_FAILED, 0) for v in by_root.values())
+        ident = store.identity or {}
+        sidecar = store.read_sidecar()
+        recorded = sidecar.get("faiss") or {}
+        live = store.live_ids()
+        faiss: Dict = {"file": str(store.faiss_path), "present": store.faiss_path.is_file()}
+        index = store.load_faiss()
+        if index is None:
+            faiss.update(type=None, ntotal=0, agrees=live.size == 0, missing=int(live.size), extra=0)
+        else:
+            ids = index.ids()
+            uniq = np.unique(ids)
+            missing = int(np.setdiff1d(live, uniq, assume_unique=True).size)
+            extra = int(np.setdiff1d(uniq, live, assume_unique=True).size)
+            checksum = id_checksum(ids)
+            faiss.update(
+                type=index.kind, ntotal=index.ntotal, dim=index.dim, nlist=index.nlist,
+                trained_on=recorded.get("trained_on"), missing=missing, extra=extra,
+                duplicates=int(ids.size - uniq.size),
+                checksum_matches_sidecar=recorded.get("id_checksum") == checksum
+                and recorded.get("ntotal") == index.ntotal,
+                agrees=missing == 0 and extra == 0 and ids.size == uniq.size and index.dim == ident.get("dim", index.dim),
+            )
+        return {
+            "store": str(store.dir),
+            "model": ident.get("model"),
+            "checkpoint_sha256": ident.get("checkpoint_sha256"),
+            "dim": ident.get("dim"),
+            "schema_version": migrations.schema_version(store.engine),
+            "indexed": indexed,
+            "failed": failed,
+            "roots": {root: {"indexed": v.get(STATUS_OK, 0), "failed": v.get(STATUS_FAILED, 0)}
+                      for root, v in sorted(by_root.items())},
+            "failures": [{"reason": r, "count": n} for r, n in store.failure_reasons(5)],
+            "faiss": faiss,
+        }
+
+
+def print_status(info: Dict, stream=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=stream or sys.stdout, highlight=False)
+    console.print(f"[bold]store[/] {info['store']}")
+    console.print(f"model {info['model']} (dim {info['dim']}, weights {str(info['checkpoint_sha256'])[:16]})")
+    console.print(f"{info['indexed']} indexed, {info['failed']} failed")
+    if info["roots"]:
+        table = Table("root", "indexed", "failed")
+        for root, v in info["roots"].items():
+            table.add_row(root, str(v["indexed"]), str(v["failed"]))
+        console.print(table)
+    for r in info["failures"]:
+        console.print(f"  {r['count']:>6}  {r['reason']}")
+    f = info["faiss"]
+    agree = "[green]agrees with the database[/]" if f["agrees"] else (
+        f"[red]does not agree with the database[/] ({f['missing']} missing, {f['extra']} extra; "
+        "the next pixdex index repairs it)")
+    kind = f["type"] or "none"
+    if f.get("nlist"):
+        kind += f" (nlist {f['nlist']})"
+    console.print(f"FAISS {kind}, ntotal {f['ntotal']}: {agree}")

@@ -1,0 +1,418 @@
+"""A store directory: ``pixdex.db`` (SQLite, WAL), ``index.faiss`` (derived), ``store.json`` (sidecar).
+
+Two ways in:
+
+- :meth:`Store.open_readonly` for readers (search, dedup, status): never writes, never locks, works
+  while ``pixdex index`` runs (WAL).
+- :meth:`Store.open_writer` for the indexer: creates the directory and the schema (named migrations),
+  and holds an exclusive lock file (``index.lock``, ``fcntl.flock``) for the run, so a second indexer on
+  the same store gets a clear error. The OS drops the lock when the process dies, even on ``kill -9``.
+
+The vectors in SQLite (float32 blobs written in the same transaction as their rows) are the source of
+truth; the FAISS file is derived and repaired from them (:mod:`pixdex.storage.faiss_index`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import sqlite3
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from pixdex.errors import PixdexError
+from pixdex.storage import migrations
+from pixdex.storage.faiss_index import FAISS_FILE, VectorIndex, fsync_dir
+from pixdex.storage.schema import STATUS_OK, ImageRow, MetaRow, VectorRow
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "pixdex.db"
+SIDECAR_FILE = "store.json"
+LOCK_FILE = "index.lock"
+SIDECAR_FORMAT = 1
+_CHUNK = 900  # bound parameters per statement
+
+IDENTITY_KEYS = ("model", "checkpoint_sha256", "dim", "preprocess")
+
+
+# ---------------------------------------------------------------------- engine and lock
+
+
+def make_engine(db: Path, readonly: bool) -> Engine:
+    """An engine on ``db`` whose transactions are real SQLite transactions (DDL included).
+
+    The writer's transactions start with ``BEGIN IMMEDIATE`` (it is the only writer: the lock file);
+    readers open the file with ``mode=ro`` and never take a write lock.
+    """
+    db = Path(db)
+
+    def connect():
+        if readonly:
+            conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                   check_same_thread=False, isolation_level=None)
+        else:
+            conn = sqlite3.connect(str(db), timeout=30, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    engine = create_engine("sqlite://", creator=connect)
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):  # pysqlite would otherwise not start a transaction before DDL
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+class StoreLock:
+    """An exclusive, non-blocking lock on ``STORE/index.lock`` held for an indexing run."""
+
+    def __init__(self, store_dir: Path):
+        self.path = Path(store_dir) / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise PixdexError(f"cannot create the lock file {self.path}: {e.strerror}") from e
+        try:
+            _lock_fd(fd)
+        except BlockingIOError as e:
+            os.close(fd)
+            raise PixdexError(f"another pixdex index is already running on the store {self.path.parent}"
+                              " (wait for it to finish)", exit_code=3) from e
+        except OSError as e:
+            os.close(fd)
+            raise PixdexError(f"cannot lock {self.path}: {e.strerror}") from e
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            _unlock_fd(fd)
+            os.close(fd)
+
+
+def _lock_fd(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as e:
+            raise BlockingIOError(str(e)) from e
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _unlock_fd(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def same_model(a: Optional[dict], b: Optional[dict]) -> bool:
+    """Whether two encoder identities describe the same embedding space."""
+    if not a or not b:
+        return False
+    if a.get("dim") != b.get("dim"):
+        return False
+    if (a.get("preprocess") or None) != (b.get("preprocess") or None):
+        return False
+    ha, hb = a.get("checkpoint_sha256"), b.get("checkpoint_sha256")
+    if ha or hb:
+        return ha == hb
+    return a.get("model") == b.get("model")  # random init (tests): the name is all there is
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _chunks(seq: Sequence, n: int = _CHUNK) -> Iterator[Sequence]:
+    for s in range(0, len(seq), n):
+        yield seq[s:s + n]
+
+
+def vectors_from_blobs(blobs: List[bytes], dim: Optional[int] = None) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dim or 0), np.float32)
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1).astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------- the store
+
+
+class Store:
+    """One store directory. Use :meth:`open_readonly` or :meth:`open_writer`; close when done."""
+
+    def __init__(self, store_dir: Path, engine: Engine, readonly: bool, lock: Optional[StoreLock] = None):
+        self.dir = Path(store_dir)
+        self.engine = engine
+        self.readonly = readonly
+        self._lock = lock
+        self.Session = sessionmaker(engine, expire_on_commit=False)
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open_readonly(cls, store_dir: Path) -> "Store":
+        store_dir = Path(store_dir).expanduser()
+        db = store_dir / DB_FILE
+        if not db.is_file():
+            raise PixdexError(f"no pixdex store at {store_dir} (create one with: pixdex index FOLDER --store {store_dir})")
+        engine = make_engine(db, readonly=True)
+        try:
+            with engine.connect() as c:
+                c.exec_driver_sql("SELECT count(*) FROM sqlite_master").fetchall()
+        except Exception as e:  # sqlalchemy wraps sqlite3 errors
+            engine.dispose()
+            raise PixdexError(f"cannot open {db}: {getattr(e, 'orig', e)}") from e
+        store = cls(store_dir, engine, readonly=True)
+        if migrations.pending(engine):
+            store.close()
+            raise PixdexError(f"the store at {store_dir} has an older schema; run pixdex index once to upgrade it")
+        return store
+
+    @classmethod
+    def open_writer(cls, store_dir: Path) -> "Store":
+        """Create (if needed), lock and migrate the store. Raises PixdexError when it cannot."""
+        store_dir = Path(store_dir).expanduser()
+        if store_dir.exists() and not store_dir.is_dir():
+            raise PixdexError(f"the store path {store_dir} is a file, not a folder")
+        try:
+            store_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PixdexError(f"cannot create the store folder {store_dir}: {e.strerror}") from e
+        if not os.access(store_dir, os.W_OK | os.X_OK):
+            raise PixdexError(f"the store folder {store_dir} is not writable")
+        lock = StoreLock(store_dir)
+        lock.acquire()
+        engine = None
+        try:
+            engine = make_engine(store_dir / DB_FILE, readonly=False)
+            migrations.apply_migrations(engine)
+        except PixdexError:
+            lock.release()
+            if engine is not None:
+                engine.dispose()
+            raise
+        except Exception as e:  # a corrupt or foreign database file
+            lock.release()
+            if engine is not None:
+                engine.dispose()
+            raise PixdexError(f"cannot open the store database {store_dir / DB_FILE}: {getattr(e, 'orig', e)}") from e
+        return cls(store_dir, engine, readonly=False, lock=lock)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def session(self) -> Session:
+        return self.Session()
+
+    # ------------------------------------------------------------------ metadata and sidecar
+
+    def get_meta(self, key: str, default=None):
+        with self.session() as s:
+            row = s.get(MetaRow, key)
+            return json.loads(row.value) if row is not None else default
+
+    def set_meta(self, session: Session, key: str, value) -> None:
+        session.merge(MetaRow(key=key, value=json.dumps(value, sort_keys=True)))
+
+    def read_sidecar(self) -> dict:
+        try:
+            d = json.loads((self.dir / SIDECAR_FILE).read_text(encoding="utf-8"))
+            return d if isinstance(d, dict) else {}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            log.warning("cannot read %s (%s); it will be rewritten", self.dir / SIDECAR_FILE, e)
+            return {}
+
+    def write_sidecar(self, faiss_info: Optional[dict] = None) -> dict:
+        """Rewrite ``store.json`` from the database (model) and ``faiss_info`` (or the previous one)."""
+        old = self.read_sidecar()
+        d = {
+            "format": SIDECAR_FORMAT,
+            "model": self.identity,
+            "checkpoint": self.get_meta("checkpoint"),
+            "faiss": faiss_info if faiss_info is not None else old.get("faiss", {"file": FAISS_FILE, "type": None}),
+            "schema_version": migrations.schema_version(self.engine),
+            "updated_at": datetime.now().isoformat(timespec="seconds"),
+        }
+        write_json_atomic(self.dir / SIDECAR_FILE, d)
+        return d
+
+    @property
+    def identity(self) -> Optional[dict]:
+        """The identity of the encoder the store is bound to (None for a new store)."""
+        ident = self.get_meta("model")
+        if ident is None:
+            ident = self.read_sidecar().get("model")
+        return ident or None
+
+    def bind_model(self, identity: dict, checkpoint: Optional[str] = None) -> bool:
+        """Bind a new store to ``identity``; check an existing one. Returns True when newly bound."""
+        current = self.identity
+        if current is not None:
+            if not same_model(current, identity):
+                raise PixdexError(
+                    f"the store at {self.dir} is bound to model {current.get('model')!r} "
+                    f"(dim {current.get('dim')}, checkpoint {str(current.get('checkpoint_sha256'))[:12]}); "
+                    f"it cannot be indexed with {identity.get('model')!r} "
+                    f"(dim {identity.get('dim')}, checkpoint {str(identity.get('checkpoint_sha256'))[:12]}). "
+                    "Use another --store."
+                )
+            return False
+        ident = {k: identity.get(k) for k in IDENTITY_KEYS if k in identity}
+        for k, v in identity.items():
+            ident.setdefault(k, v)
+        with self.session() as s, s.begin():
+            self.set_meta(s, "model", ident)
+            self.set_meta(s, "checkpoint", checkpoint)
+            self.set_meta(s, "bound_at", time.time())
+        self.write_sidecar()
+        return True
+
+    # ------------------------------------------------------------------ reads
+
+    def count(self, status: Optional[str] = STATUS_OK) -> int:
+        with self.session() as s:
+            q = select(func.count()).select_from(ImageRow)
+            if status is not None:
+                q = q.where(ImageRow.status == status)
+            return int(s.scalar(q))
+
+    def counts_by_root(self) -> Dict[str, Dict[str, int]]:
+        out: Dict[str, Dict[str, int]] = {}
+        with self.session() as s:
+            q = select(ImageRow.root, ImageRow.status, func.count()).group_by(ImageRow.root, ImageRow.status)
+            for root, status, n in s.execute(q):
+                out.setdefault(root, {})[status] = int(n)
+        return out
+
+    def failure_reasons(self, limit: int = 10) -> List[Tuple[str, int]]:
+        with self.session() as s:
+            q = (select(ImageRow.error, func.count().label("n")).where(ImageRow.status != STATUS_OK)
+                 .group_by(ImageRow.error).order_by(func.count().desc()).limit(limit))
+            return [(e or "unknown", int(n)) for e, n in s.execute(q)]
+
+    def live_ids(self) -> np.ndarray:
+        """Sorted ids of every searchable row (status ok, with a vector): what FAISS must hold."""
+        with self.session() as s:
+            q = (select(ImageRow.id).join(VectorRow, VectorRow.image_id == ImageRow.id)
+                 .where(ImageRow.status == STATUS_OK).order_by(ImageRow.id))
+            return np.fromiter((r[0] for r in s.execute(q)), dtype=np.int64)
+
+    def rows(self, ids: Iterable[int]) -> Dict[int, ImageRow]:
+        """Rows by id (any status), detached from the session; missing ids are left out."""
+        ids = [int(i) for i in ids]
+        out: Dict[int, ImageRow] = {}
+        with self.session() as s:
+            for chunk in _chunks(ids):
+                for r in s.scalars(select(ImageRow).where(ImageRow.id.in_(chunk))):
+                    out[r.id] = r
+        return out
+
+    def row_by_path(self, path: str) -> Optional[ImageRow]:
+        with self.session() as s:
+            return s.scalar(select(ImageRow).where(ImageRow.path == str(path)))
+
+    def vectors(self, ids: Iterable[int]) -> Tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors (n, dim) float32) of the live rows among ``ids``, in the order given."""
+        ids = [int(i) for i in np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).reshape(-1)]
+        got: Dict[int, bytes] = {}
+        with self.session() as s:
+            for chunk in _chunks(ids):
+                q = (select(VectorRow.image_id, VectorRow.vector)
+                     .join(ImageRow, ImageRow.id == VectorRow.image_id)
+                     .where(VectorRow.image_id.in_(chunk), ImageRow.status == STATUS_OK))
+                got.update((int(i), v) for i, v in s.execute(q))
+        keep = [i for i in ids if i in got]
+        dim = (self.identity or {}).get("dim")
+        return np.asarray(keep, dtype=np.int64), vectors_from_blobs([got[i] for i in keep], dim)
+
+    def filter_ids(self, path_glob: Optional[str] = None, after: Optional[datetime] = None,
+                   before: Optional[datetime] = None) -> np.ndarray:
+        """Sorted live ids whose path matches ``path_glob`` (fnmatch, case-insensitive) and whose
+        EXIF ``taken_at`` is in ``[after, before)`` (rows without a date are left out by date filters)."""
+        with self.session() as s:
+            q = select(ImageRow.id, ImageRow.path).where(ImageRow.status == STATUS_OK).order_by(ImageRow.id)
+            if after is not None:
+                q = q.where(ImageRow.taken_at >= after)
+            if before is not None:
+                q = q.where(ImageRow.taken_at < before)
+            rows = s.execute(q).all()
+        if path_glob is not None:
+            pat = path_glob.lower()
+            rows = [r for r in rows if fnmatch.fnmatchcase(r[1].lower().replace("\\", "/"), pat)]
+        return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+    # ------------------------------------------------------------------ FAISS
+
+    @property
+    def faiss_path(self) -> Path:
+        return self.dir / FAISS_FILE
+
+    def load_faiss(self) -> Optional[VectorIndex]:
+        info = self.read_sidecar().get("faiss") or {}
+        return VectorIndex.load(self.faiss_path, trained_on=int(info.get("trained_on") or 0))
+
+    def search(self, query: np.ndarray, k: int, nprobe: Optional[int] = None,
+               index: Optional[VectorIndex] = None) -> List[Tuple[int, float]]:
+        """Top-``k`` live (id, cosine) for one normalised query: FAISS candidates re-scored exactly with
+        the stored vectors (exact search over the stored vectors when there is no FAISS file)."""
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        index = index if index is not None else self.load_faiss()
+        if index is None or index.ntotal == 0:
+            cand = self.live_ids()
+        else:
+            _, labels = index.search(q[None], min(index.ntotal, max(4 * k, 64)), nprobe=nprobe)
+            cand = labels[0][labels[0] >= 0]
+        best: List[Tuple[int, float]] = []
+        for chunk in _chunks(cand, 4096):
+            ids, vecs = self.vectors(chunk)
+            if ids.size:
+                best.extend(zip(ids.tolist(), (vecs @ q).tolist()))
+        best.sort(key=lambda t: -t[1])
+        return best[:k]

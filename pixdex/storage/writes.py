@@ -1,0 +1,158 @@
+"""The indexer's writes: one :class:`Batch` of changes committed in one transaction.
+
+A batch is applied in a fixed order: deletions, moves, stat updates, then insertions (rows and their
+vectors together), so that a path freed by a deletion or a move can be reused in the same batch.
+Either the whole batch is in the database after a crash or none of it is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+from sqlalchemy import delete, select, update
+
+from pixdex.storage.schema import STATUS_FAILED, STATUS_OK, ImageRow, VectorRow
+from pixdex.storage.store import Store, _chunks, vectors_from_blobs
+
+
+@dataclass
+class NewRow:
+    path: str
+    root: str
+    size: int
+    mtime_ns: int
+    content_hash: Optional[str]
+    status: str = STATUS_OK
+    error: Optional[str] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    format: Optional[str] = None
+    taken_at: Optional[datetime] = None
+    camera_make: Optional[str] = None
+    camera_model: Optional[str] = None
+    vector: Optional[np.ndarray] = None  # (dim,) float32 for STATUS_OK rows ...
+    copy_from: Optional[int] = None  # ... or the id of a row with the same content whose vector to copy
+
+
+class Move(NamedTuple):
+    id: int
+    path: str
+    root: str
+    size: int
+    mtime_ns: int
+
+
+class Touch(NamedTuple):
+    id: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Batch:
+    deletes: List[int] = field(default_factory=list)
+    moves: List[Move] = field(default_factory=list)
+    touches: List[Touch] = field(default_factory=list)
+    inserts: List[NewRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.deletes) + len(self.moves) + len(self.touches) + len(self.inserts)
+
+
+@dataclass
+class Applied:
+    """What a committed batch changed in the searchable set (for the FAISS index)."""
+
+    added_ids: np.ndarray  # int64
+    added_vectors: np.ndarray  # (n, dim) float32
+    removed_ids: np.ndarray  # int64: deleted rows that had vectors
+    new_ids: List[Optional[int]]  # id of each of batch.inserts, in order (None: left out, see below)
+    copies_missing: List[int] = field(default_factory=list)  # indices of inserts whose copy source vanished
+
+
+class KnownFile(NamedTuple):
+    id: int
+    size: int
+    mtime_ns: int
+    content_hash: Optional[str]
+    status: str
+
+
+def known_files(store: Store) -> Dict[str, KnownFile]:
+    """Every row's path and cheap columns (no blobs): what a run compares the scan with."""
+    with store.session() as s:
+        q = select(ImageRow.path, ImageRow.id, ImageRow.size, ImageRow.mtime_ns, ImageRow.content_hash,
+                   ImageRow.status)
+        return {p: KnownFile(i, sz, mt, h, st) for p, i, sz, mt, h, st in s.execute(q)}
+
+
+def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
+    """Commit ``batch`` in one transaction. Inserts with ``copy_from`` whose source row no longer has
+    a vector are left out (their indices are returned in ``copies_missing``; encode them instead)."""
+    now = time.time()
+    removed: List[int] = []
+    new_ids: List[Optional[int]] = [None] * len(batch.inserts)
+    added_ids: List[int] = []
+    added_vecs: List[bytes] = []
+    missing: List[int] = []
+    with store.session() as s, s.begin():
+        if batch.deletes:
+            for chunk in _chunks(sorted(set(batch.deletes))):
+                removed.extend(r[0] for r in s.execute(select(VectorRow.image_id).where(VectorRow.image_id.in_(chunk))))
+                s.execute(delete(VectorRow).where(VectorRow.image_id.in_(chunk)))
+                s.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
+        for m in batch.moves:
+            s.execute(update(ImageRow).where(ImageRow.id == m.id).values(
+                path=m.path, root=m.root, size=m.size, mtime_ns=m.mtime_ns, indexed_at=now))
+        for t in batch.touches:
+            s.execute(update(ImageRow).where(ImageRow.id == t.id).values(size=t.size, mtime_ns=t.mtime_ns))
+        sources: Dict[int, bytes] = {}
+        meta: Dict[int, tuple] = {}
+        copy_ids = sorted({r.copy_from for r in batch.inserts if r.copy_from is not None})
+        for chunk in _chunks(copy_ids):
+            q = (select(VectorRow.image_id, VectorRow.vector, ImageRow.width, ImageRow.height, ImageRow.format,
+                        ImageRow.taken_at, ImageRow.camera_make, ImageRow.camera_model)
+                 .join(ImageRow, ImageRow.id == VectorRow.image_id).where(VectorRow.image_id.in_(chunk)))
+            for i, v, *m in s.execute(q):
+                sources[i] = v
+                meta[i] = tuple(m)
+        rows: List[Tuple[int, ImageRow, Optional[bytes]]] = []
+        for k, r in enumerate(batch.inserts):
+            blob = None
+            if r.status == STATUS_OK:
+                if r.vector is not None:
+                    v = np.asarray(r.vector, dtype="<f4").reshape(-1)
+                    if v.size != dim:
+                        raise ValueError(f"vector of {v.size} values for a store of dim {dim}")
+                    blob = v.tobytes()
+                elif r.copy_from is not None and r.copy_from in sources:
+                    blob = sources[r.copy_from]  # same bytes: same pixels, same EXIF
+                    (r.width, r.height, r.format, r.taken_at, r.camera_make, r.camera_model) = meta[r.copy_from]
+                else:
+                    missing.append(k)
+                    continue
+            row = ImageRow(path=r.path, root=r.root, size=r.size, mtime_ns=r.mtime_ns, content_hash=r.content_hash,
+                           width=r.width, height=r.height, format=r.format, taken_at=r.taken_at,
+                           camera_make=r.camera_make, camera_model=r.camera_model,
+                           status=r.status if blob is not None or r.status != STATUS_OK else STATUS_FAILED,
+                           error=r.error, indexed_at=now)
+            rows.append((k, row, blob))
+        s.add_all([r for _, r, _ in rows])
+        s.flush()
+        for k, row, blob in rows:
+            new_ids[k] = row.id
+            if blob is not None:
+                s.add(VectorRow(image_id=row.id, vector=blob))
+                added_ids.append(row.id)
+                added_vecs.append(blob)
+    return Applied(
+        added_ids=np.asarray(added_ids, dtype=np.int64),
+        added_vectors=vectors_from_blobs(added_vecs, dim),
+        removed_ids=np.asarray(removed, dtype=np.int64),
+        new_ids=new_ids,
+        copies_missing=missing,
+    )
