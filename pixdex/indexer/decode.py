@@ -1,0 +1,274 @@
+"""Decode one image file to an RGB Pillow image plus its metadata, or say clearly why not.
+
+- every Pillow mode becomes RGB correctly: 1, L, P, RGB, CMYK, YCbCr, LAB, HSV, 16-bit and 32-bit
+  integer (I, I;16*) and float (F) greys scaled to 0..255, transparency (LA, PA, RGBA, P/L/RGB with a
+  transparent colour) composited on white;
+- EXIF orientation applied; width/height reported after it;
+- JPEGs decoded with ``draft()`` at the smallest DCT scale that still covers ``draft_size`` (a 12 MP
+  photo decodes at 1/8 scale for a 224-256 px model), other large images reduced by an integer
+  factor to at least twice ``draft_size``;
+- Pillow's decompression-bomb guard kept (over ``Image.MAX_IMAGE_PIXELS`` is a failure);
+- animated images: the first frame;
+- HEIC/HEIF through pillow-heif, registered lazily on the first such file; AVIF through Pillow.
+
+Everything that can go wrong with a file becomes a :class:`DecodeError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Optional, Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+MAX_FILE_BYTES = 1 << 30  # a 1 GiB "photo" is not a photo
+HASH_DIGEST = 16  # blake2b-128
+
+_TAG_ORIENTATION = 0x0112
+_TAG_MAKE = 0x010F
+_TAG_MODEL = 0x0110
+_TAG_DATETIME = 0x0132
+_IFD_EXIF = 0x8769
+_TAG_DATETIME_ORIGINAL = 0x9003
+_TAG_DATETIME_DIGITIZED = 0x9004
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+_heif_lock = threading.Lock()
+_heif_registered = False
+
+
+class DecodeError(Exception):
+    """A file that cannot be indexed; ``str(e)`` is the reason recorded in the store."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int  # original size, after EXIF orientation
+    height: int
+    format: Optional[str]
+    taken_at: Optional[datetime] = None
+    camera_make: Optional[str] = None
+    camera_model: Optional[str] = None
+
+
+def register_heif() -> bool:
+    """Register pillow-heif's HEIC/HEIF opener once (thread-safe). False when it is not installed."""
+    global _heif_registered
+    with _heif_lock:
+        if not _heif_registered:
+            try:
+                from pillow_heif import register_heif_opener
+            except ImportError:
+                log.warning("pillow-heif is not installed: HEIC/HEIF files cannot be decoded")
+                return False
+            register_heif_opener()
+            _heif_registered = True
+    return True
+
+
+def read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise DecodeError(f"file too large ({size} bytes)")
+            data = f.read()
+    except DecodeError:
+        raise
+    except PermissionError as e:
+        raise DecodeError("permission denied") from e
+    except FileNotFoundError as e:
+        raise DecodeError("file vanished while indexing") from e
+    except IsADirectoryError as e:
+        raise DecodeError("not a regular file") from e
+    except OSError as e:
+        raise DecodeError(f"cannot read the file: {e.strerror or e}") from e
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    return data
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=HASH_DIGEST).hexdigest()
+
+
+# ---------------------------------------------------------------------- metadata
+
+
+def _exif_text(v) -> Optional[str]:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    s = str(v).replace("\x00", "").strip()
+    return s[:200] or None
+
+
+def parse_exif_datetime(v) -> Optional[datetime]:
+    """``"YYYY:MM:DD HH:MM:SS"`` (EXIF) → datetime; placeholders and garbage → None."""
+    s = _exif_text(v)
+    if not s:
+        return None
+    for fmt in ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y:%m:%d %H:%M", "%Y:%m:%d"):
+        try:
+            d = datetime.strptime(s[:19] if "%S" in fmt else s[: len(fmt) + 2], fmt)
+        except ValueError:
+            continue
+        return d if d.year >= 1800 else None
+    return None
+
+
+def read_exif(im: Image.Image) -> Tuple[int, Optional[datetime], Optional[str], Optional[str]]:
+    """(orientation, taken_at, make, model) from the image's EXIF; defaults when absent or broken."""
+    try:
+        exif = im.getexif()
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on malformed EXIF; metadata is optional
+        log.debug("unreadable EXIF: %s", e)
+        return 1, None, None, None
+    try:
+        orientation = int(exif.get(_TAG_ORIENTATION, 1) or 1)
+    except (TypeError, ValueError):
+        orientation = 1
+    taken = None
+    try:
+        sub = exif.get_ifd(_IFD_EXIF)
+        taken = parse_exif_datetime(sub.get(_TAG_DATETIME_ORIGINAL)) or parse_exif_datetime(
+            sub.get(_TAG_DATETIME_DIGITIZED))
+    except Exception as e:  # noqa: BLE001 - a broken sub-IFD must not fail the image
+        log.debug("unreadable EXIF sub-IFD: %s", e)
+    if taken is None:
+        taken = parse_exif_datetime(exif.get(_TAG_DATETIME))
+    return (orientation if orientation in range(1, 9) else 1, taken,
+            _exif_text(exif.get(_TAG_MAKE)), _exif_text(exif.get(_TAG_MODEL)))
+
+
+# ---------------------------------------------------------------------- pixels
+
+
+def _grey_to_rgb(im: Image.Image) -> Image.Image:
+    """High-bit-depth or float greys (I, I;16*, F) scaled to 8 bits, then RGB."""
+    a = np.asarray(im).astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.all():
+        a = np.where(finite, a, 0.0)
+    if im.mode.startswith("I;16"):
+        a = a / 257.0
+    else:
+        lo, hi = float(a.min()), float(a.max())
+        if im.mode == "F" and lo >= 0.0 and hi <= 1.0:
+            a = a * 255.0
+        elif lo >= 0.0 and hi <= 255.0:
+            pass
+        elif lo >= 0.0 and hi <= 65535.0:
+            a = a / 257.0
+        else:
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    g = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+    return g.convert("RGB")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode → RGB (transparency on white)."""
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return _grey_to_rgb(im)
+    if has_alpha:
+        try:
+            rgba = im.convert("RGBA")
+        except ValueError:
+            rgba = im.convert("RGB").convert("RGBA")
+        out = Image.new("RGB", im.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    try:
+        return im.convert("RGB")
+    except ValueError as e:
+        raise DecodeError(f"unsupported image mode {mode}") from e
+
+
+def _bomb_check(w: int, h: int) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and w * h > limit:
+        raise DecodeError(f"decompression bomb guard: {w}x{h} pixels is over Pillow's limit of {limit}")
+
+
+def decode(data: bytes, draft_size: Optional[int] = None, name: str = "") -> Tuple[Image.Image, ImageInfo]:
+    """Decode ``data`` → (RGB image, info). ``draft_size``: the smallest short side needed (None: full size)."""
+    if name.lower().endswith((".heic", ".heif")):
+        register_heif()
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"decompression bomb guard: {e}") from e
+    except UnidentifiedImageError as e:
+        if not _heif_registered and data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftyphevc"):
+            register_heif()  # a HEIC file without the extension
+            return decode(data, draft_size, name + ".heic")
+        raise DecodeError("not an image, or a truncated or corrupt one (cannot identify it)") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DecodeError(f"corrupt image header: {_short(e)}") from e
+    try:
+        with im:
+            return _decode_open(im, draft_size)
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"decompression bomb guard: {e}") from e
+    except MemoryError as e:
+        raise DecodeError("image too large to decode (out of memory)") from e
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError) as e:
+        # Pillow reports truncated and corrupt data through all of these
+        raise DecodeError(f"truncated or corrupt image data: {_short(e)}") from e
+
+
+def _short(e: BaseException) -> str:
+    s = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return s[:160]
+
+
+def _decode_open(im: Image.Image, draft_size: Optional[int]) -> Tuple[Image.Image, ImageInfo]:
+    fmt = im.format
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise DecodeError("image has no pixels")
+    _bomb_check(w, h)
+    orientation, taken, make, model = read_exif(im)
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)
+    if draft_size and fmt == "JPEG":
+        im.draft(im.mode if im.mode in ("RGB", "L") else None, (int(draft_size), int(draft_size)))
+    im.load()
+    out = im
+    if draft_size:
+        factor = min(out.size) // (2 * int(draft_size))
+        if factor >= 2:
+            out = out.reduce(factor)
+    out = to_rgb(out)
+    if orientation != 1:
+        out = out.transpose(_TRANSPOSE[orientation])
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    if out is im:
+        out = im.copy()  # detach from the file object closed by the caller
+    return out, ImageInfo(width=w, height=h, format=fmt, taken_at=taken, camera_make=make, camera_model=model)

@@ -1,0 +1,107 @@
+"""Read, hash, decode and preprocess files in worker threads, ahead of the encoder.
+
+:func:`ordered_map` runs a function over items in a thread pool with a bounded look-ahead: at most
+``lookahead`` items are in flight or finished-but-unconsumed, results come back in input order. Pillow,
+hashlib and file reads release the GIL, so decoding the next batches overlaps with the encoder (which
+runs torch in the consumer's thread). Bounded, so memory stays flat however large the folder.
+
+:func:`load_candidate` is the per-file work: read the bytes once, hash them, and skip decoding when the
+content is already known to the store (a moved or copied file reuses its vector).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Collection, Deque, Iterable, Iterator, Optional, Tuple, TypeVar
+
+import numpy as np
+
+from pixdex.indexer.decode import DecodeError, ImageInfo, content_hash, decode, read_file
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """Decode threads when not given: the CPU count, at least 1, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, lookahead: int) -> Iterator[Tuple[T, R]]:
+    """Yield ``(item, fn(item))`` in input order, computing at most ``lookahead`` results ahead.
+
+    ``fn`` must not raise (return errors as values). Stopping the iteration early cancels queued work.
+    """
+    workers = max(1, int(workers))
+    lookahead = max(workers, int(lookahead))
+    it = iter(items)
+    pending: Deque[Tuple[T, Future]] = collections.deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pixdex-decode")
+    try:
+        for item in it:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= lookahead:
+                first, fut = pending.popleft()
+                yield first, fut.result()
+        while pending:
+            first, fut = pending.popleft()
+            yield first, fut.result()
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class Loaded:
+    """The outcome of loading one file."""
+
+    content_hash: Optional[str] = None
+    pixels: Optional[np.ndarray] = None  # preprocessed (3, H, W) float32
+    info: Optional[ImageInfo] = None
+    error: Optional[str] = None  # why it failed (then pixels is None)
+    known: bool = False  # content already in the store: not decoded
+
+    @property
+    def ok(self) -> bool:
+        return self.pixels is not None
+
+
+def draft_side(preprocess) -> Optional[int]:
+    d = getattr(preprocess, "draft_size", None)
+    if d is None:
+        d = getattr(preprocess, "image_size", None)
+    if d is None:
+        return None
+    return int(max(d)) if isinstance(d, (tuple, list)) else int(d)
+
+
+def load_candidate(path: str, preprocess: Callable, known_hashes: Collection[str] = (),
+                   decode_known: bool = False) -> Loaded:
+    """Read + hash ``path``; unless its hash is in ``known_hashes``, decode and preprocess it."""
+    try:
+        data = read_file(path)
+    except DecodeError as e:
+        return Loaded(error=str(e))
+    h = content_hash(data)
+    if h in known_hashes and not decode_known:
+        return Loaded(content_hash=h, known=True)
+    return decode_pixels(data, h, path, preprocess)
+
+
+def decode_pixels(data: bytes, h: str, path: str, preprocess: Callable) -> Loaded:
+    try:
+        img, info = decode(data, draft_side(preprocess), name=path)
+    except DecodeError as e:
+        return Loaded(content_hash=h, error=str(e))
+    try:
+        pixels = np.asarray(preprocess(img), dtype=np.float32)
+    except (ValueError, OSError, MemoryError) as e:
+        return Loaded(content_hash=h, info=info, error=f"preprocessing failed: {str(e).splitlines()[0][:160]}")
+    return Loaded(content_hash=h, pixels=pixels, info=info)

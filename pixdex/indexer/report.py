@@ -1,0 +1,88 @@
+"""Progress bar and end-of-run summary for ``pixdex index`` (rich, on a terminal; silent in --json)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sys
+from typing import Counter, Dict, Optional
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """A rich progress bar on stderr (files/s, ETA), or nothing when quiet or not a terminal."""
+
+    def __init__(self, total: int, quiet: bool, description: str = "indexing"):
+        self._bar = None
+        self._task = None
+        if quiet or total <= 0:
+            return
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TaskProgressColumn,
+                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+        self._bar = RichProgress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=console, transient=False, refresh_per_second=4,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total, rate="")
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+            speed = self._bar.tasks[0].speed
+            self._bar.update(self._task, rate=f"{speed:5.1f} files/s" if speed else "")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+class Tally:
+    """Counts of what a run did, and the reasons of its failures."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = collections.Counter()
+        self.reasons: Counter = collections.Counter()
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] += n
+
+    def fail(self, reason: str) -> None:
+        self.counts["failed"] += 1
+        self.reasons[_reason_key(reason)] += 1
+
+    def top_reasons(self, n: int = 5):
+        return [{"reason": r, "count": c} for r, c in self.reasons.most_common(n)]
+
+
+def _reason_key(reason: str) -> str:
+    """Group reasons that differ only in details after a colon (e.g. Pillow's message)."""
+    return reason.split(":", 1)[0].strip() or reason
+
+
+def print_summary(summary: Dict, stream=None) -> None:
+    from rich.console import Console
+
+    console = Console(file=stream or sys.stdout, highlight=False)
+    c = summary
+    console.print(
+        f"[bold]{c['new']}[/] new, {c['updated']} updated, {c['moved']} moved, {c['deleted']} deleted, "
+        f"{c['unchanged']} unchanged, [{'red' if c['failed'] else 'default'}]{c['failed']} failed[/]"
+        f"  ({c['encoded']} encoded in {c['elapsed_s']:.1f} s"
+        + (f", {c['images_per_s']:.1f} images/s" if c["encoded"] else "") + ")"
+    )
+    for r in c.get("failures", []):
+        console.print(f"  {r['count']:>6}  {r['reason']}")
+    f = c.get("faiss") or {}
+    console.print(f"store {c['store']}: {c['total']} images searchable, model {c['model']}, "
+                  f"FAISS {f.get('type')} ntotal {f.get('ntotal')}")

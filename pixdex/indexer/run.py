@@ -1,0 +1,343 @@
+"""``pixdex index``: scan roots, update the store incrementally, keep FAISS in line. Crash-safe.
+
+One run:
+
+1. open the store for writing (exclusive lock file; schema migrations), check or bind the model;
+2. repair the FAISS index from the database (a crash may have left it behind);
+3. scan the roots and compare with the store by size and mtime only (:mod:`pixdex.indexer.plan`);
+4. for new and changed files, in worker threads with bounded look-ahead: read once, hash, and decode +
+   preprocess unless the hash is already in the store; in the main thread resolve each file (touched:
+   same hash; moved: takes over a vanished row and its id; copy: reuses another row's vector; else
+   encode) and commit rows + vectors per batch in one transaction;
+5. delete the rows of vanished files; rebuild or retrain FAISS when due; save it atomically.
+
+The encoder is loaded only when something must be encoded (or the store is new): a run over an
+unchanged folder reads no file and loads no model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pixdex.errors import PixdexError
+from pixdex.indexer.pipeline import Loaded, decode_pixels, default_workers, load_candidate, ordered_map
+from pixdex.indexer.plan import Candidate, make_plan
+from pixdex.indexer.report import Progress, Tally, print_summary
+from pixdex.indexer.scan import scan
+from pixdex.storage import faiss_index
+from pixdex.storage.schema import STATUS_FAILED, STATUS_OK
+from pixdex.storage.store import Store
+from pixdex.storage.writes import Batch, KnownFile, Move, NewRow, Touch, apply_batch, known_files
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-32-256:datacomp_s34b_b86k"
+FAISS_SAVE_EVERY_S = 120.0  # also saved at the end; FAISS is derived, so this only helps concurrent search
+MAX_PENDING_OPS = 256  # commit non-encoding changes (moves, failures, ...) at least this often
+
+
+class LazyEncoder:
+    """Loads the encoder on first use (thread-safe) and checks it against the store's model."""
+
+    def __init__(self, store: Store, spec: str, checkpoint: Optional[str], device: str,
+                 loader: Optional[Callable] = None):
+        self.store, self.spec, self.checkpoint, self.device = store, spec, checkpoint, device
+        self._loader = loader
+        self._enc = None
+        self._lock = threading.Lock()
+        self.newly_bound = False
+
+    def get(self):
+        with self._lock:
+            if self._enc is None:
+                self._enc = self._load()
+            return self._enc
+
+    @property
+    def loaded(self) -> bool:
+        return self._enc is not None
+
+    def _load(self):
+        new_store = self.store.identity is None
+        towers = ("image", "text") if new_store else ("image",)
+        if self._loader is not None:
+            enc = self._loader(self.spec, self.checkpoint, self.device, towers)
+        else:
+            from pixdex.encoders.encoder import load_encoder
+
+            enc = load_encoder(self.spec, checkpoint=self.checkpoint, device=self.device, towers=towers)
+        _maybe_speed_up(enc)
+        ident = enc.identity()
+        self.newly_bound = self.store.bind_model(ident, checkpoint=ident.get("checkpoint") or self.checkpoint)
+        if self.newly_bound:
+            _export_text_tower(enc, self.store.dir)
+        return enc
+
+    def preprocess(self, img):
+        return self.get().preprocess(img)
+
+
+def _maybe_speed_up(enc) -> None:
+    try:
+        from pixdex.encoders.fast import speed_up
+    except ImportError:
+        return
+    speed_up(enc)
+
+
+def _export_text_tower(enc, store_dir: Path) -> None:
+    try:
+        from pixdex.encoders.textexport import export_text_tower
+    except ImportError:
+        log.debug("no text tower export available")
+        return
+    try:
+        export_text_tower(enc, store_dir)
+    except PixdexError as e:  # search re-exports on demand; indexing goes on
+        log.warning("could not export the text tower for torch-free search: %s", e)
+
+
+def _model_choice(store: Store, model: Optional[str], checkpoint: Optional[Path]) -> Tuple[str, Optional[str], bool]:
+    """(spec, checkpoint, load_now) for this run."""
+    bound = store.identity
+    ckpt = str(Path(checkpoint).expanduser()) if checkpoint is not None and str(checkpoint) != "random" else (
+        "random" if checkpoint is not None else None)
+    if bound is None:
+        return model or DEFAULT_MODEL, ckpt, True
+    if model is None and ckpt is None:
+        bound_ckpt = bound.get("checkpoint") or store.get_meta("checkpoint")
+        if str(bound.get("checkpoint_sha256") or "").startswith("random-init"):
+            bound_ckpt = "random"
+        return bound["model"], bound_ckpt, False
+    # An explicit model or checkpoint on a bound store: load it now, so a mismatch fails before any work.
+    return model or bound["model"], ckpt, True
+
+
+class _Run:
+    """The state of one indexing run (see the module doc)."""
+
+    def __init__(self, store: Store, enc: LazyEncoder, batch_size: int, tally: Tally, progress: Progress):
+        self.store, self.enc, self.batch_size, self.tally, self.progress = store, enc, max(1, batch_size), tally, progress
+        self.batch = Batch()
+        self.pending: List[Tuple[Candidate, Loaded, bool]] = []  # decoded, waiting for the encoder
+        self.index: Optional[faiss_index.VectorIndex] = None
+        self.dim: Optional[int] = None
+        self.live_by_hash: Dict[str, int] = {}
+        self.vanished_by_hash: Dict[str, List[Tuple[str, KnownFile]]] = {}
+        self.claimed: set = set()
+        self.last_save = time.monotonic()
+
+    # ------------------------------------------------------------------ FAISS
+
+    def _vectors(self, ids: np.ndarray):
+        return self.store.vectors(ids)
+
+    def reconcile(self, threshold: int) -> Dict[str, int]:
+        ident = self.store.identity
+        if ident is None:
+            return {}
+        self.dim = int(ident["dim"])
+        if self.index is None:
+            self.index = self.store.load_faiss()
+        self.index, counts = faiss_index.reconcile(self.index, self.dim, self.store.live_ids(), self._vectors,
+                                                   threshold)
+        return counts
+
+    def save_faiss(self) -> dict:
+        assert self.index is not None
+        self.index.save(self.store.faiss_path)
+        info = self.index.describe()
+        info["id_checksum"] = faiss_index.id_checksum(self.index.ids())
+        self.store.write_sidecar(info)
+        self.last_save = time.monotonic()
+        return info
+
+    # ------------------------------------------------------------------ resolving files
+
+    def resolve(self, cand: Candidate, res: Loaded, count: bool = True) -> None:
+        """Decide what ``cand`` becomes, given what the worker found. ``count``: False on a retry."""
+        e, old = cand.entry, cand.old
+        h = res.content_hash
+        if h is not None and old is not None and old.content_hash == h:
+            self.batch.touches.append(Touch(old.id, e.size, e.mtime_ns))  # touched, same bytes
+            self.tally.add("unchanged")
+            self.progress.advance()
+            return
+        if h is not None and self.vanished_by_hash.get(h):
+            path, row = self.vanished_by_hash[h].pop()
+            self.claimed.add(path)
+            self._drop_old(old)
+            self.batch.moves.append(Move(row.id, e.path, e.root, e.size, e.mtime_ns))
+            self.tally.add("moved")
+            self.progress.advance()
+            return
+        if h is not None and h in self.live_by_hash:
+            self._insert(cand, NewRow(e.path, e.root, e.size, e.mtime_ns, h, copy_from=self.live_by_hash[h]), count)
+            self.tally.add("reused_vectors")
+            self.progress.advance()
+            return
+        if res.known:  # its source went away meanwhile: decode after all
+            res = load_candidate(e.path, self.enc.preprocess, decode_known=True)
+            if res.content_hash is not None and res.content_hash != h:
+                return self.resolve(cand, res, count)
+        if not res.ok:
+            self._insert(cand, NewRow(e.path, e.root, e.size, e.mtime_ns, h, status=STATUS_FAILED, error=res.error),
+                         count)
+            self.tally.fail(res.error or "unknown error")
+            self.progress.advance()
+            return
+        self.pending.append((cand, res, count))
+        if len(self.pending) >= self.batch_size:
+            self.encode_pending()
+
+    def _drop_old(self, old: Optional[KnownFile]) -> None:
+        if old is not None:
+            self.batch.deletes.append(old.id)
+            if old.content_hash and self.live_by_hash.get(old.content_hash) == old.id:
+                del self.live_by_hash[old.content_hash]
+
+    def _insert(self, cand: Candidate, row: NewRow, count: bool = True) -> None:
+        self._drop_old(cand.old)
+        if count:
+            self.tally.add("updated" if cand.old is not None else "new")
+        self.batch.inserts.append(row)
+        if len(self.batch) >= MAX_PENDING_OPS and not self.pending:
+            self.commit()
+
+    def encode_pending(self) -> None:
+        if not self.pending:
+            return
+        enc = self.enc.get()
+        vecs = enc.encode_images(np.stack([r.pixels for _, r, _ in self.pending]))
+        self.tally.add("encoded", len(self.pending))
+        for (cand, res, count), v in zip(self.pending, vecs):
+            e, info = cand.entry, res.info
+            self._insert(cand, NewRow(
+                e.path, e.root, e.size, e.mtime_ns, res.content_hash, width=info.width, height=info.height,
+                format=info.format, taken_at=info.taken_at, camera_make=info.camera_make,
+                camera_model=info.camera_model, vector=v), count)
+        n = len(self.pending)
+        self.pending = []
+        self.commit()
+        self.progress.advance(n)
+
+    def commit(self) -> None:
+        if not len(self.batch):
+            return
+        if self.dim is None:
+            self.dim = int(self.store.identity["dim"])
+        batch, self.batch = self.batch, Batch()
+        applied = apply_batch(self.store, batch, self.dim)
+        for k in applied.copies_missing:  # the copy source was deleted in the meantime: encode it
+            r = batch.inserts[k]
+            self.tally.add("reused_vectors", -1)
+            res = load_candidate(r.path, self.enc.preprocess, decode_known=True)
+            self.resolve(Candidate(_entry_of(r)), res, count=False)
+        for row, new_id in zip(batch.inserts, applied.new_ids):
+            if new_id is not None and row.status == STATUS_OK and row.content_hash:
+                self.live_by_hash.setdefault(row.content_hash, new_id)
+        if self.index is None:
+            self.index = faiss_index.VectorIndex.flat(self.dim)
+        self.index.remove(applied.removed_ids)
+        self.index.add(applied.added_ids, applied.added_vectors)
+        if time.monotonic() - self.last_save > FAISS_SAVE_EVERY_S:
+            self.save_faiss()
+
+    def finish_files(self) -> None:
+        self.encode_pending()
+        self.commit()
+
+
+def _entry_of(r: NewRow):
+    from pixdex.indexer.scan import FileEntry
+
+    return FileEntry(r.path, r.root, r.size, r.mtime_ns)
+
+
+def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = None,
+                checkpoint: Optional[Path] = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
+                json_mode: bool = False, ivf_threshold: Optional[int] = None,
+                encoder_loader: Optional[Callable] = None) -> dict:
+    """Index ``paths`` into the store at ``store_dir``; return the summary dict (printed unless json_mode).
+
+    ``encoder_loader(spec, checkpoint, device, towers) -> Encoder`` replaces ``load_encoder`` (tests).
+    """
+    if not paths:
+        raise PixdexError("give at least one folder or file to index")
+    if batch_size < 1:
+        raise PixdexError("--batch-size must be at least 1")
+    t0 = time.monotonic()
+    threshold = faiss_index.ivf_threshold(ivf_threshold)
+    nworkers = workers if workers and workers > 0 else default_workers()
+    store = Store.open_writer(store_dir)
+    tally = Tally()
+    progress = Progress(0, quiet=True)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns for images over MAX_IMAGE_PIXELS; decode.py records those as failures.
+            from PIL import Image
+
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            spec, ckpt, load_now = _model_choice(store, model, checkpoint)
+            enc = LazyEncoder(store, spec, ckpt, device, loader=encoder_loader)
+            if load_now:
+                enc.get()
+            run = _Run(store, enc, batch_size, tally, progress)
+            repaired = run.reconcile(threshold)
+            sc = scan(paths, skip_dirs=[store.dir])
+            for path, reason in sc.problems:
+                log.info("skipped %s: %s", path, reason)
+                tally.fail(reason)
+            known = known_files(store)
+            plan = make_plan(sc, known)
+            tally.add("unchanged", plan.unchanged)
+            for path, k in plan.vanished.items():
+                if k.content_hash:
+                    run.vanished_by_hash.setdefault(k.content_hash, []).append((path, k))
+            for k in known.values():
+                if k.status == STATUS_OK and k.content_hash:
+                    run.live_by_hash.setdefault(k.content_hash, k.id)
+            known_hashes = frozenset(run.live_by_hash) | frozenset(run.vanished_by_hash)
+            progress = run.progress = Progress(len(plan.candidates), quiet=json_mode)
+
+            def work(c: Candidate) -> Loaded:
+                return load_candidate(c.entry.path, enc.preprocess, known_hashes)
+
+            lookahead = 2 * batch_size + 2 * nworkers
+            for cand, res in ordered_map(work, plan.candidates, nworkers, lookahead):
+                tally.add("hashed", 1 if res.content_hash else 0)
+                run.resolve(cand, res)
+            run.finish_files()
+            gone = [k.id for p, k in plan.vanished.items() if p not in run.claimed]
+            if gone:
+                run.batch.deletes.extend(gone)
+                run.commit()
+            tally.add("deleted", len(gone))
+            faiss_info = {}
+            if store.identity is not None:
+                run.reconcile(threshold)
+                faiss_info = run.save_faiss()
+    finally:
+        progress.close()
+        store.close()
+    elapsed = time.monotonic() - t0
+    c = tally.counts
+    summary = {
+        "store": str(store.dir), "model": spec,
+        "roots": sc.roots, "found": len(sc.files),
+        "new": c["new"], "updated": c["updated"], "moved": c["moved"], "deleted": c["deleted"],
+        "unchanged": c["unchanged"], "failed": c["failed"], "encoded": c["encoded"], "hashed": c["hashed"],
+        "reused_vectors": c["reused_vectors"], "failures": tally.top_reasons(),
+        "faiss_repaired": repaired, "faiss": faiss_info, "total": faiss_info.get("ntotal", 0),
+        "elapsed_s": round(elapsed, 3), "images_per_s": round(c["encoded"] / elapsed, 2) if elapsed > 0 else 0.0,
+    }
+    if not json_mode:
+        print_summary(summary)
+    return summary
