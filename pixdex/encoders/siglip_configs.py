@@ -70,6 +70,8 @@ SIGLIP_CONFIGS: Dict[str, ModelConfig] = {
                            act="gelu_tanh", hf_repo=None, clean="siglip"),
 }
 
+# pretrained tag used when a spec names one of these models without a tag (open_clip's pretrained registry)
+SIGLIP_DEFAULT_TAGS: Dict[str, str] = {"ViT-B-16-SigLIP": "webli", "ViT-SO400M-14-SigLIP": "webli"}
 
 _HF_ACTS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
             "gelu": "gelu", "quick_gelu": "quick_gelu"}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import re
 import string
 from pathlib import Path
@@ -68,7 +69,11 @@ def canonicalize_siglip(text: str) -> str:
     return _WS.sub(" ", text.lower().translate(_PUNCT)).strip()
 
 
-def _resolve_model_file(tok: TokenizerConfig, model_dir: Optional[Path], allow_download: bool) -> Path:
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _resolve_model_file(tok: TokenizerConfig, model_dir: Optional[Path], allow_download: Optional[bool]) -> Path:
     tried: List[str] = []
     if model_dir is not None:
         p = Path(model_dir).expanduser()
@@ -88,13 +93,15 @@ def _resolve_model_file(tok: TokenizerConfig, model_dir: Optional[Path], allow_d
             if isinstance(hit, str) and Path(hit).is_file():
                 return Path(hit)
         tried.append(f"the Hugging Face cache of {tok.hf_repo}")
-        if allow_download:
+        if allow_download or (allow_download is None and not _offline()):
             try:
                 from huggingface_hub import hf_hub_download
 
                 return Path(hf_hub_download(tok.hf_repo, tok.sp_model_file))
             except Exception as e:  # network, auth, missing file: all become one clear line
-                raise PixdexError(f"cannot download the tokenizer {tok.hf_repo}/{tok.sp_model_file}: {e}") from e
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise PixdexError(f"cannot download the tokenizer {tok.hf_repo}/{tok.sp_model_file} ({first}); "
+                                  "pass the checkpoint directory holding it") from e
     if not tried:
         raise PixdexError("SigLIP tokenizer: no sentencepiece model (give the checkpoint directory or set "
                           "tokenizer.hf_repo)")
@@ -106,12 +113,13 @@ class SentencePieceTokenizer:
     """Callable ``list[str] -> np.ndarray int64 (N, context_length)`` over a sentencepiece model.
 
     ``config``: a ModelConfig (its ``tokenizer``) or a TokenizerConfig. ``model_dir``: the checkpoint
-    directory holding ``spiece.model`` (or the model file itself); without it the file of
-    ``tokenizer.hf_repo`` is looked up in the Hugging Face cache (and downloaded only if ``allow_download``).
+    directory holding ``spiece.model`` (or the model file itself); else the file of ``tokenizer.hf_repo`` is
+    taken from the Hugging Face cache, or downloaded when it is not cached (``allow_download=None``: unless
+    ``HF_HUB_OFFLINE`` is set; ``False``: never).
     """
 
     def __init__(self, config: Union[ModelConfig, TokenizerConfig], model_dir: Optional[Union[str, Path]] = None,
-                 allow_download: bool = False):
+                 allow_download: Optional[bool] = None):
         tok = config.tokenizer if isinstance(config, ModelConfig) else config
         if not isinstance(tok, TokenizerConfig):
             raise PixdexError(f"SentencePieceTokenizer needs a ModelConfig or TokenizerConfig, not {type(config)}")
@@ -193,7 +201,7 @@ class SentencePieceTokenizer:
         texts = list(texts)
         ctx = self.context_length if context_length is None else int(context_length)
         if ctx != self.context_length:
-            return SentencePieceTokenizer._with_context(self, ctx)(texts)
+            return self._with_context(ctx)(texts)
         out = np.full((len(texts), ctx), self.pad_id, dtype=np.int64)
         for row, text in enumerate(texts):
             ids = self.encode(text)
