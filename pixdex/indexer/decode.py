@@ -177,7 +177,7 @@ def _grey_to_rgb(im: Image.Image) -> Image.Image:
             a = a * 255.0
         elif lo >= 0.0 and hi <= 255.0:
             pass
-        elif lo >= 0.0 and hi <= 65535.0:
+        elif im.mode == "I" and lo >= 0.0 and hi <= 65535.0:  # 16-bit data in a 32-bit container
             a = a / 257.0
         else:
             a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
@@ -259,12 +259,11 @@ def _decode_open(im: Image.Image, draft_size: Optional[int]) -> Tuple[Image.Imag
     if draft_size and fmt == "JPEG":
         im.draft(im.mode if im.mode in ("RGB", "L") else None, (int(draft_size), int(draft_size)))
     im.load()
-    out = im
+    out = to_rgb(im)
     if draft_size:
         factor = min(out.size) // (2 * int(draft_size))
         if factor >= 2:
             out = out.reduce(factor)
-    out = to_rgb(out)
     if orientation != 1:
         out = out.transpose(_TRANSPOSE[orientation])
     if orientation in (5, 6, 7, 8):

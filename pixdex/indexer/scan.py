@@ -108,6 +108,7 @@ def scan(roots: Sequence[Path], skip_dirs: Sequence[Path] = ()) -> ScanResult:
             skip.add((st.st_dev, st.st_ino))
         except OSError:
             pass
+    linked: List[Tuple[str, str, os.stat_result]] = []  # symlinked files: added last, if still new
     for root in norm:
         try:
             st = os.stat(root)
@@ -116,9 +117,11 @@ def scan(roots: Sequence[Path], skip_dirs: Sequence[Path] = ()) -> ScanResult:
             res.unlisted.append(root)
             continue
         if stat.S_ISDIR(st.st_mode):
-            _walk(root, root, st, res, seen_dirs, seen_files, skip)
+            _walk(root, root, st, res, seen_dirs, seen_files, skip, linked)
         else:
             _add_file(root, root, st, res, seen_files, explicit=True)
+    for path, root, fst in linked:  # so a file reachable directly is indexed under its real path
+        _add_file(path, root, fst, res, seen_files)
     log.info("scan: %d image files, %d problems", len(res.files), len(res.problems))
     return res
 
@@ -143,7 +146,8 @@ def _add_file(path: str, root: str, st: os.stat_result, res: ScanResult, seen_fi
 
 
 def _walk(folder: str, root: str, st: os.stat_result, res: ScanResult, seen_dirs: Set[Tuple[int, int]],
-          seen_files: Set[Tuple[int, int]], skip: Set[Tuple[int, int]]) -> None:
+          seen_files: Set[Tuple[int, int]], skip: Set[Tuple[int, int]],
+          linked: List[Tuple[str, str, os.stat_result]]) -> None:
     # Iterative depth-first walk: deep trees cannot overflow the stack.
     stack: List[Tuple[str, os.stat_result]] = [(folder, st)]
     while stack:
@@ -187,5 +191,8 @@ def _walk(folder: str, root: str, st: os.stat_result, res: ScanResult, seen_dirs
             except OSError as err:  # broken link, link loop, vanished meanwhile
                 res.problems.append((e.path, _reason(err)))
                 continue
-            _add_file(e.path, root, fst, res, seen_files)
+            if e.is_symlink():
+                linked.append((e.path, root, fst))
+            else:
+                _add_file(e.path, root, fst, res, seen_files)
         stack.extend(reversed(subdirs))
