@@ -1,0 +1,202 @@
+"""Storage: named migrations, schema contract, WAL + read-only access, lock, model binding, read API."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime
+
+import numpy as np
+import pytest
+from sqlalchemy import inspect, text
+
+from pixdex.errors import PixdexError
+from pixdex.storage import migrations
+from pixdex.storage.schema import Base
+from pixdex.storage.store import Store, same_model
+from pixdex.storage.writes import Batch, Move, NewRow, Touch, apply_batch, known_files
+
+DIM = 8
+IDENT = {"model": "m", "checkpoint_sha256": "abc", "dim": DIM, "preprocess": {"image_size": 32}}
+
+
+def unit(rng, n, d=DIM):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def new_row(i, vec=None, **kw):
+    return NewRow(path=f"/p/{i}.jpg", root="/p", size=i, mtime_ns=i, content_hash=f"h{i}", vector=vec, **kw)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open_writer(tmp_path / "store")
+    s.bind_model(IDENT)
+    yield s
+    s.close()
+
+
+def test_migrations_are_named_applied_once_and_match_the_orm(tmp_path):
+    s = Store.open_writer(tmp_path / "st")
+    try:
+        with s.engine.connect() as c:
+            names = [r[0] for r in c.execute(text("SELECT name FROM migrations ORDER BY name"))]
+            assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert names == sorted(n for n, _ in migrations.MIGRATIONS) and len(names) >= 2
+        assert migrations.apply_migrations(s.engine) == []  # nothing applied twice
+        insp = inspect(s.engine)
+        for table in Base.metadata.sorted_tables:  # the hand-written DDL is what the ORM maps
+            db_cols = {c["name"]: c for c in insp.get_columns(table.name)}
+            assert set(db_cols) == set(table.columns.keys()), table.name
+            for col in table.columns:
+                assert db_cols[col.name]["nullable"] == (col.nullable and not col.primary_key), (table.name, col.name)
+        idx = {i["name"] for i in insp.get_indexes("images")}
+        assert {"ix_images_content_hash", "ix_images_root"} <= idx
+    finally:
+        s.close()
+
+
+def test_a_new_migration_is_applied_and_recorded_once(tmp_path, monkeypatch):
+    Store.open_writer(tmp_path / "st").close()
+    calls = []
+
+    def m999_add_note(conn):
+        calls.append(1)
+        conn.execute(text("CREATE TABLE note (x INTEGER)"))
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + [("m999_add_note", m999_add_note)])
+    for _ in range(2):
+        Store.open_writer(tmp_path / "st").close()
+    assert calls == [1]
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:-1])
+    with pytest.raises(PixdexError, match="newer pixdex"):
+        Store.open_writer(tmp_path / "st")
+
+
+def test_failed_migration_leaves_the_old_schema(tmp_path, monkeypatch):
+    Store.open_writer(tmp_path / "st").close()
+
+    def m998_broken(conn):
+        conn.execute(text("CREATE TABLE half (x INTEGER)"))
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + [("m998_broken", m998_broken)])
+    with pytest.raises(PixdexError, match="boom"):
+        Store.open_writer(tmp_path / "st")
+    con = sqlite3.connect(tmp_path / "st" / "pixdex.db")
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    applied = {r[0] for r in con.execute("SELECT name FROM migrations")}
+    con.close()
+    assert "half" not in tables and "m998_broken" not in applied
+
+
+def test_second_writer_gets_a_lock_error_and_readers_work_meanwhile(store, tmp_path):
+    with pytest.raises(PixdexError, match="already running"):
+        Store.open_writer(store.dir)
+    rng = np.random.default_rng(0)
+    with store.session() as s, s.begin():  # a write transaction in progress ...
+        s.execute(text("INSERT INTO meta (key, value) VALUES ('x', '1')"))
+        r = Store.open_readonly(store.dir)  # ... does not block readers (WAL)
+        assert r.count() == 0 and r.identity["model"] == "m"
+        r.close()
+    apply_batch(store, Batch(inserts=[new_row(1, unit(rng, 1)[0])]), DIM)
+    store.close()
+    s2 = Store.open_writer(store.dir)  # the lock is released on close
+    assert s2.count() == 1
+    s2.close()
+
+
+def test_readonly_open_of_a_missing_store(tmp_path):
+    with pytest.raises(PixdexError, match="no pixdex store"):
+        Store.open_readonly(tmp_path / "nothing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PixdexError, match="is a file"):
+        Store.open_writer(tmp_path / "file")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "pixdex.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(PixdexError, match="cannot open the store database"):
+        Store.open_writer(bad)
+
+
+def test_model_binding(store):
+    assert store.bind_model(dict(IDENT)) is False  # the same model again
+    with pytest.raises(PixdexError, match="bound to model 'm'"):
+        store.bind_model({**IDENT, "checkpoint_sha256": "other"})
+    with pytest.raises(PixdexError, match="cannot be indexed"):
+        store.bind_model({**IDENT, "dim": 16})
+    side = json.loads((store.dir / "store.json").read_text())
+    assert side["model"]["checkpoint_sha256"] == "abc"
+    assert same_model({"model": "tiny", "checkpoint_sha256": None, "dim": 4}, {"model": "tiny", "dim": 4})
+    assert not same_model({"model": "a", "dim": 4}, {"model": "b", "dim": 4})
+    assert not same_model({**IDENT, "preprocess": {"image_size": 64}}, IDENT)
+
+
+def test_batches_insert_move_touch_delete_and_copy(store):
+    rng = np.random.default_rng(1)
+    v = unit(rng, 3)
+    a = apply_batch(store, Batch(inserts=[new_row(1, v[0]), new_row(2, v[1]),
+                                          new_row(3, status="failed", error="bad")]), DIM)
+    i1, i2, i3 = a.new_ids
+    assert a.added_ids.tolist() == [i1, i2] and np.allclose(a.added_vectors, v[:2])
+    # copy: a new row reusing row 1's vector (and metadata); move row 2; touch row 3; delete row 1
+    known = known_files(store)
+    assert known["/p/3.jpg"].status == "failed" and known["/p/1.jpg"].content_hash == "h1"
+    b = apply_batch(store, Batch(
+        inserts=[NewRow("/p/copy.jpg", "/p", 1, 1, "h1", copy_from=i1)],
+        moves=[Move(i2, "/q/2.jpg", "/q", 2, 22)], touches=[Touch(i3, 3, 33)]), DIM)
+    (icopy,) = b.new_ids
+    assert np.allclose(b.added_vectors[0], v[0])
+    c = apply_batch(store, Batch(deletes=[i1, i3]), DIM)
+    assert sorted(c.removed_ids.tolist()) == [i1]  # only rows with vectors leave FAISS
+    assert store.live_ids().tolist() == sorted([i2, icopy])
+    rows = store.rows([i2, icopy, i1])
+    assert i1 not in rows and rows[i2].path == "/q/2.jpg" and rows[i2].mtime_ns == 22
+    ids, vecs = store.vectors([icopy, i2, 12345])
+    assert ids.tolist() == [icopy, i2] and np.allclose(vecs, v[[0, 1]])
+    # a copy whose source is gone is left out, not stored without a vector
+    d = apply_batch(store, Batch(inserts=[NewRow("/p/c2.jpg", "/p", 1, 1, "h1", copy_from=i1)]), DIM)
+    assert d.copies_missing == [0] and d.new_ids == [None]
+    # ids are never reused
+    e = apply_batch(store, Batch(inserts=[new_row(9, v[2])]), DIM)
+    assert e.new_ids[0] > max(i1, i2, i3, icopy)
+
+
+def test_a_failed_batch_changes_nothing(store):
+    rng = np.random.default_rng(2)
+    apply_batch(store, Batch(inserts=[new_row(1, unit(rng, 1)[0])]), DIM)
+    with pytest.raises(Exception):
+        apply_batch(store, Batch(inserts=[new_row(2, unit(rng, 1)[0]), new_row(1, unit(rng, 1)[0])]), DIM)
+    assert sorted(known_files(store)) == ["/p/1.jpg"]
+    with pytest.raises(ValueError, match="dim"):
+        apply_batch(store, Batch(inserts=[new_row(3, np.ones(DIM + 1, np.float32))]), DIM)
+    assert store.count() == 1
+
+
+def test_read_api_filters_and_search(store):
+    rng = np.random.default_rng(3)
+    v = unit(rng, 4)
+    rows = [
+        NewRow("/photos/2020/a.jpg", "/photos", 1, 1, "a", vector=v[0], taken_at=datetime(2020, 5, 1, 10, 0, 0)),
+        NewRow("/photos/2021/b.JPG", "/photos", 1, 1, "b", vector=v[1], taken_at=datetime(2021, 1, 2, 3, 4, 5)),
+        NewRow("/photos/misc/c.png", "/photos", 1, 1, "c", vector=v[2]),
+        NewRow("/photos/2021/d.jpg", "/photos", 1, 1, "d", status="failed", error="x"),
+    ]
+    ids = apply_batch(store, Batch(inserts=rows), DIM).new_ids
+    store.close()
+    r = Store.open_readonly(store.dir)
+    try:
+        assert r.count() == 3 and r.count(None) == 4
+        assert r.filter_ids(path_glob="*/2021/*").tolist() == [ids[1]]  # failed rows are not searchable
+        assert r.filter_ids(path_glob="*.jpg").tolist() == [ids[0], ids[1]]  # case-insensitive
+        assert r.filter_ids(after=datetime(2020, 6, 1)).tolist() == [ids[1]]
+        assert r.filter_ids(before=datetime(2021, 1, 1)).tolist() == [ids[0]]
+        assert r.rows([ids[1]])[ids[1]].taken_at == datetime(2021, 1, 2, 3, 4, 5)
+        hits = r.search(v[2], k=2)  # no FAISS file yet: exact over stored vectors
+        assert hits[0][0] == ids[2] and abs(hits[0][1] - 1.0) < 1e-5 and len(hits) == 2
+    finally:
+        r.close()
+    con = sqlite3.connect(store.dir / "pixdex.db")  # taken_at is ISO text for search's SQL filters
+    assert con.execute("SELECT taken_at FROM images WHERE id=?", (ids[1],)).fetchone()[0] == "2021-01-02 03:04:05"
+    con.close()
