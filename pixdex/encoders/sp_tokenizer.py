@@ -169,12 +169,9 @@ class SentencePieceTokenizer:
         if self.clean == "canonicalize":
             text = canonicalize_open_clip(text)
         text = SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " ")
-        # the special tokens written in the text stay tokens and drop the whitespace on both sides
+        # special tokens written in the text stay tokens (canonicalization strips the spans around them;
+        # open_clip's cleaning has removed '<' and '>' already)
         chunks = _SPECIAL_SPLIT.split(text)
-        for i in range(1, len(chunks), 2):
-            chunks[i - 1] = chunks[i - 1].rstrip()
-            if i + 1 < len(chunks):
-                chunks[i + 1] = chunks[i + 1].lstrip()
         out: List[str] = []
         for i, chunk in enumerate(chunks):
             if not chunk:
