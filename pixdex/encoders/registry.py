@@ -74,11 +74,14 @@ def _clip_configs() -> Dict[str, ModelConfig]:
 def _configs() -> Dict[str, ModelConfig]:
     cfgs = _clip_configs()
     try:
-        from pixdex.encoders.siglip_configs import SIGLIP_CONFIGS
+        from pixdex.encoders import siglip_configs
     except ModuleNotFoundError as e:  # the SigLIP configs are optional
         if e.name != "pixdex.encoders.siglip_configs":
             raise
-        SIGLIP_CONFIGS = {}
+        siglip_configs = None
+    SIGLIP_CONFIGS = getattr(siglip_configs, "SIGLIP_CONFIGS", {})
+    for name, tag in getattr(siglip_configs, "SIGLIP_DEFAULT_TAGS", {}).items():
+        DEFAULT_TAGS.setdefault(name, tag)
     for name, cfg in SIGLIP_CONFIGS.items():
         if name in cfgs:
             log.warning("SigLIP config %s shadows a CLIP config of the same name", name)
