@@ -164,6 +164,6 @@ def test_min_score_cuts_and_k_validated(data):
 
 def test_choose_nprobe_grows_with_nlist():
     assert choose_nprobe(1) == 1
-    assert choose_nprobe(64) == 16
-    assert choose_nprobe(4096) == 256
-    assert all(1 <= choose_nprobe(n) <= n for n in (1, 2, 10, 100, 1000, 65536))
+    probes = [choose_nprobe(n) for n in (2, 16, 64, 1024, 4096, 65536)]
+    assert probes == sorted(probes) and all(1 <= p <= n for p, n in zip(probes, (2, 16, 64, 1024, 4096, 65536)))
+    assert choose_nprobe(1024) >= 64 and choose_nprobe(4096) >= 128  # the measured recall@10 >= 0.95 points

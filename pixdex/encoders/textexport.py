@@ -6,7 +6,8 @@ model) writes two files into the store:
 - ``text_tower.safetensors``: the text transformer's weights in float32 under the canonical key names of
   :mod:`pixdex.encoders.numpy_text` (loadable with ``safetensors.numpy.load_file`` too);
 - ``text_tower.json``: format version, the encoder's identity (the store is bound to it), the full
-  ModelConfig (for the tokenizer) and the tower's hyper-parameters.
+  ModelConfig (for the tokenizer) and the tower's hyper-parameters;
+- for SentencePiece tokenizers (SigLIP), a copy of the tokenizer model file, so the store works offline.
 
 ``load_text_encoder(store_dir, identity)`` (numpy side, no torch import) returns a
 :class:`TextQueryEncoder` if the exported tower belongs to ``identity``, else None.
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
@@ -111,6 +113,13 @@ def export_text_tower(encoder, store_dir: Path) -> Path:
     from pixdex.encoders.numpy_text import write_safetensors
 
     write_safetensors(weights_path, tensors, metadata={"format": FORMAT_VERSION, "model": identity.get("model")})
+    # A SentencePiece model file (SigLIP) travels with the tower: the store must work offline.
+    sp_file = getattr(getattr(encoder, "tokenizer", None), "model_file", None)
+    if config.tokenizer.kind == "sentencepiece" and sp_file:
+        dst = store_dir / Path(config.tokenizer.sp_model_file).name
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(sp_file, tmp)
+        os.replace(tmp, dst)
     meta = {
         "format": FORMAT_VERSION,
         "identity": identity,
@@ -161,4 +170,5 @@ def load_text_encoder(store_dir: Path, identity: Optional[dict] = None) -> Optio
     t = meta["tower"]
     tower = from_safetensors(weights, kind=t["kind"], heads=t["heads"], act=t["act"], ln_eps=t["ln_eps"])
     config = ModelConfig.from_dict(meta["config"])
-    return TextQueryEncoder(tower, get_tokenizer(config), int(t["dim"]), meta.get("identity") or {})
+    tokenizer = get_tokenizer(config, model_dir=store_dir)  # SigLIP: the exported spiece.model
+    return TextQueryEncoder(tower, tokenizer, int(t["dim"]), meta.get("identity") or {})

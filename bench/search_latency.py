@@ -1,0 +1,279 @@
+"""Search latency and recall, in one run.
+
+    python bench/search_latency.py [--sizes 100000,1000000] [--dim 512] [--work /tmp/pixdex-bench]
+
+Prints:
+- cold wall time of a `pixdex search "..."` process on the smallest store (text query through the
+  store's exported numpy text tower, ViT-B-32-sized; plus a `--like` query that needs no model), and
+  which heavy modules that process imported (torch and SQLAlchemy must not be among them);
+- the slowest imports of that process (`python -X importtime`);
+- warm p50/p95 of SearchEngine.search (FAISS IVF candidates + exact re-rank from SQLite + row fetch)
+  and of a whole warm text query, for each store size;
+- recall@10 against exact search for a sweep of nprobe values, and for the search function at the
+  nprobe it chooses (pixdex.search.retrieval.choose_nprobe).
+
+Synthetic data shaped like CLIP embeddings: image vectors share a common direction and cluster around
+hierarchical concepts (1000 of them, broad and overlapping); queries are "text" vectors across a
+modality gap (cosine ~0.23 with their best image, ~0.09 with a typical one). Stores are written directly in the schema search reads
+(docs/ARCHITECTURE.md) and cached under --work between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pixdex.encoders.config import ModelConfig, TextConfig  # noqa: E402
+from pixdex.search import store_view as sv  # noqa: E402
+
+QUERY = "a dog on a beach"
+
+
+def synth(n: int, dim: int, seed: int = 0, topics: int = 50, subs: int = 20):
+    """(image vectors (n, dim), text queries (256, dim), concept of each image)."""
+    rng = np.random.default_rng(seed)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    m_img, m_txt = unit(rng.standard_normal((2, dim), dtype=np.float32))
+    top = unit(rng.standard_normal((topics, dim), dtype=np.float32))
+    concepts = unit(np.repeat(top, subs, axis=0) + 0.8 * unit(rng.standard_normal((topics * subs, dim),
+                                                                                  dtype=np.float32)))
+    lab = rng.integers(0, len(concepts), n)
+    vecs = np.empty((n, dim), np.float32)
+    for s in range(0, n, 100_000):
+        e = min(n, s + 100_000)
+        noise = unit(rng.standard_normal((e - s, dim), dtype=np.float32))
+        vecs[s:e] = unit(0.6 * m_img + 0.3 * concepts[lab[s:e]] + 0.85 * noise)
+    ql = rng.integers(0, len(concepts), 256)
+    queries = unit(0.8 * m_txt + 0.4 * concepts[ql]
+                   + 0.35 * unit(rng.standard_normal((256, dim), dtype=np.float32)))
+    return vecs, queries.astype(np.float32)
+
+
+def nlist_for(n: int) -> int:
+    return int(2 ** round(np.log2(4 * np.sqrt(n))))
+
+
+def text_tower_tensors(rng, dim: int, cfg: TextConfig):
+    W, L, H = cfg.width, cfg.layers, int(cfg.width * cfg.mlp_ratio)
+
+    def r(*shape, s=0.02):
+        return (s * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+
+    t = {"token_embedding": r(cfg.vocab_size, W), "positional_embedding": r(cfg.context_length, W, s=0.01),
+         "ln_final.weight": np.ones(W, np.float32), "ln_final.bias": np.zeros(W, np.float32),
+         "proj": r(W, dim, s=W ** -0.5)}
+    for i in range(L):
+        p = f"blocks.{i}."
+        t.update({p + "ln_1.weight": np.ones(W, np.float32), p + "ln_1.bias": np.zeros(W, np.float32),
+                  p + "ln_2.weight": np.ones(W, np.float32), p + "ln_2.bias": np.zeros(W, np.float32),
+                  p + "attn.in_proj_weight": r(3 * W, W), p + "attn.in_proj_bias": np.zeros(3 * W, np.float32),
+                  p + "attn.out_proj.weight": r(W, W), p + "attn.out_proj.bias": np.zeros(W, np.float32),
+                  p + "mlp.c_fc.weight": r(H, W), p + "mlp.c_fc.bias": np.zeros(H, np.float32),
+                  p + "mlp.c_proj.weight": r(W, H), p + "mlp.c_proj.bias": np.zeros(W, np.float32)})
+    return t
+
+
+def build_store(path: Path, n: int, dim: int):
+    """Write (or reuse) a synthetic store of n images; returns (vectors, queries)."""
+    import faiss
+
+    from pixdex.encoders.numpy_text import write_safetensors
+    from pixdex.encoders.textexport import FORMAT_VERSION, TEXT_TOWER_FILE, TEXT_TOWER_META
+
+    vecs, queries = synth(n, dim)
+    marker = path / "bench.json"
+    nlist = nlist_for(n)
+    want = {"n": n, "dim": dim, "nlist": nlist, "version": 3}
+    if marker.exists() and json.loads(marker.read_text()) == want:
+        return vecs, queries
+    path.mkdir(parents=True, exist_ok=True)
+    for f in path.iterdir():
+        if f.is_file():
+            f.unlink()
+    t0 = time.time()
+    con = sqlite3.connect(path / sv.DB_FILE)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute(f"CREATE TABLE {sv.T_IMAGES} ({sv.C_ID} INTEGER PRIMARY KEY, {sv.C_PATH} TEXT NOT NULL UNIQUE, "
+                f"{sv.C_WIDTH} INTEGER, {sv.C_HEIGHT} INTEGER, {sv.C_TAKEN} TEXT, {sv.C_STATUS} TEXT NOT NULL)")
+    con.execute(f"CREATE TABLE {sv.T_VECTORS} ({sv.C_VEC_ID} INTEGER PRIMARY KEY, {sv.C_VEC} BLOB NOT NULL)")
+    for s in range(0, n, 50_000):
+        e = min(n, s + 50_000)
+        con.executemany(f"INSERT INTO {sv.T_IMAGES} VALUES (?, ?, ?, ?, ?, ?)",
+                        ((i + 1, f"/photos/{2000 + i % 25}/{i % 97:02d}/IMG_{i:07d}.jpg", 4032, 3024,
+                          f"{2000 + i % 25}-{1 + i % 12:02d}-{1 + i % 28:02d}T12:00:00", "ok")
+                         for i in range(s, e)))
+        con.executemany(f"INSERT INTO {sv.T_VECTORS} VALUES (?, ?)",
+                        ((i + 1, vecs[i].tobytes()) for i in range(s, e)))
+        con.commit()
+    con.close()
+    print(f"  wrote {n} rows in {time.time() - t0:.0f} s; training IVF{nlist} ...", flush=True)
+    t0 = time.time()
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(1)
+    index.cp.niter = 10
+    index.train(vecs[rng.choice(n, min(n, 64 * nlist), replace=False)])
+    index.add_with_ids(vecs, np.arange(1, n + 1, dtype=np.int64))
+    faiss.write_index(index, str(path / sv.FAISS_FILE))
+    print(f"  IVF built in {time.time() - t0:.0f} s", flush=True)
+    cfg = ModelConfig(name="bench-ViT-B-32", family="clip", embed_dim=dim,
+                      text=TextConfig(width=512, heads=8, layers=12, context_length=77))
+    identity = {"model": cfg.name, "checkpoint_sha256": "synthetic", "dim": dim}
+    write_safetensors(path / TEXT_TOWER_FILE, text_tower_tensors(np.random.default_rng(2), dim, cfg.text))
+    (path / TEXT_TOWER_META).write_text(json.dumps({
+        "format": FORMAT_VERSION, "identity": identity, "config": cfg.to_dict(),
+        "tower": {"kind": "clip", "heads": 8, "act": "gelu", "ln_eps": 1e-5, "dim": dim}}))
+    (path / sv.SIDECAR_FILE).write_text(json.dumps({"model": identity, "faiss": {"file": sv.FAISS_FILE,
+                                                                                 "type": f"IVF{nlist},Flat"}}))
+    marker.write_text(json.dumps(want))
+    return vecs, queries
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def cold(store: Path, args, runs: int = 5):
+    cmd = [sys.executable, "-m", "pixdex", "search", *args, "--store", str(store), "-k", "20", "--json"]
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        times.append(time.perf_counter() - t0)
+        if r.returncode != 0:
+            return None, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+    return times, None
+
+
+def import_report(store: Path, args):
+    probe = ("import sys, runpy; sys.argv = ['pixdex', 'search', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('pixdex', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "heavy = [m for m in ('torch', 'sqlalchemy', 'open_clip', 'timm', 'transformers', 'PIL', 'rich') "
+             "if m in sys.modules]\nsys.stderr.write('HEAVY ' + ','.join(heavy) + '\\n')\n")
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", probe, *args, "--store", str(store), "--json"],
+                       capture_output=True, text=True)
+    heavy = ""
+    rows = []
+    for line in r.stderr.splitlines():
+        if line.startswith("HEAVY "):
+            heavy = line[6:]
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+        if m and len(m.group(3)) <= 3:  # top-level imports only
+            rows.append((int(m.group(2)), m.group(4)))
+    rows.sort(reverse=True)
+    return heavy, rows[:8]
+
+
+def warm(store: Path, vecs, queries, nprobe_sweep=True):
+    import faiss
+
+    from pixdex.search.engine import SearchEngine
+    from pixdex.search.retrieval import choose_nprobe, ivf_of
+
+    engine = SearchEngine(store)
+    index = engine.index()
+    ivf = ivf_of(index)
+    nlist = ivf.nlist
+    # exact ground truth for the queries
+    sims = queries @ vecs.T
+    top = np.argpartition(-sims, 10, axis=1)[:, :10]
+    gt = top + 1
+    del sims
+    out = {"nlist": nlist, "nprobe": choose_nprobe(nlist)}
+    if nprobe_sweep:
+        sweep = {}
+        for npb in sorted({max(1, nlist // 64), max(1, nlist // 32), max(1, nlist // 16), max(1, nlist // 8),
+                           2 * int(np.sqrt(nlist)) + 1}):
+            _, lab = index.search(queries, 10, params=faiss.SearchParametersIVF(nprobe=npb))
+            sweep[npb] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(lab, gt)]))
+        out["sweep"] = sweep
+    for q in queries[:10]:
+        engine.search(q, 20)  # warm up (page cache, FAISS lists)
+    times, rec = [], []
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        hits = engine.search(q, 20)
+        times.append(time.perf_counter() - t0)
+        rec.append(len({h.id for h in hits[:10]} & set(gt[i].tolist())) / 10)
+    out["p50_ms"] = 1000 * statistics.median(times)
+    out["p95_ms"] = 1000 * pct(times, 95)
+    out["recall10"] = float(np.mean(rec))
+    try:
+        engine.text_encoder()
+        engine.search_text(QUERY, 20)
+        tt = []
+        for i in range(30):
+            t0 = time.perf_counter()
+            engine.search_text(f"{QUERY} number {i}", 20)
+            tt.append(time.perf_counter() - t0)
+        out["text_p50_ms"] = 1000 * statistics.median(tt)
+        out["text_p95_ms"] = 1000 * pct(tt, 95)
+    except Exception as e:  # noqa: BLE001 - a bench reports what it cannot measure
+        out["text_error"] = str(e).splitlines()[0]
+    engine.close()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--work", default="/tmp/pixdex-bench")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    import faiss
+
+    faiss.omp_set_num_threads(a.threads)
+    sizes = [int(s) for s in a.sizes.split(",")]
+    work = Path(a.work)
+    print(f"pixdex search benchmark: dim {a.dim}, {a.threads} threads, {os.cpu_count()} CPUs")
+    results = {}
+    for n in sizes:
+        store = work / f"store-{n}"
+        print(f"store of {n} images: {store}", flush=True)
+        vecs, queries = build_store(store, n, a.dim)
+        if n == min(sizes):
+            for label, args in (("text query", [QUERY]), ("--like query", ["--like", "1"])):
+                times, err = cold(store, args)
+                if times is None:
+                    print(f"  cold `pixdex search` ({label}): FAILED: {err}")
+                else:
+                    print(f"  cold `pixdex search` ({label}): median {statistics.median(times):.2f} s, "
+                          f"min {min(times):.2f} s over {len(times)} runs (goal <= 1.5 s)")
+            heavy, top = import_report(store, [QUERY])
+            print(f"  heavy modules imported by a text query: {heavy or 'none'} (torch, sqlalchemy must be absent)")
+            print("  slowest top-level imports: " + ", ".join(f"{m} {us / 1000:.0f} ms" for us, m in top))
+        r = warm(store, vecs, queries)
+        results[n] = r
+        sweep = ", ".join(f"nprobe {k}: {v:.3f}" for k, v in r["sweep"].items())
+        print(f"  IVF nlist {r['nlist']}: recall@10 vs exact: {sweep}")
+        print(f"  search function (nprobe {r['nprobe']}, exact re-rank): recall@10 {r['recall10']:.3f} "
+              f"(goal >= 0.95); warm p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms"
+              + (" (goal p50 <= 30 ms at 1M)" if n >= 1_000_000 else ""))
+        if "text_p50_ms" in r:
+            print(f"  warm text query (tokenize + numpy text tower + search): p50 {r['text_p50_ms']:.1f} ms, "
+                  f"p95 {r['text_p95_ms']:.1f} ms")
+        else:
+            print(f"  warm text query: not measured ({r['text_error']})")
+        del vecs, queries
+
+
+if __name__ == "__main__":
+    main()
