@@ -56,6 +56,27 @@ def test_clip_tower_equals_torch(name):
     np.testing.assert_allclose(_tower_of(model, cfg).features(ids[2:3]), got[2:3], atol=1e-5)
 
 
+def test_siglip_tower_equals_pixdex_torch_tower():
+    from pixdex.encoders.build import build_model
+    from pixdex.encoders.registry import get_config
+
+    cfg = get_config("tiny-siglip")
+    torch.manual_seed(3)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.startswith("text.") and ("ln" in n or n.endswith("bias")):
+                p.add_(0.1 * torch.randn_like(p))
+    tower = NumpyTextTower(canonical_text_weights(model.text_state_dict()), kind="siglip", heads=cfg.text.heads,
+                           act=cfg.text.act, ln_eps=cfg.text.ln_eps)
+    ids = np.random.default_rng(4).integers(2, cfg.text.vocab_size, (5, cfg.text.context_length))
+    ids[:, 9:] = cfg.text.pad_id
+    with torch.no_grad():
+        ref = model.encode_text(torch.from_numpy(ids)).numpy()
+    assert np.abs(ref).max() > 0.5
+    np.testing.assert_allclose(tower.features(ids), ref, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
 def test_siglip_tower_equals_open_clip():
     from open_clip.transformer import TextTransformer
 
@@ -130,3 +151,36 @@ def test_export_and_load_through_a_store(tmp_path):
     assert (tmp_path / TEXT_TOWER_FILE).stat().st_mtime_ns == mtime
     other = dict(enc.identity(), checkpoint_sha256="something-else")
     assert load_text_encoder(tmp_path, other) is None
+
+
+def test_siglip_export_carries_its_tokenizer(tmp_path):
+    """A SigLIP store answers text queries offline: the sentencepiece model is copied into the store."""
+    import io
+
+    spm = pytest.importorskip("sentencepiece")
+    from safetensors.torch import save_file
+
+    from pixdex.encoders.build import build_model
+    from pixdex.encoders.encoder import load_encoder
+    from pixdex.encoders.registry import get_config
+    from pixdex.encoders.textexport import export_text_tower, load_text_encoder
+
+    cfg = get_config("tiny-siglip")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    words = ["a photo of a dog", "the red car", "two cats on a sofa", "mountain lake at sunset", "city street"]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(words * 40), model_writer=buf, vocab_size=30,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   minloglevel=2, num_threads=1)
+    (ckpt / "spiece.model").write_bytes(buf.getvalue())
+    torch.manual_seed(5)
+    save_file({k: v.contiguous() for k, v in build_model(cfg).state_dict().items()}, str(ckpt / "model.safetensors"))
+    enc = load_encoder("tiny-siglip", checkpoint=ckpt / "model.safetensors", device="cpu")
+    store = tmp_path / "store"
+    export_text_tower(enc, store)
+    assert (store / "spiece.model").read_bytes() == buf.getvalue()
+    (ckpt / "spiece.model").unlink()  # the checkpoint's copy is gone: the store's own copy is used
+    te = load_text_encoder(store, enc.identity())
+    texts = ["A photo of a DOG!", "two cats", "", "sunset " * 20]
+    np.testing.assert_allclose(te.encode_texts(texts), enc.encode_texts(texts), atol=1e-5)
