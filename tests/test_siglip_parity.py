@@ -167,7 +167,8 @@ def test_open_clip_vit_b_16_siglip_parity(tmp_path):
     from safetensors.torch import save_file
 
     logging.getLogger().setLevel(logging.ERROR)
-    ref = open_clip.create_model("ViT-B-16-SigLIP", pretrained=None, device="meta")
+    with torch.device("meta"):  # no time on open_clip's init: every tensor is randomized below
+        ref = open_clip.create_model("ViT-B-16-SigLIP", pretrained=None, device="meta")
     ref = ref.to_empty(device="cpu").eval()
     _randomize(ref, seed=5)
     path = tmp_path / "open_clip_model.safetensors"
@@ -189,6 +190,31 @@ def test_open_clip_vit_b_16_siglip_parity(tmp_path):
     assert _max_diff(img, ref_img) < ATOL
     assert _max_diff(txt, ref_txt) < ATOL
     assert _max_diff(model.logit_scale, ref.logit_scale) == 0 and _max_diff(model.logit_bias, ref.logit_bias) == 0
+
+
+@pytest.mark.parametrize("name", ["ViT-B-16-SigLIP", "ViT-SO400M-14-SigLIP"])
+def test_registry_configs_match_open_clip(name):
+    """Every tensor of open_clip's model (built on the meta device: no memory, no time) maps onto a pixdex
+    tensor of the same shape, and the numerics options (activation, eps, context) agree."""
+    open_clip = pytest.importorskip("open_clip")
+    pytest.importorskip("timm")
+    logging.getLogger().setLevel(logging.ERROR)
+    with torch.device("meta"):
+        ref = open_clip.create_model(name, pretrained=None, device="meta")
+    mapped = convert_state_dict(ref.state_dict(), SIGLIP_CONFIGS[name])
+    config = SIGLIP_CONFIGS[name]
+    with torch.device("meta"):
+        model = SigLIP(config)
+    ours = model.state_dict()
+    assert sorted(mapped) == sorted(ours)
+    assert [k for k in ours if tuple(ours[k].shape) != tuple(mapped[k].shape)] == []
+    blk = ref.visual.trunk.blocks[0]
+    assert config.vision.act == ("gelu_tanh" if blk.mlp.act.approximate == "tanh" else "gelu")
+    assert config.text.act == ("gelu_tanh" if ref.text.transformer.resblocks[0].mlp.gelu.approximate == "tanh"
+                               else "gelu")
+    assert config.vision.ln_eps == blk.norm1.eps and config.text.ln_eps == ref.text.ln_final.eps
+    assert config.text.context_length == config.tokenizer.context_length == ref.context_length
+    assert config.init_logit_bias == float(open_clip.get_model_config(name)["init_logit_bias"])
 
 
 def _tiny_vision(qk_norm=False, ls=None) -> ModelConfig:
