@@ -63,7 +63,7 @@ def test_flat_reconcile_repairs_missing_and_extra_ids():
     assert labels[0, 0] == 7
 
 
-def test_ivf_above_threshold_retrained_after_4x_growth():
+def test_ivf_above_threshold_retrained_after_4x_growth(tmp_path):
     db = Db(400, seed=1)
     vi, _ = reconcile(None, DIM, db.ids(), db.fetch, threshold=300)
     assert vi.kind == "ivf" and vi.nlist == nlist_for(400) > 1 and vi.trained_on == 400
@@ -77,6 +77,9 @@ def test_ivf_above_threshold_retrained_after_4x_growth():
     vi, c = reconcile(vi, DIM, db.ids(), db.fetch, threshold=300)
     assert c["rebuilt"] == 1 and vi.trained_on == 1600 and vi.nlist == nlist_for(1600) > nlist_for(400)
     assert np.sort(vi.ids()).tolist() == db.ids().tolist()
+    vi.save(tmp_path / "ivf.faiss")
+    back = VectorIndex.load(tmp_path / "ivf.faiss", trained_on=1600)
+    assert back.kind == "ivf" and back.nlist == vi.nlist and np.sort(back.ids()).tolist() == db.ids().tolist()
     for i in range(1, 1200):  # shrinking well below the threshold goes back to flat
         del db.vecs[i]
     vi, c = reconcile(vi, DIM, db.ids(), db.fetch, threshold=1000)

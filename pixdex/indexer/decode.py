@@ -227,7 +227,7 @@ def decode(data: bytes, draft_size: Optional[int] = None, name: str = "") -> Tup
             return decode(data, draft_size, name + ".heic")
         raise DecodeError("not an image, or a truncated or corrupt one (cannot identify it)") from e
     except (OSError, ValueError, SyntaxError) as e:
-        raise DecodeError(f"corrupt image header: {_short(e)}") from e
+        raise DecodeError(f"truncated or corrupt image header: {_short(e)}") from e
     try:
         with im:
             return _decode_open(im, draft_size)

@@ -61,7 +61,7 @@ class Tally:
         self.counts["failed"] += 1
         self.reasons[_reason_key(reason)] += 1
 
-    def top_reasons(self, n: int = 5):
+    def top_reasons(self, n: int = 8):
         return [{"reason": r, "count": c} for r, c in self.reasons.most_common(n)]
 
 

@@ -92,6 +92,16 @@ def _maybe_speed_up(enc) -> None:
     speed_up(enc)
 
 
+def _threads(enc):
+    try:
+        from pixdex.encoders.fast import cpu_threads
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return cpu_threads(enc)
+
+
 def _export_text_tower(enc, store_dir: Path) -> None:
     try:
         from pixdex.encoders.textexport import export_text_tower
@@ -215,7 +225,8 @@ class _Run:
         if not self.pending:
             return
         enc = self.enc.get()
-        vecs = enc.encode_images(np.stack([r.pixels for _, r, _ in self.pending]))
+        with _threads(enc):
+            vecs = enc.encode_images(np.stack([r.pixels for _, r, _ in self.pending]))
         self.tally.add("encoded", len(self.pending))
         for (cand, res, count), v in zip(self.pending, vecs):
             e, info = cand.entry, res.info

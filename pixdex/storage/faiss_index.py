@@ -132,13 +132,9 @@ class VectorIndex:
         except RuntimeError as e:
             log.warning("cannot read %s (%s); it will be rebuilt", path, str(e).splitlines()[0] if str(e) else e)
             return None
-        ivf = _ivf_of(index)
-        if ivf is not None:
-            if ivf is not index:  # a layout we do not write: rebuild rather than guess
-                log.warning("unexpected FAISS layout in %s; it will be rebuilt", path)
-                return None
+        if isinstance(index, faiss.IndexIVF):
             return cls(index, "ivf", trained_on)
-        if not isinstance(index, faiss.IndexIDMap):
+        if not isinstance(index, faiss.IndexIDMap):  # a layout we do not write: rebuild rather than guess
             log.warning("unexpected FAISS layout in %s; it will be rebuilt", path)
             return None
         return cls(index, "flat")
@@ -235,15 +231,6 @@ def fsync_dir(folder: Path) -> None:
 
 def default_nprobe(nlist: Optional[int]) -> int:
     return max(1, min(int(nlist or 1), 2 * int(math.sqrt(nlist or 1)) + 1))
-
-
-def _ivf_of(index):
-    import faiss
-
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None
 
 
 # ---------------------------------------------------------------------- keeping it in line with the db
