@@ -98,7 +98,7 @@ def demo_data(
     out: Path = typer.Argument(..., help="Output folder (images + manifest.csv)."),
     n: int = typer.Option(1000, "--n", help="Number of images."),
     seed: int = typer.Option(0, "--seed", help="Random seed (different seeds give different images)."),
-    image_size: int = typer.Option(64, "--image-size", help="Side of the square images in pixels."),
+    image_size: int = typer.Option(128, "--image-size", help="Side of the square images in pixels."),
 ):
     """Write a deterministic captioned synthetic image set."""
     from pixdex.training.demo_data import generate
@@ -128,6 +128,7 @@ def train(
     workers: int = typer.Option(2, "--workers"),
     device: str = DeviceOpt,
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    save_every: int = typer.Option(100, "--save-every", help="Optimizer steps between resume checkpoints."),
 ):
     """Train or fine-tune a CLIP/SigLIP model on captioned images."""
     from pixdex.training.trainer import TrainOptions, train as run_train
@@ -136,7 +137,7 @@ def train(
         data=data, model=model, out=out, init=init, loss=loss, epochs=epochs, batch_size=batch_size,
         lr=lr, weight_decay=weight_decay, warmup=warmup, accum=accum, grad_clip=grad_clip,
         image_col=image_col, caption_col=caption_col, val_fraction=val_fraction, seed=seed,
-        workers=workers, device=device, max_steps=max_steps,
+        workers=workers, device=device, max_steps=max_steps, save_every=save_every,
     )
     run_train(opts)
 

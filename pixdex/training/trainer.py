@@ -1,0 +1,399 @@
+"""``pixdex train``: contrastive training / fine-tuning of a CLIP or SigLIP model on captioned images.
+
+- Model: ``--model`` names the config (a registry name, ``name:tag`` or a trained model directory).
+  Weights start from ``--init`` (a weights file or a model directory) when given, else from the
+  directory's / pretrained tag's weights, else a seeded random init (a bare registry name).
+- Loss: ``clip`` (InfoNCE) or ``siglip`` (sigmoid), each with its learnable temperature (and bias), see
+  ``pixdex.encoders.losses``; the trained values are written into the model's ``logit_scale``
+  (and ``logit_bias`` when the model has one).
+- AdamW without weight decay on gains, biases, embeddings and logit parameters; linear warm-up then
+  cosine decay per optimizer step; gradient clipping; gradient accumulation over ``accum`` micro-batches
+  (each micro-batch is its own contrastive batch); autocast on CUDA (bf16, or fp16 with a grad scaler),
+  fp32 on CPU.
+- Resumable: ``OUT/resume.pt`` is written every ``save_every`` steps and at each epoch's end; running the
+  same command again continues from the last saved step (model, optimizer, scheduler, scaler, RNG and
+  data order, which is a pure function of seed and epoch). Different options for the same ``OUT`` are
+  refused.
+- Each epoch: held-out recall@1/5 both ways (``pixdex.training.evaluate``), logged and written to
+  ``OUT/metrics.json``; ``OUT/model.safetensors`` + ``OUT/config.json`` are usable as ``--model OUT``.
+
+The bundled ``pixdex-demo`` model is reproduced on CPU with::
+
+    pixdex demo-data /tmp/pixdex-demo-data --n 6000 --seed 0
+    pixdex train --data /tmp/pixdex-demo-data/manifest.csv --model pixdex-demo --loss clip \\
+        --epochs 14 --batch-size 128 --lr 1e-3 --warmup 100 --out /tmp/pixdex-demo-run
+    python -m pixdex.training.ship /tmp/pixdex-demo-run
+
+(the figures of the shipped run are in ``pixdex/encoders/weights/pixdex-demo.json``'s sidecar
+``pixdex-demo.metrics.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from pixdex.errors import PixdexError
+from pixdex.training import state as st
+
+log = logging.getLogger(__name__)
+
+NO_DECAY_NAME_PARTS = ("embedding", "logit_scale", "logit_bias")
+# options that change the training trajectory: a resumed run must use the same values
+TRAJECTORY_KEYS = ("model", "init", "loss", "epochs", "batch_size", "lr", "weight_decay", "warmup", "accum",
+                   "grad_clip", "image_col", "caption_col", "val_fraction", "seed", "max_steps")
+
+
+@dataclass
+class TrainOptions:
+    data: Path
+    model: str
+    out: Path
+    init: Optional[Path] = None
+    loss: str = "clip"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup: int = 100
+    accum: int = 1
+    grad_clip: float = 1.0
+    image_col: str = "image"
+    caption_col: str = "caption"
+    val_fraction: float = 0.1
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    max_steps: Optional[int] = None
+    save_every: int = 100  # optimizer steps between resume states (and at every epoch's end)
+    progress: bool = True  # rich progress on stderr
+    cache_bytes: int = 2 << 30  # keep decoded images in memory up to this size
+
+
+def _validate(o: TrainOptions) -> None:
+    checks = [
+        (o.epochs >= 1, f"--epochs must be at least 1, got {o.epochs}"),
+        (o.batch_size >= 2, f"--batch-size must be at least 2 (contrastive batches), got {o.batch_size}"),
+        (o.lr > 0, f"--lr must be positive, got {o.lr}"),
+        (o.weight_decay >= 0, f"--weight-decay must be >= 0, got {o.weight_decay}"),
+        (o.warmup >= 0, f"--warmup must be >= 0, got {o.warmup}"),
+        (o.accum >= 1, f"--accum must be at least 1, got {o.accum}"),
+        (o.grad_clip >= 0, f"--grad-clip must be >= 0 (0: off), got {o.grad_clip}"),
+        (o.max_steps is None or o.max_steps >= 1, f"--max-steps must be at least 1, got {o.max_steps}"),
+        (o.save_every >= 1, f"save_every must be at least 1, got {o.save_every}"),
+        ((o.loss or "").lower() in ("clip", "siglip"), f"unknown loss {o.loss!r} (expected clip or siglip)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise PixdexError(msg)
+
+
+def resolve_model(spec: str, init: Optional[Path]):
+    """``(config, weights file or None, model dir for tokenizer files)`` for ``--model`` / ``--init``."""
+    from pixdex.encoders import registry
+    from pixdex.encoders.encoder import resolve_spec
+
+    name, tag = registry.parse_spec(str(spec))
+    weights = None
+    if init is not None:
+        p = Path(init).expanduser()
+        weights = p / st.MODEL_FILE if p.is_dir() else p
+        if not weights.is_file():
+            raise PixdexError(f"--init {init}: no such weights file")
+    # a directory with only config.json (no model.safetensors) is trained from scratch
+    has_dir_weights = registry.is_model_dir(name) and (Path(name).expanduser() / st.MODEL_FILE).is_file()
+    from_weights = init is None and (has_dir_weights or tag is not None)
+    resolved = resolve_spec(str(spec), random_init=not from_weights)
+    if weights is None:
+        weights = resolved.weights
+    return resolved.config, weights, resolved.model_dir
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+def param_groups(named_params, weight_decay: float) -> List[dict]:
+    decay, no_decay = [], []
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or any(part in name for part in NO_DECAY_NAME_PARTS):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _fingerprint(samples) -> str:
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(f"{s.path}\0{s.caption}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _run_key(o: TrainOptions, samples, config) -> dict:
+    d = asdict(o)
+    key = {k: (str(d[k]) if isinstance(d[k], Path) else d[k]) for k in TRAJECTORY_KEYS}
+    key["init"] = str(Path(o.init).expanduser().resolve()) if o.init else None
+    key["data"] = _fingerprint(samples)
+    key["n_rows"] = len(samples)
+    key["config"] = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    return key
+
+
+class _Reporter:
+    """Rich progress on stderr; plain lines instead when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.enabled = enabled
+        self.progress = None
+        self.console = None
+        self.every = max(1, total // 40)
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        if self.console.is_terminal:
+            self.progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  T {task.fields[temp]:.4f}"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=total, completed=start, loss=float("nan"),
+                                               temp=float("nan"))
+
+    def step(self, step: int, total: int, loss: float, temp: float, lr: float) -> None:
+        if not self.enabled:
+            return
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, loss=loss, temp=temp)
+        elif step % self.every == 0 or step == total:
+            self.console.print(f"step {step}/{total} loss {loss:.4f} T {temp:.4f} lr {lr:.2e}")
+
+    def line(self, text: str) -> None:
+        log.info(text)
+        if self.enabled:
+            self.console.print(text)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _encode_all(model, images, ids, idx, device, batch=256) -> Tuple[np.ndarray, np.ndarray]:
+    import torch
+    import torch.nn.functional as F
+
+    ie, te = [], []
+    with torch.no_grad():
+        for i in range(0, len(idx), batch):
+            b = idx[i:i + batch]
+            x = torch.from_numpy(images.batch(b)).to(device)
+            t = torch.from_numpy(ids[b]).to(device)
+            ie.append(F.normalize(model.encode_image(x).float(), dim=-1).cpu().numpy())
+            te.append(F.normalize(model.encode_text(t).float(), dim=-1).cpu().numpy())
+    return np.concatenate(ie), np.concatenate(te)
+
+
+def evaluate_split(model, images, ids, captions, idx, device) -> Dict[str, float]:
+    from pixdex.training.evaluate import recall_at_k
+
+    was_training = model.training
+    model.eval()
+    try:
+        ie, te = _encode_all(model, images, ids, idx, device)
+    finally:
+        model.train(was_training)
+    return recall_at_k(ie, te, [captions[i] for i in idx])
+
+
+def train(o: TrainOptions) -> dict:
+    """Run (or resume) training; returns a summary (steps, final metrics, output paths)."""
+    import torch
+    import torch.nn.functional as F
+
+    from pixdex.encoders.build import build_model
+    from pixdex.encoders.encoder import resolve_device
+    from pixdex.encoders.losses import make_loss
+    from pixdex.encoders.preprocess import Preprocessor
+    from pixdex.encoders.tokenizer import get_tokenizer
+    from pixdex.training.data import ImageSource, epoch_order, micro_batches, split_indices, tokenize_captions
+    from pixdex.training.manifest import read_manifest
+
+    _validate(o)
+    out = Path(o.out).expanduser()
+    st.check_out_dir(out)
+    samples = read_manifest(o.data, o.image_col, o.caption_col)
+    config, init_weights, model_dir = resolve_model(o.model, o.init)
+    key = _run_key(o, samples, config)
+    saved = st.load_resume(out)
+    if saved is not None:
+        differ = sorted(k for k in set(key) | set(saved.get("key", {})) if key.get(k) != saved.get("key", {}).get(k))
+        if differ:
+            raise PixdexError(f"--out {out} holds a run with other options ({', '.join(differ)}); "
+                              "use the same command to resume, or another --out")
+        if saved.get("done"):
+            log.info("%s: this run already finished (%d steps)", out, saved["step"])
+            return {"out": str(out), "steps": saved["step"], "resumed": True, "done": True,
+                    "history": saved.get("history", [])}
+    device = resolve_device(o.device)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_idx, val_idx = split_indices(len(samples), o.val_fraction, o.seed)
+    micro_per_epoch = len(train_idx) // min(o.batch_size, len(train_idx))
+    steps_per_epoch = max(1, micro_per_epoch // o.accum)
+    accum = min(o.accum, micro_per_epoch)
+    total = steps_per_epoch * o.epochs
+    if o.max_steps is not None:
+        total = min(total, o.max_steps)
+
+    pre = Preprocessor(config)
+    tokenizer = get_tokenizer(config, model_dir)
+    captions = [s.caption for s in samples]
+    ids = tokenize_captions(tokenizer, captions, config.text.context_length)
+    t0 = time.time()
+    images = ImageSource(samples, pre, workers=o.workers, cache_bytes=o.cache_bytes)
+    log.info("%d rows (%d train, %d held out) ready in %.1fs", len(samples), len(train_idx), len(val_idx),
+             time.time() - t0)
+
+    torch.manual_seed(o.seed)
+    model = build_model(config)
+    if init_weights is not None:
+        from pixdex.encoders.checkpoint import load_checkpoint
+
+        load_checkpoint(model, init_weights, config)
+    kind = o.loss.lower()
+    has_bias = getattr(model, "logit_bias", None) is not None
+    if kind == "clip":
+        loss_fn = make_loss("clip", float(model.logit_scale.detach()))
+    elif has_bias:
+        loss_fn = make_loss("siglip", float(model.logit_scale.detach()), float(model.logit_bias.detach()))
+    else:
+        loss_fn = make_loss("siglip")
+    # the loss owns the temperature while training; it is copied into the model when saving
+    model.logit_scale.requires_grad_(False)
+    if has_bias:
+        model.logit_bias.requires_grad_(False)
+    model.to(device).train()
+    loss_fn.to(device)
+    params = list(model.named_parameters()) + [(f"loss.{n}", p) for n, p in loss_fn.named_parameters()]
+    opt = torch.optim.AdamW(param_groups(params, o.weight_decay), lr=o.lr, betas=(0.9, 0.98), eps=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o.warmup, total))
+    use_cuda = device.startswith("cuda")
+    amp_dtype = (torch.bfloat16 if use_cuda and torch.cuda.is_bf16_supported() else torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and amp_dtype == torch.float16)
+
+    step, history = 0, []
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        loss_fn.load_state_dict(saved["loss"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng_torch"])
+        if use_cuda and saved.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state_all(saved["rng_cuda"])
+        step, history = int(saved["step"]), list(saved.get("history", []))
+        log.info("resuming %s at step %d of %d", out, step, total)
+
+    def sync_logits():
+        with torch.no_grad():
+            model.logit_scale.copy_(loss_fn.logit_scale)
+            if has_bias and getattr(loss_fn, "logit_bias", None) is not None:
+                model.logit_bias.copy_(loss_fn.logit_bias)
+
+    def save_state(done: bool) -> None:
+        st.save_resume(out, {
+            "key": key, "step": step, "done": done, "history": history,
+            "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if use_cuda else None,
+        })
+
+    def write_outputs(done: bool) -> None:
+        sync_logits()
+        st.write_model(out, model, config)
+        st.write_json(out / st.METRICS_FILE, {"key": key, "steps": step, "total_steps": total, "done": done,
+                                              "epochs": history})
+        save_state(done)
+
+    reporter = _Reporter(o.progress, total, step)
+    reporter.line(f"training {config.name} on {len(train_idx)} pairs ({len(val_idx)} held out), "
+                  f"{total} steps of {o.batch_size}x{accum}, loss {kind}, device {device}"
+                  + (f", resuming at step {step}" if step else ""))
+    started, run_loss, run_n = time.time(), 0.0, 0
+    mbs_epoch, mbs = -1, []
+    try:
+        while step < total:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            if epoch != mbs_epoch:
+                order = train_idx[epoch_order(len(train_idx), o.seed, epoch)]
+                mbs_epoch, mbs = epoch, micro_batches(order, o.batch_size)
+            opt.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for m in range(accum):
+                b = mbs[in_epoch * accum + m]
+                x = torch.from_numpy(images.batch(b)).to(device, non_blocking=True)
+                t = torch.from_numpy(ids[b]).to(device, non_blocking=True)
+                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_cuda):
+                    ie = F.normalize(model.encode_image(x).float(), dim=-1)
+                    te = F.normalize(model.encode_text(t).float(), dim=-1)
+                    loss = loss_fn(ie, te) / accum
+                scaler.scale(loss).backward()
+                step_loss += float(loss.detach())
+            if not math.isfinite(step_loss):
+                raise PixdexError(f"the loss became {step_loss} at step {step + 1}; lower --lr "
+                                  "(the last good state is in --out)")
+            if o.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_([p for _, p in params if p.requires_grad], o.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            loss_fn.clamp_()
+            step += 1
+            run_loss, run_n = run_loss + step_loss, run_n + 1
+            reporter.step(step, total, step_loss, loss_fn.temperature(), sched.get_last_lr()[0])
+            epoch_end = step % steps_per_epoch == 0 or step == total
+            if epoch_end:
+                entry = {"epoch": epoch + 1, "step": step, "train_loss": run_loss / max(1, run_n),
+                         "temperature": loss_fn.temperature(), "seconds": round(time.time() - started, 1)}
+                if len(val_idx):
+                    entry["val"] = evaluate_split(model, images, ids, captions, val_idx, device)
+                history.append(entry)
+                reporter.line(_epoch_line(entry))
+                run_loss, run_n = 0.0, 0
+                write_outputs(done=step == total)
+            elif step % o.save_every == 0:
+                save_state(done=False)
+    finally:
+        reporter.close()
+        images.close()
+    return {"out": str(out), "steps": step, "total_steps": total, "history": history, "done": True,
+            "model": str(out / st.MODEL_FILE), "seconds": round(time.time() - started, 1)}
+
+
+def _epoch_line(e: dict) -> str:
+    text = f"epoch {e['epoch']} step {e['step']}: loss {e['train_loss']:.4f} T {e['temperature']:.4f}"
+    v = e.get("val")
+    if v:
+        text += (f" | held-out i2t R@1 {v['i2t_r1']:.3f} R@5 {v['i2t_r5']:.3f}"
+                 f" t2i R@1 {v['t2i_r1']:.3f} R@5 {v['t2i_r5']:.3f}")
+    return text
