@@ -75,7 +75,13 @@ def apply_pretrained_cfg(config: ModelConfig, pcfg: dict) -> ModelConfig:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ModuleNotFoundError:
+        return False
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
 def cached_file(repo_id: str, names: List[str]) -> Optional[Path]:
@@ -128,23 +134,39 @@ def resolve_pretrained(config: ModelConfig, tag: str) -> Tuple[ModelConfig, Path
     if _offline():
         raise _missing(config, tag, what, "not in the Hugging Face cache and HF_HUB_OFFLINE is set")
     try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
     except ModuleNotFoundError:
         raise _missing(config, tag, what, "huggingface_hub is not installed") from None
-    last: Optional[BaseException] = None
+    try:
+        from huggingface_hub.errors import HTTPError as NetworkError  # httpx's base error
+    except ImportError:
+        NetworkError = OSError
+    unreachable = "not in the Hugging Face cache and the Hub is unreachable"
+    # One metadata request per candidate, without retries: picks the file the repo has, and fails fast
+    # when offline (hf_hub_download alone retries a dead network with back-off for ~20 s).
+    chosen = None
     for name in names:
         try:
-            path = hf_hub_download(repo_id=repo_id, filename=name)
-            log.info("weights of %s:%s: %s", config.name, tag, path)
-            return config, Path(path)
-        except LocalEntryNotFoundError as e:  # offline or unreachable: nothing else will work
-            raise _missing(config, tag, what, "not in the Hugging Face cache and the Hub is unreachable") from e
-        except EntryNotFoundError as e:  # the repo has no such file: try the next name
-            last = e
-        except (HfHubHTTPError, OSError) as e:
-            raise _missing(config, tag, what, f"download failed ({_first_line(e)})") from e
-    raise _missing(config, tag, what, f"download failed ({_first_line(last)})")
+            get_hf_file_metadata(hf_hub_url(repo_id, name))
+        except EntryNotFoundError:
+            continue
+        except HfHubHTTPError as e:
+            raise _missing(config, tag, what, f"the Hub answered {_first_line(e)}") from e
+        except (NetworkError, OSError) as e:
+            raise _missing(config, tag, what, f"{unreachable} ({_first_line(e)})") from e
+        chosen = name
+        break
+    if chosen is None:
+        raise _missing(config, tag, what, f"the Hub repo {repo_id} has none of {', '.join(names)}")
+    try:
+        path = hf_hub_download(repo_id=repo_id, filename=chosen)
+    except HfHubHTTPError as e:
+        raise _missing(config, tag, what, f"download failed ({_first_line(e)})") from e
+    except (NetworkError, OSError) as e:
+        raise _missing(config, tag, what, f"download failed ({_first_line(e)})") from e
+    log.info("weights of %s:%s: %s", config.name, tag, path)
+    return config, Path(path)
 
 
 def _first_line(e) -> str:
