@@ -30,7 +30,9 @@ def store(tmp_path_factory):
         status[i] = "deleted"
     status[13] = "failed"
     taken = [None if i % 7 == 0 else f"2023-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00" for i in range(N)]
-    d = make_store(tmp_path_factory.mktemp("store") / "s", vecs, paths, status, taken, faiss_kind="ivf", nlist=8)
+    # IVF with 2 lists: every list is probed, so results must equal exact search (approximation is
+    # measured in test_search_retrieval.py and bench/search_latency.py)
+    d = make_store(tmp_path_factory.mktemp("store") / "s", vecs, paths, status, taken, faiss_kind="ivf", nlist=2)
     return d, vecs, paths, status, taken
 
 
@@ -156,3 +158,28 @@ def test_matching_ids_sql_and_python_agree(tmp_path):
         assert v.matching_ids(make_filters(None, "2023-05-01", "2023-06-01")).tolist() == [1, 2, 6]
     finally:
         v.close()
+
+
+def test_engine_maps_a_replaced_faiss_file(tmp_path):
+    import faiss
+
+    from pixdex.search.retrieval import ivf_of
+
+    vecs = unit(np.random.default_rng(3).normal(size=(300, 16)))
+    d = make_store(tmp_path / "s", vecs, [f"/p/{i}.jpg" for i in range(300)], faiss_kind="flat")
+    e = SearchEngine(d)
+    try:
+        first = e.index()
+        assert ivf_of(first) is None and e.index() is first  # unchanged file: the same mapping
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 4, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(vecs)
+        ivf.add_with_ids(vecs, np.arange(1, 301, dtype=np.int64))
+        faiss.write_index(ivf, str(d / "index.faiss.tmp"))
+        os.replace(d / "index.faiss.tmp", d / "index.faiss")  # what storage does
+        assert ivf_of(e.index()) is not None
+        hits = e.search(vecs[7], 5)
+        assert hits[0].id == 8 and hits[0].score == pytest.approx(1.0, abs=1e-5)
+        (d / "index.faiss").unlink()  # no FAISS file: exact search over the stored vectors
+        assert e.index() is None and e.search(vecs[7], 1)[0].id == 8
+    finally:
+        e.close()

@@ -44,7 +44,7 @@ class SearchEngine:
         self.view = StoreView(self.store_dir)
         self._lock = threading.RLock()
         self._index = None
-        self._index_loaded = False
+        self._index_sig = None  # (inode, mtime, size) of the FAISS file mapped, None: not looked yet
         self._text = None
         self._image = None
 
@@ -62,24 +62,38 @@ class SearchEngine:
         return spec, ckpt
 
     def index(self):
-        """The FAISS index, or None when the store has no FAISS file (exact search then)."""
-        with self._lock:
-            if not self._index_loaded:
-                path = self.view.faiss_path()
-                if path.is_file():
-                    import faiss
+        """The FAISS index (None when the store has no FAISS file: exact search then).
 
-                    try:
-                        self._index = faiss.read_index(str(path))
-                    except RuntimeError as e:
-                        raise PixdexError(f"cannot read the FAISS index {path}: {str(e).splitlines()[0]}") from e
-                    if self._index.ntotal != self.view.live_count():
-                        log.warning("the FAISS index holds %d vectors but the store %d images; run `pixdex index` "
-                                    "to bring it up to date", self._index.ntotal, self.view.live_count())
-                else:
+        Memory-mapped read-only: opening costs milliseconds instead of reading the whole file, and pages
+        are shared between processes. Storage replaces the file atomically, so a long-lived engine
+        (`serve`) notices a new file by its inode/mtime and maps that one instead.
+        """
+        with self._lock:
+            path = self.view.faiss_path()
+            try:
+                st = path.stat()
+                sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except OSError:
+                sig = None
+            if sig != self._index_sig:
+                self._index = self._read_index(path) if sig is not None else None
+                self._index_sig = sig
+                if sig is None:
                     log.info("no FAISS index in %s: exact search", self.store_dir)
-                self._index_loaded = True
             return self._index
+
+    @staticmethod
+    def _read_index(path: Path):
+        import faiss
+
+        try:
+            return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:
+            log.debug("cannot memory-map %s; reading it", path)
+        try:
+            return faiss.read_index(str(path))
+        except RuntimeError as e:
+            raise PixdexError(f"cannot read the FAISS index {path}: {str(e).splitlines()[0]}") from e
 
     def text_encoder(self):
         """The store's numpy text tower; exported once through torch when the store lacks it."""
