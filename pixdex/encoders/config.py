@@ -85,7 +85,7 @@ class TokenizerConfig:
     # ... or a Hugging Face repo id whose tokenizer comes with open_clip's pretrained SigLIP.
     hf_repo: Optional[str] = None
     lowercase: bool = False
-    clean: str = "whitespace"  # whitespace | canonicalize (SigLIP text cleaning)
+    clean: str = "whitespace"  # whitespace | canonicalize (open_clip SigLIP) | siglip (transformers)
 
 
 @dataclass(frozen=True)
