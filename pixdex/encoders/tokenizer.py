@@ -58,22 +58,27 @@ def bytes_to_unicode() -> Dict[int, str]:
 
 
 @lru_cache(maxsize=4)
-def _load_bpe(path: str) -> Tuple[Dict[str, int], Dict[Tuple[str, str], int]]:
-    """(token -> id, merge pair -> rank) of the CLIP vocabulary; cached per process."""
+def _load_bpe(path: str) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """(token -> id, "first second" merge -> rank) of the CLIP vocabulary; cached per process.
+
+    Merges stay the file's "first second" lines (pieces never contain a space): no per-line split,
+    which keeps the cold start of a text search ~0.1 s shorter."""
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")
     except OSError as e:
         raise PixdexError(f"cannot read the CLIP BPE vocabulary {path}: {e}") from e
-    merges = [tuple(line.split()) for line in lines[1:_N_MERGES + 1]]
+    merges = lines[1:_N_MERGES + 1]
     chars = list(bytes_to_unicode().values())
-    vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [SOT, EOT]
-    encoder = {tok: i for i, tok in enumerate(vocab)}
-    ranks = {m: i for i, m in enumerate(merges)}
+    vocab = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges] + [SOT, EOT]
+    encoder = dict(zip(vocab, range(len(vocab))))
+    ranks = dict(zip(merges, range(len(merges))))
     return encoder, ranks
 
 
 def _fix_text(text: str) -> str:
+    if text.isascii() and text.isprintable() and "&" not in text:
+        return text  # ftfy's fixes need non-ASCII, control characters or HTML entities: skip its import
     try:
         import ftfy
     except ModuleNotFoundError:  # ftfy is optional: without it text is used as given
@@ -116,10 +121,10 @@ class ClipTokenizer:
             ranks = self.ranks
             while len(word) > 1:
                 best, best_rank = None, None
-                for pair in zip(word, word[1:]):
-                    r = ranks.get(pair)
+                for a, b in zip(word, word[1:]):
+                    r = ranks.get(a + " " + b)
                     if r is not None and (best_rank is None or r < best_rank):
-                        best, best_rank = pair, r
+                        best, best_rank = (a, b), r
                 if best is None:
                     break
                 first, second = best
