@@ -1,0 +1,121 @@
+"""End to end with the bundled pixdex-demo model: `pixdex demo-data` -> `pixdex index` -> `pixdex search`,
+the JSON API and the browser UI find the shapes the generator drew (ground truth from objects.json).
+
+Needs the trained demo weights (pixdex/encoders/weights/pixdex-demo.safetensors); skipped without them.
+The images come from a seed the model was not trained on.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from collections import defaultdict
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("faiss")
+
+from pixdex.encoders.registry import demo_weights_path
+
+pytestmark = pytest.mark.skipif(not demo_weights_path().is_file(),
+                                reason="pixdex-demo weights are not trained/shipped yet")
+
+N_IMAGES = 300
+SEED = 90210  # not a training seed
+K = 5
+
+
+def _pixdex(*args, timeout=600):
+    r = subprocess.run([sys.executable, "-m", "pixdex", *args], capture_output=True, text=True, timeout=timeout,
+                       env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    photos, store = root / "shapes", root / "store"
+    _pixdex("demo-data", str(photos), "--n", str(N_IMAGES), "--seed", str(SEED))
+    summary = json.loads(_pixdex("index", str(photos), "--store", str(store), "--model", "pixdex-demo", "--json"))
+    assert summary["failed"] == 0 and summary["total"] == N_IMAGES
+    meta = json.loads((photos / "objects.json").read_text())
+    truth = defaultdict(set)  # "red circle" -> image file names holding one
+    for im in meta["images"]:
+        for o in im["objects"]:
+            truth[f"{o['colour']} {o['shape']}"].add(im["image"])
+    # every colour x shape drawn at least K times in this set is a query
+    queries = sorted(q for q, names in truth.items() if len(names) >= K)
+    assert len(queries) >= 10
+    return photos, store, truth, queries
+
+
+def _precision(results, names):
+    return sum(os.path.basename(r["path"]) in names for r in results[:K]) / K
+
+
+def test_cli_search_finds_the_shapes(demo):
+    from pixdex.search.cli_search import run_search
+
+    photos, store, truth, queries = demo
+    precisions = {}
+    for q in queries:
+        precisions[q] = _precision(run_search(store, f"a {q}", k=K), truth[q])
+    mean = sum(precisions.values()) / len(precisions)
+    assert mean >= 0.9, sorted(precisions.items(), key=lambda t: t[1])[:8]
+    # and through the command line itself (JSON output), for a few queries
+    for q in queries[:3]:
+        hits = json.loads(_pixdex("search", f"a {q}", "--store", str(store), "-k", str(K), "--json"))
+        assert [h["rank"] for h in hits] == list(range(1, K + 1))
+        assert _precision(hits, truth[q]) == precisions[q]
+
+
+def test_api_and_browser_find_the_shapes(demo):
+    from pixdex.search.serve import make_server, start_in_thread
+
+    photos, store, truth, queries = demo
+    srv = make_server(store, "127.0.0.1", 0)
+    start_in_thread(srv)
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        precisions = []
+        for q in queries:
+            url = f"{base}/api/search?q={urllib.parse.quote('a ' + q)}&k={K}"
+            with urllib.request.urlopen(url, timeout=30) as r:
+                precisions.append(_precision(json.loads(r.read())["results"], truth[q]))
+        assert sum(precisions) / len(precisions) >= 0.9
+
+        sync_api = pytest.importorskip("playwright.sync_api")
+        from test_ui import CHROMIUM
+
+        if not CHROMIUM:
+            pytest.skip("no chromium binary")
+        q = queries[0]
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(20_000)
+                page.goto(base + "/")
+                page.fill("#q", f"a {q}")
+                page.press("#q", "Enter")
+                page.wait_for_selector("#grid .card")
+                titles = [page.locator("#grid .card").nth(i).get_attribute("title") for i in range(K)]
+                shown = sum(os.path.basename(t.split("  (")[0]) in truth[q] for t in titles) / K
+                assert shown >= 0.8, (q, titles)
+                page.locator("#grid .card").nth(0).click()
+                page.wait_for_selector("#viewer:not([hidden])")
+                page.wait_for_function("() => document.querySelector('#viewer-img').naturalWidth > 0")
+                page.click("#viewer-like")
+                page.wait_for_function("() => location.hash.startsWith('#like=')")
+                page.wait_for_function("() => document.querySelector('#status').textContent.includes('like')")
+                assert page.locator("#grid .card").count() > 0
+            finally:
+                browser.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        srv.engine.close()
