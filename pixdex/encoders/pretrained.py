@@ -9,8 +9,13 @@ and ``--checkpoint``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import logging
 import os
+import sys
+import types
+from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -23,25 +28,47 @@ SAFE_WEIGHTS = "open_clip_model.safetensors"
 TORCH_WEIGHTS = "open_clip_pytorch_model.bin"
 
 
+@lru_cache(maxsize=1)
+def _registry():
+    """open_clip's ``pretrained`` module, or None when open_clip is not installed.
+
+    Importing the ``open_clip`` package pulls in torchvision, timm and its model code (seconds); the
+    pretrained table needs none of it, so the module is loaded on its own under a private package name
+    (its relative imports are only ``constants`` and ``version``). Falls back to the normal import.
+    """
+    if "open_clip" in sys.modules:
+        import open_clip.pretrained
+
+        return open_clip.pretrained
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        return None
+    private = "_pixdex_open_clip"
+    try:
+        pkg = types.ModuleType(private)
+        pkg.__path__ = list(spec.submodule_search_locations or [])
+        sys.modules.setdefault(private, pkg)
+        return importlib.import_module(f"{private}.pretrained")
+    except ImportError as e:  # a layout this loader does not know: the ordinary way
+        log.debug("loading open_clip.pretrained alone failed (%s); importing open_clip", e)
+        import open_clip.pretrained
+
+        return open_clip.pretrained
+
+
 def _open_clip_name(config: ModelConfig) -> str:
     return config.open_clip_name or config.name
 
 
 def pretrained_cfg(config: ModelConfig, tag: str) -> dict:
     """open_clip's pretrained entry for (model, tag); {} when unknown or open_clip is missing."""
-    try:
-        from open_clip.pretrained import get_pretrained_cfg
-    except ModuleNotFoundError:
-        return {}
-    return dict(get_pretrained_cfg(_open_clip_name(config), tag) or {})
+    reg = _registry()
+    return dict(reg.get_pretrained_cfg(_open_clip_name(config), tag) or {}) if reg else {}
 
 
 def pretrained_tags(config: ModelConfig) -> List[str]:
-    try:
-        from open_clip.pretrained import list_pretrained_tags_by_model
-    except ModuleNotFoundError:
-        return []
-    return list(list_pretrained_tags_by_model(_open_clip_name(config)))
+    reg = _registry()
+    return list(reg.list_pretrained_tags_by_model(_open_clip_name(config))) if reg else []
 
 
 def hf_location(pcfg: dict) -> Optional[Tuple[str, List[str]]]:
