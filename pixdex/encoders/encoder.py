@@ -45,7 +45,12 @@ class ResolvedSpec:
 
 def _config_from_json(path: Path) -> ModelConfig:
     try:
-        return ModelConfig.from_dict(json.loads(path.read_text()))
+        d = json.loads(path.read_text())
+        if isinstance(d, dict) and d.get("model_type") == "siglip":  # a transformers SigLIP directory
+            from pixdex.encoders.siglip_configs import config_from_hf
+
+            return config_from_hf(d, name=path.parent.name)
+        return ModelConfig.from_dict(d)
     except OSError as e:
         raise PixdexError(f"cannot read model config {path}: {e.strerror or e}") from e
     except (ValueError, TypeError) as e:
@@ -283,6 +288,10 @@ def _build(resolved: ResolvedSpec, towers: Tuple[str, ...]):
     from pixdex.encoders.checkpoint import load_checkpoint
 
     with torch.device("meta"):  # no time spent on random init; the checkpoint's tensors are assigned
+        model = build_model(config)
+    saved = set(model.state_dict())
+    if any(name not in saved for name, _ in model.named_buffers()):
+        # non-persistent buffers are not in checkpoints: they need a real (CPU) build
         model = build_model(config)
     _keep(model, towers)
     load_checkpoint(model, resolved.weights, config)
