@@ -18,6 +18,7 @@ unchanged folder reads no file and loads no model.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import warnings
@@ -51,6 +52,7 @@ class LazyEncoder:
         self.store, self.spec, self.checkpoint, self.device = store, spec, checkpoint, device
         self._loader = loader
         self._enc = None
+        self._pre = None
         self._lock = threading.Lock()
         self.newly_bound = False
 
@@ -81,7 +83,40 @@ class LazyEncoder:
         return enc
 
     def preprocess(self, img):
-        return self.get().preprocess(img)
+        """Preprocess for the workers. On a bound store this needs no model (nor torch): the store's
+        identity records the preprocessing, so decoding starts while the encoder is still loading."""
+        pre = self._pre
+        if pre is None:
+            with self._lock:
+                if self._pre is None:
+                    self._pre = self._enc.preprocess if self._enc is not None else _preprocessor_of(self.store)
+                pre = self._pre
+            if pre is None:
+                pre = self._pre = self.get().preprocess
+        return pre(img)
+
+
+def _preprocessor_of(store: Store):
+    ident = store.identity or {}
+    d = ident.get("preprocess")
+    if not isinstance(d, dict):
+        return None
+    try:
+        from pixdex.encoders.config import PreprocessConfig
+        from pixdex.encoders.preprocess import Preprocessor
+
+        return Preprocessor(PreprocessConfig(**d))
+    except (TypeError, ValueError) as e:
+        log.debug("cannot rebuild the preprocessing from the store (%s); loading the model", e)
+        return None
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        log.warning("ignoring %s=%r (not a number)", name, os.environ.get(name))
+        return default
 
 
 def _maybe_speed_up(enc) -> None:
@@ -143,6 +178,7 @@ class _Run:
         self.vanished_by_hash: Dict[str, List[Tuple[str, KnownFile]]] = {}
         self.claimed: set = set()
         self.last_save = time.monotonic()
+        self.save_every = _env_float("PIXDEX_FAISS_SAVE_S", FAISS_SAVE_EVERY_S)
 
     # ------------------------------------------------------------------ FAISS
 
@@ -258,7 +294,7 @@ class _Run:
             self.index = faiss_index.VectorIndex.flat(self.dim)
         self.index.remove(applied.removed_ids)
         self.index.add(applied.added_ids, applied.added_vectors)
-        if time.monotonic() - self.last_save > FAISS_SAVE_EVERY_S:
+        if time.monotonic() - self.last_save > self.save_every:
             self.save_faiss()
 
     def finish_files(self) -> None:

@@ -1,0 +1,138 @@
+"""kill -9 a real `python -m pixdex index` at random moments; the next run must leave every file present
+exactly once, FAISS ids equal to the database ids, and vectors that belong to their files."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index_support import assert_consistent, db_vector, make_images
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+
+REPO = Path(__file__).resolve().parents[1]
+KILLS = 10
+SEED = 1234
+
+
+def _cmd(folder: Path, store: Path):
+    return [sys.executable, "-m", "pixdex", "index", str(folder), "--store", str(store), "--model", "tiny-vit",
+            "--json", "--batch-size", "3", "--workers", "2"]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO), "PIXDEX_IVF_THRESHOLD": "150", "PIXDEX_FAISS_SAVE_S": "0.2",
+            "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _wait_for_lock(proc: subprocess.Popen, lock: Path, timeout: float = 60.0) -> bool:
+    """Until the process holds the store lock (it writes its pid there), or has exited."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            if lock.read_text().strip() == str(proc.pid):
+                return True
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return False
+
+
+def _db_progress(store: Path):
+    """(rows, last write time) of the store, or None before it exists: changes with every commit."""
+    try:
+        con = sqlite3.connect(f"{(store / 'pixdex.db').resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT count(*), coalesce(max(indexed_at), 0) FROM images").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+
+
+def _wait_for_commit(proc: subprocess.Popen, store: Path, before, timeout: float = 60.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        now = _db_progress(store)
+        if now is not None and now != before:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _mutate(folder: Path, rng: random.Random, step: int) -> None:
+    """Between runs: new files, a deletion, a rename, a move into a subfolder, a changed file."""
+    make_images(folder, 12, seed=100 + step, size=(24, 24), start=1000 * (step + 1))
+    files = sorted(p for p in folder.rglob("*.png") if p.stat().st_size > 0)
+    a, b, c, d = rng.sample(files, 4)
+    a.unlink()
+    b.rename(b.with_name(f"renamed_{step}_{b.name}"))
+    (folder / f"sub{step % 3}").mkdir(exist_ok=True)
+    c.rename(folder / f"sub{step % 3}" / c.name)
+    make_images(folder, 1, seed=500 + step, size=(24, 24), start=0)  # overwrite img_00000: new content
+    d.write_bytes(b"")  # becomes an empty (failed) file
+
+
+def test_kill_9_at_random_moments_then_complete(tmp_path):
+    rng = random.Random(SEED)
+    folder = tmp_path / "photos"
+    make_images(folder, 80, size=(24, 24))
+    (folder / "broken.png").write_text("not an image")
+    store = tmp_path / "store"
+    kills = mid_work = attempts = 0
+    while kills < KILLS and attempts < 3 * KILLS:
+        attempts += 1
+        before = _db_progress(store)
+        proc = subprocess.Popen(_cmd(folder, store), env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        if attempts % 3 == 1:  # while starting: loading the model, binding, exporting, scanning
+            started = _wait_for_lock(proc, store / "index.lock")
+            time.sleep(rng.uniform(0.0, 1.5) if started else 0.0)
+            working = False
+        else:  # while indexing: after this run's first commit, somewhere among commits and FAISS saves
+            working = _wait_for_commit(proc, store, before)
+            time.sleep(rng.uniform(0.0, 0.6) if working else 0.0)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+            mid_work += working
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, -signal.SIGKILL), err.decode(errors="replace")
+        _mutate(folder, rng, attempts)
+    assert mid_work >= 5, f"only {mid_work} kills landed while indexing"
+    assert kills >= 10
+    done = subprocess.run(_cmd(folder, store), env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    on_disk = sorted(p for p in folder.rglob("*") if p.is_file())
+    rows = assert_consistent(store, on_disk)  # each file exactly once; FAISS == database
+    assert summary["total"] == sum(r["status"] == "ok" for r in rows.values())
+    assert all(rows[str(p)]["status"] == "failed" for p in on_disk if p.stat().st_size == 0)
+    # vectors belong to their files: compare a sample with direct encoding
+    from pixdex.encoders.encoder import load_encoder
+    from pixdex.indexer.decode import decode, read_file
+
+    enc = load_encoder("tiny-vit", towers=("image",))
+    ok = [p for p in on_disk if rows[str(p)]["status"] == "ok"]
+    for p in random.Random(SEED).sample(ok, 12):
+        img, _ = decode(read_file(str(p)), enc.preprocess.draft_size[0])
+        want = enc.encode_images(enc.preprocess(img)[None])[0]
+        assert float(db_vector(store, rows[str(p)]["id"]) @ want) > 0.9999, p
+    status = subprocess.run([sys.executable, "-m", "pixdex", "status", "--store", str(store), "--json"],
+                            env=_env(), capture_output=True, text=True, timeout=120)
+    info = json.loads(status.stdout)
+    assert info["faiss"]["agrees"] and info["faiss"]["checksum_matches_sidecar"]
+    again = subprocess.run(_cmd(folder, store), env=_env(), capture_output=True, text=True, timeout=300)
+    assert json.loads(again.stdout)["encoded"] == 0
+    shutil.rmtree(tmp_path / "photos")
