@@ -162,3 +162,25 @@ def test_similar_and_bad_requests(server):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen("http://127.0.0.1:%d/nope" % srv.server_address[1], timeout=10)
     assert e.value.code == 404
+
+
+def test_media_converts_and_refuses_clearly(tmp_path):
+    import io
+
+    from pixdex.errors import PixdexError
+    from pixdex.search.media import Media
+    from pixdex.search.store_view import Row
+
+    tif = tmp_path / "scan.tif"
+    Image.new("RGB", (900, 500), (10, 200, 30)).save(tif)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    m = Media(tmp_path / "store")
+    body, ctype = m.original(Row(1, str(tif), 900, 500, None))
+    assert ctype == "image/jpeg" and Image.open(io.BytesIO(body)).size == (900, 500)
+    body, _ = m.thumbnail(Row(1, str(tif), 900, 500, None))
+    assert Image.open(io.BytesIO(body)).size == (320, 178)
+    with pytest.raises(PixdexError, match="bad.jpg"):
+        m.thumbnail(Row(2, str(bad), None, None, None))
+    with pytest.raises(PixdexError, match="missing"):
+        m.thumbnail(Row(3, str(tmp_path / "gone.jpg"), None, None, None))

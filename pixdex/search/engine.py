@@ -133,24 +133,19 @@ class SearchEngine:
         return self.text_encoder().encode_texts(list(texts))
 
     def encode_image_files(self, files: List[str]) -> np.ndarray:
-        from PIL import Image, ImageOps, UnidentifiedImageError
+        """Embed image files outside the store, loaded exactly as the indexer loads them (torch)."""
+        from pixdex.indexer.pipeline import load_candidate
 
-        batch = []
-        enc = None
         for f in files:
-            p = Path(f).expanduser()
-            if not p.is_file():
+            if not Path(f).expanduser().is_file():
                 raise PixdexError(f"--image: no such file: {f}")
-            if enc is None:
-                enc = self.image_encoder()
-            try:
-                with Image.open(p) as im:
-                    draft = getattr(enc.preprocess, "draft_size", None)
-                    if draft and im.format == "JPEG":
-                        im.draft("RGB", (draft, draft))
-                    batch.append(enc.preprocess(ImageOps.exif_transpose(im).convert("RGB")))
-            except (OSError, UnidentifiedImageError, ValueError) as e:
-                raise PixdexError(f"--image: cannot read {f}: {e}") from e
+        enc = self.image_encoder()
+        batch = []
+        for f in files:
+            loaded = load_candidate(str(Path(f).expanduser()), enc.preprocess)
+            if not loaded.ok:
+                raise PixdexError(f"--image: cannot read {f}: {loaded.error}")
+            batch.append(loaded.pixels)
         return enc.encode_images(np.stack(batch))
 
     def stored_vectors(self, ids: List[int]) -> np.ndarray:

@@ -3,7 +3,8 @@
 Callers pass a stored row (never a path from a request). Thumbnails are JPEGs cached under
 ``STORE/thumbs/`` (one line "mtime_ns:size" of the source, then the JPEG bytes), keyed by image id and
 rebuilt when the source file changes.
-Formats that browsers cannot show (HEIC, TIFF, ...) are converted to JPEG on the fly.
+Formats that browsers cannot show (HEIC, TIFF, ...) are converted to JPEG on the fly. Decoding is the
+indexer's (:mod:`pixdex.indexer.decode`), so the UI shows what was indexed, the same way.
 """
 
 from __future__ import annotations
@@ -28,22 +29,13 @@ _BROWSER_TYPES = {
 MAX_ORIGINAL_BYTES = 512 * 1024 * 1024
 
 
-def _open_image(path: Path):
-    from PIL import Image, ImageOps
+def _open_image(path: Path, draft_size=None):
+    """RGB image through the indexer's decoder (every mode, EXIF orientation, HEIC, bomb guard)."""
+    from pixdex.indexer.decode import DecodeError, decode, read_file
 
-    if path.suffix.lower() in (".heic", ".heif"):
-        try:
-            import pillow_heif
-
-            pillow_heif.register_heif_opener()
-        except ImportError:
-            log.debug("pillow-heif is not installed")
     try:
-        im = Image.open(path)
-        im.draft("RGB", (THUMB_SIZE, THUMB_SIZE))
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as e:
+        return decode(read_file(str(path)), draft_size=draft_size, name=path.name)[0]
+    except DecodeError as e:
         raise PixdexError(f"cannot read image {path.name}: {e}") from e
 
 
@@ -91,7 +83,7 @@ class Media:
                 return body, "image/jpeg"
         except OSError:
             pass
-        im = _open_image(path)
+        im = _open_image(path, draft_size=self.size)
         im.thumbnail((self.size, self.size))
         body = _jpeg(im)
         try:
