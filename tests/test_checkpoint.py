@@ -1,12 +1,10 @@
 """Checkpoint formats, strict loading with one clear error, towers, model directories and identities."""
 
 import hashlib
-import io
 import json
 import os
 import pickle
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -17,7 +17,7 @@ import sys
 import types
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from pixdex.encoders.config import ModelConfig
 from pixdex.errors import PixdexError
