@@ -64,8 +64,10 @@ def _clip_configs() -> Dict[str, ModelConfig]:
         _clip("tiny-rn", 32, VisionConfig(kind="resnet", image_size=64, width=16, layers=(1, 1, 1, 1),
                                           patch_size=0, heads=8, head_width=64),
               text=TextConfig(width=64, heads=2, layers=2)),
-        _clip(DEMO_MODEL, 128, VisionConfig(kind="vit", image_size=64, patch_size=8, width=128, layers=4, heads=4),
-              text=TextConfig(width=128, heads=4, layers=4), act="quick_gelu", context_length=32),
+        # patch 16 keeps CPU training within budget (pixdex demo-data puts one object per 16-px patch);
+        # text width 64 keeps the 49408-token embedding, and so the bundled float16 file, under 10 MB
+        _clip(DEMO_MODEL, 128, VisionConfig(kind="vit", image_size=64, patch_size=16, width=128, layers=4, heads=4),
+              text=TextConfig(width=64, heads=4, layers=4), act="quick_gelu", context_length=32),
     ]
     return {c.name: c for c in cfgs}
 

@@ -58,6 +58,8 @@ def ship(run_dir, dest: Optional[Path] = None, eval_n: int = 500, eval_seed: int
         if size > MAX_BYTES:
             raise PixdexError(f"the float16 weights take {size / 2**20:.1f} MiB, more than "
                               f"{MAX_BYTES / 2**20:.0f} MiB: shrink the model config")
+        for f in Path(tmp).iterdir():
+            f.chmod(0o644)
         path.replace(dest / f"{DEMO_NAME}.safetensors")
         (Path(tmp) / st.CONFIG_FILE).replace(dest / f"{DEMO_NAME}.json")
     summary = {"source_run": metrics, "bytes": size}

@@ -185,12 +185,12 @@ class _Reporter:
         if self.progress is not None:
             self.progress.update(self.task, completed=step, loss=loss, temp=temp)
         elif step % self.every == 0 or step == total:
-            self.console.print(f"step {step}/{total} loss {loss:.4f} T {temp:.4f} lr {lr:.2e}")
+            self.console.print(f"step {step}/{total} loss {loss:.4f} T {temp:.4f} lr {lr:.2e}", soft_wrap=True)
 
     def line(self, text: str) -> None:
         log.info(text)
         if self.enabled:
-            self.console.print(text)
+            self.console.print(text, soft_wrap=True, highlight=False)
 
     def close(self) -> None:
         if self.progress is not None:
