@@ -100,7 +100,11 @@ def test_pixels_agree_with_ground_truth(demo_set):
 def test_cells_are_distinct_and_pairs_unique(demo_set):
     for rec in load_annotations(demo_set)["images"]:
         objs = rec["objects"]
-        assert len({o["position"] for o in objs}) == len(objs)
+        assert len({tuple(o["cell"]) for o in objs}) == len(objs)
+        for o in objs:  # the object lies inside its own cell
+            row, col = o["cell"]
+            assert col / 4 <= o["x"] - o["radius"] and o["x"] + o["radius"] <= (col + 1) / 4
+            assert row / 4 <= o["y"] - o["radius"] and o["y"] + o["radius"] <= (row + 1) / 4
         assert len({(o["colour"], o["shape"]) for o in objs}) == len(objs)
 
 

@@ -1,7 +1,9 @@
 """A deterministic, captioned synthetic image set: coloured shapes on plain backgrounds.
 
 Each image holds 1 to 3 objects; an object is a colour x shape x size, placed in its own cell of a
-3 x 3 grid (with jitter). The caption says what is where in plain English, e.g.
+4 x 4 grid (with a little jitter, always inside its cell). At the bundled ``pixdex-demo`` model's 64-px
+input a cell is one 16-px ViT patch, so a tiny model trained on CPU within minutes can bind colour to
+shape; positions are named on a 3 x 3 scale ("top left", "top", ..., "center", ...). The caption says what is where in plain English, e.g.
 ``"a small red circle above a large green square on a white background"``; captions vary in how much
 they say (size, background, position may be left out) so that short queries such as "a red circle"
 land among them. Image ``i`` depends only on ``(seed, i)``: the same seed gives identical bytes, another
@@ -12,7 +14,7 @@ Output folder::
     manifest.csv     columns image (relative path), caption, background, objects ("small red circle
                      @ top left; large green square @ center")
     objects.json     {"generator": ..., "seed", "image_size", "images": [{"image", "caption", "background",
-                     "objects": [{"colour", "shape", "size", "position", "x", "y", "radius"}]}]}
+                     "objects": [{"colour", "shape", "size", "position", "cell", "x", "y", "radius"}]}]}
     img_00000.png ...
 
 The bundled ``pixdex-demo`` model is trained on such a set; see ``pixdex.training.trainer`` for the
@@ -37,7 +39,7 @@ from pixdex.errors import PixdexError
 
 log = logging.getLogger(__name__)
 
-GENERATOR = "pixdex demo-data v1"
+GENERATOR = "pixdex demo-data v2"
 
 COLOURS = {
     "red": (220, 30, 35),
@@ -49,13 +51,11 @@ COLOURS = {
     "pink": (250, 120, 185),
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross")
-SIZES = {"small": 0.095, "large": 0.155}  # radius as a fraction of the image side
+SIZES = {"small": 0.08, "large": 0.112}  # radius as a fraction of the image side (a cell is 0.25)
 BACKGROUNDS = {"white": (246, 246, 246), "gray": (128, 128, 128), "black": (18, 18, 18)}
-POSITIONS = (
-    ("top left", "top", "top right"),
-    ("left", "center", "right"),
-    ("bottom left", "bottom", "bottom right"),
-)
+GRID = 4
+_ROW_WORD = ("top", "", "", "bottom")
+_COL_WORD = ("left", "", "", "right")
 PLACE_PHRASES = {
     "top left": "in the top left corner", "top": "at the top", "top right": "in the top right corner",
     "left": "on the left", "center": "in the center", "right": "on the right",
@@ -80,7 +80,8 @@ class DemoObject:
 
     @property
     def position(self) -> str:
-        return POSITIONS[self.row][self.col]
+        """The cell on a 3 x 3 scale: ``"top left"``, ``"top"``, ..., ``"center"``, ..."""
+        return " ".join(w for w in (_ROW_WORD[self.row], _COL_WORD[self.col]) if w) or "center"
 
     def phrase(self, with_size: bool) -> str:
         """``"a small red circle"`` / ``"an orange star"``."""
@@ -89,7 +90,7 @@ class DemoObject:
 
     def to_dict(self) -> dict:
         return {"colour": self.colour, "shape": self.shape, "size": self.size, "position": self.position,
-                "x": round(self.x, 4), "y": round(self.y, 4), "radius": round(self.radius, 4)}
+                "cell": [self.row, self.col], "x": round(self.x, 4), "y": round(self.y, 4), "radius": round(self.radius, 4)}
 
 
 def generate(out_dir, n: int = 1000, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE) -> Path:
@@ -145,18 +146,18 @@ def sample_scene(rng: np.random.Generator) -> Tuple[str, List[DemoObject]]:
     """A background and 1-3 objects with distinct (colour, shape) pairs in distinct grid cells."""
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     count = int(rng.choice(len(OBJECT_COUNT_P), p=OBJECT_COUNT_P)) + 1
-    cells = rng.permutation(9)[:count]
+    cells = rng.permutation(GRID * GRID)[:count]
     pairs = rng.permutation(len(COLOURS) * len(SHAPES))[:count]
     objects = []
     for cell, pair in zip(cells, pairs):
-        row, col = divmod(int(cell), 3)
+        row, col = divmod(int(cell), GRID)
         colour = list(COLOURS)[int(pair) // len(SHAPES)]
         shape = SHAPES[int(pair) % len(SHAPES)]
         size = list(SIZES)[rng.integers(len(SIZES))]
         radius = SIZES[size] * (1 + rng.uniform(-0.08, 0.08))
-        slack = max(0.0, 1 / 6 - radius - 0.01)  # keep the shape inside its cell
-        x = (col + 0.5) / 3 + rng.uniform(-slack, slack)
-        y = (row + 0.5) / 3 + rng.uniform(-slack, slack)
+        slack = max(0.0, 0.5 / GRID - radius - 0.006)  # keep the shape inside its cell
+        x = (col + 0.5) / GRID + rng.uniform(-slack, slack)
+        y = (row + 0.5) / GRID + rng.uniform(-slack, slack)
         objects.append(DemoObject(colour, shape, size, row, col, x, y, radius))
     return background, objects
 
