@@ -12,8 +12,10 @@ content is already known to the store (a moved or copied file reuses its vector)
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Collection, Deque, Iterable, Iterator, Optional, Tuple, TypeVar
@@ -82,8 +84,36 @@ def draft_side(preprocess) -> Optional[int]:
     return int(max(d)) if isinstance(d, (tuple, list)) else int(d)
 
 
+class DecodeGate:
+    """Lets decoding run only while the encoder is not using every core.
+
+    On a CPU whose cores all run torch's threads, decoding at the same time does not overlap for free:
+    a busy core makes each of torch's parallel regions wait for its slowest thread. So the encoder
+    closes the gate while it runs; workers still read and hash files meanwhile (I/O), and decode the
+    next batch on all cores in between. With a GPU (or spare cores) the gate stays open.
+    """
+
+    def __init__(self) -> None:
+        self._open = threading.Event()
+        self._open.set()
+
+    def wait(self) -> None:
+        self._open.wait()
+
+    @contextlib.contextmanager
+    def closed(self, really: bool = True) -> Iterator[None]:
+        if not really:
+            yield
+            return
+        self._open.clear()
+        try:
+            yield
+        finally:
+            self._open.set()
+
+
 def load_candidate(path: str, preprocess: Callable, known_hashes: Collection[str] = (),
-                   decode_known: bool = False) -> Loaded:
+                   decode_known: bool = False, gate: Optional[DecodeGate] = None) -> Loaded:
     """Read + hash ``path``; unless its hash is in ``known_hashes``, decode and preprocess it."""
     try:
         data = read_file(path)
@@ -92,6 +122,8 @@ def load_candidate(path: str, preprocess: Callable, known_hashes: Collection[str
     h = content_hash(data)
     if h in known_hashes and not decode_known:
         return Loaded(content_hash=h, known=True)
+    if gate is not None:
+        gate.wait()
     return decode_pixels(data, h, path, preprocess)
 
 

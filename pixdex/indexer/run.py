@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pixdex.errors import PixdexError
-from pixdex.indexer.pipeline import Loaded, decode_pixels, default_workers, load_candidate, ordered_map
+from pixdex.indexer.pipeline import DecodeGate, Loaded, default_workers, load_candidate, ordered_map
 from pixdex.indexer.plan import Candidate, make_plan
 from pixdex.indexer.report import Progress, Tally, print_summary
 from pixdex.indexer.scan import scan
@@ -133,8 +133,19 @@ def _threads(enc):
     except ImportError:
         import contextlib
 
-        return contextlib.nullcontext()
+        return contextlib.nullcontext(None)
     return cpu_threads(enc)
+
+
+def _all_cores(enc, nthreads: Optional[int]) -> bool:
+    """Whether the encoder runs on the CPU with a thread on every core (then decoding waits for it)."""
+    if not str(getattr(enc, "device", "cpu")).startswith("cpu"):
+        return False
+    if nthreads is None:
+        import torch
+
+        nthreads = torch.get_num_threads()
+    return nthreads >= (os.cpu_count() or 1)
 
 
 def _export_text_tower(enc, store_dir: Path) -> None:
@@ -179,6 +190,8 @@ class _Run:
         self.claimed: set = set()
         self.last_save = time.monotonic()
         self.save_every = _env_float("PIXDEX_FAISS_SAVE_S", FAISS_SAVE_EVERY_S)
+        self.gate = DecodeGate()
+        self.gate_decoding = os.environ.get("PIXDEX_DECODE_GATE", "auto") != "0"
 
     # ------------------------------------------------------------------ FAISS
 
@@ -261,8 +274,9 @@ class _Run:
         if not self.pending:
             return
         enc = self.enc.get()
-        with _threads(enc):
-            vecs = enc.encode_images(np.stack([r.pixels for _, r, _ in self.pending]))
+        batch = np.stack([r.pixels for _, r, _ in self.pending])
+        with _threads(enc) as nthreads, self.gate.closed(self.gate_decoding and _all_cores(enc, nthreads)):
+            vecs = enc.encode_images(batch)
         self.tally.add("encoded", len(self.pending))
         for (cand, res, count), v in zip(self.pending, vecs):
             e, info = cand.entry, res.info
@@ -355,7 +369,7 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
             progress = run.progress = Progress(len(plan.candidates), quiet=json_mode)
 
             def work(c: Candidate) -> Loaded:
-                return load_candidate(c.entry.path, enc.preprocess, known_hashes)
+                return load_candidate(c.entry.path, enc.preprocess, known_hashes, gate=run.gate)
 
             lookahead = 2 * batch_size + 2 * nworkers
             for cand, res in ordered_map(work, plan.candidates, nworkers, lookahead):

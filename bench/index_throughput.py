@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Indexing throughput, side by side in one run: `pixdex index` end to end vs the bare encoder.
+
+    python bench/index_throughput.py [N] [--batch-size 32] [--workers 0] [--photos DIR] [--keep]
+
+Builds (or reuses) a folder of N 12 MP JPEGs with ../shared/tools/make_photo_folder.py, then prints
+images/s of:
+
+- pixdex index, end to end (scan, read, hash, draft-decode, preprocess, encode, commit, FAISS), in
+  process with the model already loaded, and the CLI as a user runs it (process start and model load
+  included);
+- the bare pixdex encoder on already-preprocessed tensors, as `pixdex index` uses it (int8 image tower
+  on CPU, see pixdex/encoders/fast.py) and in float32;
+- open_clip's eager ViT-B-32-256 encoder on the same tensors;
+
+and the ratio end-to-end / bare encoder (goal >= 0.80: decoding hidden behind the model). The model is
+ViT-B-32-256 with random weights (no download); throughput does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MODEL = "ViT-B-32-256"
+
+
+def photo_folder(n: int, given: str | None) -> Path:
+    if given:
+        return Path(given)
+    folder = Path(tempfile.gettempdir()) / f"pixdex-bench-photos-{n}"
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == n:
+        return folder
+    tool = SHARED / "tools" / "make_photo_folder.py"
+    if not tool.is_file():
+        sys.exit(f"cannot find {tool} (the shared folder beside the repository)")
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"writing {n} 12 MP JPEGs to {folder} ...", flush=True)
+    subprocess.run([sys.executable, str(tool), str(folder), str(n)], check=True)
+    return folder
+
+
+def rate(fn, batch, repeats: int) -> float:
+    fn(batch)  # warm-up
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn(batch)
+    return repeats * len(batch) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("n", type=int, nargs="?", default=96)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--photos", help="use this folder of photos instead of generating one")
+    ap.add_argument("--repeats", type=int, default=3, help="timed batches per bare-encoder figure")
+    ap.add_argument("--skip-cli", action="store_true", help="do not time the CLI subprocess")
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+
+    import numpy as np
+    import torch
+
+    from pixdex.encoders.encoder import load_encoder
+    from pixdex.encoders.fast import is_quantized, speed_up
+    from pixdex.indexer.decode import decode, read_file
+    from pixdex.indexer.pipeline import draft_side
+    from pixdex.indexer.run import index_paths
+
+    folder = photo_folder(args.n, args.photos)
+    files = sorted(folder.glob("*.jpg"))
+    n = len(files)
+    print(f"{n} photos in {folder}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs", flush=True)
+
+    enc = load_encoder(MODEL, device="cpu", random_init=True)  # both towers, as for a new store
+    fp32 = load_encoder(MODEL, device="cpu", towers=("image",), random_init=True)
+    swapped = speed_up(enc)
+    # already-preprocessed tensors of real photos (decode cost excluded on purpose)
+    pre = np.stack([enc.preprocess(decode(read_file(str(f)), draft_side(enc.preprocess))[0])
+                    for f in files[: args.batch_size]])
+    enc.encode_images(pre)  # the first batch is where the int8 tower checks itself against float32
+    qv = enc.model.visual
+    check = f"min cosine vs float32 {qv.min_cosine:.5f}, kept: {qv.checked}" if is_quantized(qv) else "off"
+
+    bare = rate(enc.encode_images, pre, args.repeats)
+    bare32 = rate(fp32.encode_images, pre, args.repeats)
+    del fp32
+    try:
+        import open_clip
+
+        oc = open_clip.create_model(MODEL, pretrained=None).eval()
+        x = torch.from_numpy(pre)
+
+        def oc_encode(_):
+            with torch.inference_mode():
+                return oc.encode_image(x)
+
+        eager = rate(oc_encode, pre, args.repeats)
+        del oc
+    except ImportError:
+        eager = float("nan")
+
+    for f in files:  # the page cache holds every photo for every figure below
+        f.read_bytes()
+
+    def end_to_end(gate: str) -> float:
+        os.environ["PIXDEX_DECODE_GATE"] = gate
+        st = Path(tempfile.mkdtemp(prefix="pixdex-bench-store-"))
+        try:
+            t = time.perf_counter()
+            summary = index_paths([folder], store_dir=st, model=MODEL, checkpoint=Path("random"),
+                                  batch_size=args.batch_size, workers=args.workers, json_mode=True,
+                                  encoder_loader=lambda *a: enc)
+            took = time.perf_counter() - t
+            assert summary["encoded"] == n, summary
+            return n / took
+        finally:
+            shutil.rmtree(st, ignore_errors=True)
+            os.environ.pop("PIXDEX_DECODE_GATE", None)
+
+    e2e_free = end_to_end("0")  # decoding free to run during encoding
+    e2e = end_to_end("auto")  # what pixdex does: decoding waits while the encoder uses every core
+    store = Path(tempfile.mkdtemp(prefix="pixdex-bench-store-"))
+    try:
+        cli = float("nan")
+        if not args.skip_cli:
+            shutil.rmtree(store)
+            t = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "pixdex", "index", str(folder), "--store", str(store),
+                                  "--model", MODEL, "--checkpoint", "random", "--json",
+                                  "--batch-size", str(args.batch_size), "--workers", str(args.workers)],
+                                 capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            if out.returncode != 0:
+                sys.exit(out.stderr)
+            cli = json.loads(out.stdout)["encoded"] / (time.perf_counter() - t)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+    print()
+    print(f"int8 image tower: {'on' if swapped else 'off'} ({check})")
+    print(f"{'pixdex index, end to end (model loaded)':<48} {e2e:7.2f} images/s")
+    print(f"{'  same, decoding overlapping the encoder':<48} {e2e_free:7.2f} images/s")
+    print(f"{'pixdex index CLI (process start + model load)':<48} {cli:7.2f} images/s")
+    print(f"{'bare pixdex encoder as indexing uses it':<48} {bare:7.2f} images/s")
+    print(f"{'bare pixdex encoder, float32':<48} {bare32:7.2f} images/s")
+    print(f"{'open_clip eager encoder (float32)':<48} {eager:7.2f} images/s")
+    print(f"ratio end to end / bare encoder: {e2e / bare:.2f}  (goal >= 0.80)")
+    print(f"end to end / open_clip eager: {e2e / eager:.2f}; bare / open_clip eager: {bare / eager:.2f}")
+
+
+if __name__ == "__main__":
+    main()
