@@ -130,6 +130,9 @@ def test_model_binding(store):
     assert side["model"]["checkpoint_sha256"] == "abc"
     assert same_model({"model": "tiny", "checkpoint_sha256": None, "dim": 4}, {"model": "tiny", "dim": 4})
     assert not same_model({"model": "a", "dim": 4}, {"model": "b", "dim": 4})
+    rnd = {"checkpoint_sha256": "random-init-seed0", "dim": 4}
+    assert not same_model({**rnd, "model": "tiny-vit"}, {**rnd, "model": "tiny-rn"})
+    assert same_model({**IDENT, "model": "a:tag"}, {**IDENT, "model": "/dir/with/same/weights"})
     assert not same_model({**IDENT, "preprocess": {"image_size": 64}}, IDENT)
 
 

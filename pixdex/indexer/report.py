@@ -73,7 +73,7 @@ def _reason_key(reason: str) -> str:
 def print_summary(summary: Dict, stream=None) -> None:
     from rich.console import Console
 
-    console = Console(file=stream or sys.stdout, highlight=False)
+    console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
     c = summary
     console.print(
         f"[bold]{c['new']}[/] new, {c['updated']} updated, {c['moved']} moved, {c['deleted']} deleted, "

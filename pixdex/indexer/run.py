@@ -167,7 +167,7 @@ def _model_choice(store: Store, model: Optional[str], checkpoint: Optional[Path]
         "random" if checkpoint is not None else None)
     if bound is None:
         return model or DEFAULT_MODEL, ckpt, True
-    if model is None and ckpt is None:
+    if (model is None or model == bound.get("model")) and ckpt is None:
         bound_ckpt = bound.get("checkpoint") or store.get_meta("checkpoint")
         if str(bound.get("checkpoint_sha256") or "").startswith("random-init"):
             bound_ckpt = "random"

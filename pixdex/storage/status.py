@@ -64,7 +64,7 @@ def print_status(info: Dict, stream=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=stream or sys.stdout, highlight=False)
+    console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
     console.print(f"[bold]store[/] {info['store']}")
     console.print(f"model {info['model']} (dim {info['dim']}, weights {str(info['checkpoint_sha256'])[:16]})")
     console.print(f"{info['indexed']} indexed, {info['failed']} failed")
