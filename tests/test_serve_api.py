@@ -1,5 +1,6 @@
 """`pixdex serve` JSON API on 127.0.0.1 (ephemeral port): results, files by id only, traversal, escaping."""
 
+import contextlib
 import http.client
 import json
 import urllib.error
@@ -53,16 +54,25 @@ def build_gallery(root):
     return store, names, status
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    store, names, status = build_gallery(tmp_path_factory.mktemp("serve"))
+@contextlib.contextmanager
+def gallery_server(root):
+    """The gallery served on 127.0.0.1 (ephemeral port) in a thread; stopped on exit."""
+    store, names, status = build_gallery(root)
     srv = make_server(store, "127.0.0.1", 0)
     srv.engine._text = ColourText()
     start_in_thread(srv)
-    yield srv, store, names, status
-    srv.shutdown()
-    srv.server_close()
-    srv.engine.close()
+    try:
+        yield srv, store, names, status
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        srv.engine.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with gallery_server(tmp_path_factory.mktemp("serve")) as s:
+        yield s
 
 
 def get(srv, path, headers=None, method="GET"):

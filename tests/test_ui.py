@@ -11,9 +11,7 @@ import pytest
 pytest.importorskip("faiss")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from pixdex.search.serve import make_server, start_in_thread
-
-from test_serve_api import ColourText, build_gallery
+from test_serve_api import gallery_server
 
 CHROMIUM = os.environ.get("PIXDEX_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(not CHROMIUM, reason="no chromium binary (apt-get install chromium)")
@@ -21,14 +19,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM, reason="no chromium binary (apt-ge
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    store, names, status = build_gallery(tmp_path_factory.mktemp("ui"))
-    srv = make_server(store, "127.0.0.1", 0)
-    srv.engine._text = ColourText()
-    start_in_thread(srv)
-    yield f"http://127.0.0.1:{srv.server_address[1]}/", names
-    srv.shutdown()
-    srv.server_close()
-    srv.engine.close()
+    with gallery_server(tmp_path_factory.mktemp("ui")) as (srv, store, names, status):
+        yield f"http://127.0.0.1:{srv.server_address[1]}/", names
 
 
 @pytest.fixture(scope="module")

@@ -27,15 +27,19 @@ log = logging.getLogger(__name__)
 class Hit:
     rank: int
     score: float
-    id: int
-    path: str
-    width: Optional[int]
-    height: Optional[int]
-    taken_at: Optional[str]
+    row: Row
+
+    @property
+    def id(self) -> int:
+        return self.row.id
+
+    @property
+    def path(self) -> str:
+        return self.row.path
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path, "id": self.id,
-                "width": self.width, "height": self.height, "taken_at": self.taken_at}
+        """rank, score, path, id, width, height, taken_at (the `pixdex search --json` objects)."""
+        return {"rank": self.rank, "score": round(self.score, 6), **self.row.to_dict()}
 
 
 class SearchEngine:
@@ -171,13 +175,8 @@ class SearchEngine:
             pairs = search_vectors(self.view, index, query_vector, k + len(exclude), filters)
             pairs = [p for p in pairs if p[0] not in exclude][:k]
             rows = self.view.rows([i for i, _ in pairs])
-        hits = []
-        for i, s in pairs:
-            r = rows.get(i)
-            if r is None:  # deleted between the two reads
-                continue
-            hits.append(Hit(len(hits) + 1, s, i, r.path, r.width, r.height, r.taken_at))
-        return hits
+        live = [(rows[i], s) for i, s in pairs if i in rows]  # a row deleted between the two reads is left out
+        return [Hit(rank, s, r) for rank, (r, s) in enumerate(live, 1)]
 
     def search_parts(self, parts: Sequence[QueryPart], k: int, filters: Optional[Filters] = None) -> List[Hit]:
         return self.search(self.encode(parts), k, filters)

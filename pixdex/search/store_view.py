@@ -46,7 +46,7 @@ class Row:
     taken_at: Optional[str]
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "path": self.path, "width": self.width, "height": self.height,
+        return {"path": self.path, "id": self.id, "width": self.width, "height": self.height,
                 "taken_at": self.taken_at}
 
 
