@@ -158,6 +158,21 @@ def test_model_binding_and_default_model(tmp_path):
     assert s["model"] == MODEL and s["new"] == 1
 
 
+def test_unknown_model_or_missing_weights_create_no_store(tmp_path):
+    make_images(tmp_path / "p", 1)
+    with pytest.raises(PixdexError, match="unknown model"):
+        run([tmp_path / "p"], tmp_path / "store", model="no-such-model")
+    with pytest.raises(PixdexError, match="checkpoint not found"):
+        run([tmp_path / "p"], tmp_path / "store", checkpoint=tmp_path / "missing.safetensors")
+
+    def broken_loader(*a):
+        raise PixdexError("weights are corrupt")
+
+    with pytest.raises(PixdexError, match="corrupt"):
+        run([tmp_path / "p"], tmp_path / "store", broken_loader)
+    assert not (tmp_path / "store").exists()
+
+
 def test_lock_held_by_another_indexer(tmp_path):
     from pixdex.storage.store import Store
 

@@ -34,7 +34,7 @@ from pixdex.indexer.report import Progress, Tally, print_summary
 from pixdex.indexer.scan import scan
 from pixdex.storage import faiss_index
 from pixdex.storage.schema import STATUS_FAILED, STATUS_OK
-from pixdex.storage.store import Store
+from pixdex.storage.store import DB_FILE, LOCK_FILE, SIDECAR_FILE, Store
 from pixdex.storage.writes import Batch, KnownFile, Move, NewRow, Touch, apply_batch, known_files
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,30 @@ def _model_choice(store: Store, model: Optional[str], checkpoint: Optional[Path]
         return bound["model"], bound_ckpt, False
     # An explicit model or checkpoint on a bound store: load it now, so a mismatch fails before any work.
     return model or bound["model"], ckpt, True
+
+
+def _check_spec(spec: str, checkpoint: Optional[Path]) -> None:
+    """Resolve a model spec (no torch) so an unknown model or missing weights fail before the store exists."""
+    try:
+        from pixdex.encoders.encoder import resolve_spec
+    except ImportError:
+        return
+    resolve_spec(spec, str(checkpoint) if checkpoint is not None else None)
+
+
+def _remove_empty_store(store_dir: Path) -> None:
+    """Undo the creation of a store that a failed first run never bound to a model."""
+    for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", LOCK_FILE, SIDECAR_FILE):
+        try:
+            (store_dir / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.debug("cannot remove %s: %s", store_dir / name, e)
+    try:
+        store_dir.rmdir()  # only when nothing else is in it
+    except OSError:
+        pass
 
 
 class _Run:
@@ -337,9 +361,14 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
     t0 = time.monotonic()
     threshold = faiss_index.ivf_threshold(ivf_threshold)
     nworkers = workers if workers and workers > 0 else default_workers()
+    store_dir = Path(store_dir).expanduser()
+    new_store = not (store_dir / DB_FILE).exists()
+    if new_store and encoder_loader is None:
+        _check_spec(model or DEFAULT_MODEL, checkpoint)  # fail before creating anything
     store = Store.open_writer(store_dir)
     tally = Tally()
     progress = Progress(0, quiet=True)
+    ok = False
     try:
         with warnings.catch_warnings():
             # Pillow warns for images over MAX_IMAGE_PIXELS; decode.py records those as failures.
@@ -385,9 +414,13 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
             if store.identity is not None:
                 run.reconcile(threshold)
                 faiss_info = run.save_faiss()
+        ok = True
     finally:
         progress.close()
+        unbound = store.identity is None
         store.close()
+        if not ok and new_store and unbound:
+            _remove_empty_store(store_dir)
     elapsed = time.monotonic() - t0
     c = tally.counts
     summary = {
