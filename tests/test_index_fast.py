@@ -53,10 +53,12 @@ def test_int8_tower_within_cosine_0_99_of_float32(tmp_path, kind):
         enc = encoder_of(v)
         assert fast.speed_up(enc)
         q = enc.model.visual
-        first = q(x)  # first batch: compared with float32, float32 returned
+        first = q(x)  # first batch: 8 images compared with float32 (float32 returned for those)
         assert q.checked is True and q.min_cosine >= fast.MIN_COSINE
-        assert torch.allclose(first, ref)
+        assert torch.allclose(first[: fast.CHECK_IMAGES], ref[: fast.CHECK_IMAGES])
         got = q(x)  # then int8
+        rest = torch.nn.functional.cosine_similarity(first[fast.CHECK_IMAGES:], got[fast.CHECK_IMAGES:], dim=-1)
+        assert float(rest.min()) > 0.995  # int8 too (activation scales are per batch, so not bit-equal)
     cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
     assert float(cos.min()) >= 0.99
     assert not torch.allclose(got, ref)  # really the int8 path

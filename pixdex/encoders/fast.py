@@ -3,10 +3,11 @@
 On a CPU without fast bf16 (a 2-core AVX2 laptop), a ViT-B/32 spends ~95% of its time in the four
 linear layers of each block (qkv, out, fc, proj). fbgemm's dynamic int8 GEMM (weights quantised per
 output channel once, activations per batch on the fly, ``reduce_range`` for AVX2) runs them 1.5-2x
-faster. Everything else (patch embedding, LayerNorms, attention, GELU) stays float32.
+faster. Everything else (patch embedding, LayerNorms, attention, GELU) stays float32. Activation scales are
+per batch, so an image's int8 embedding varies slightly (cosine > 0.999) with its batch-mates.
 
 Quantisation must not change what a store holds: :class:`QuantizedViT` checks itself on the first real
-batch it sees (int8 vs float32 on the same images) and falls back to float32 for good if any embedding
+batch it sees (int8 vs float32 on up to 8 of its images) and falls back to float32 for good if any embedding
 is below :data:`MIN_COSINE`. Only used on CPU; ``PIXDEX_FAST=0`` turns it off.
 
 Also: :func:`cpu_threads` picks the torch thread count for a run (tiny test models run faster on one
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MIN_COSINE = 0.995  # per image, int8 vs float32, on the first batch (the bar is 0.99: keep a margin)
 MIN_WIDTH = 256  # narrower towers gain nothing from int8 GEMMs
+CHECK_IMAGES = 8  # images of the first batch encoded both ways for the check
 
 
 def enabled() -> bool:
@@ -130,15 +132,17 @@ def _make_module():
             if self.checked is False or x.device.type != "cpu":
                 return self.float_visual(x)
             if self.checked is None:
-                ref = self.float_visual(x)
-                got = self.forward_int8(x)
+                probe = x[:CHECK_IMAGES]
+                ref = self.float_visual(probe)
+                got = self.forward_int8(probe)
                 cos = F.cosine_similarity(got.float(), ref.float(), dim=-1)
                 self.min_cosine = float(cos.min())
                 self.checked = self.min_cosine >= MIN_COSINE
                 if not self.checked:
                     log.warning("int8 image tower off: cosine %.4f < %.3f vs float32 on this model; using float32",
                                 self.min_cosine, MIN_COSINE)
-                return ref
+                    return torch.cat([ref, self.float_visual(x[CHECK_IMAGES:])]) if len(x) > len(probe) else ref
+                return torch.cat([ref, self.forward_int8(x[CHECK_IMAGES:])]) if len(x) > len(probe) else ref
             return self.forward_int8(x)
 
     return _QuantizedViT
