@@ -82,6 +82,26 @@ def test_first_index_stores_every_file_with_its_direct_embedding(tmp_path):
     assert (store / "text_tower.safetensors").is_file()  # exported when the store was bound
 
 
+def test_files_are_draft_decoded_to_the_model_size(tmp_path, monkeypatch):
+    import pixdex.indexer.pipeline as pipeline
+
+    seen = []
+    real = pipeline.decode
+
+    def spy(data, draft_size=None, name=""):
+        img, info = real(data, draft_size, name)
+        seen.append((draft_size, min(img.size)))
+        return img, info
+
+    monkeypatch.setattr(pipeline, "decode", spy)
+    Image.new("RGB", (2000, 1500), (90, 120, 150)).save(tmp_path / "big.jpg", quality=90)
+    run([tmp_path / "big.jpg"], tmp_path / "store")  # a new store: the encoder's preprocessing
+    Image.new("RGB", (1600, 1200), (10, 20, 30)).save(tmp_path / "big2.jpg", quality=90)
+    run([tmp_path / "big2.jpg"], tmp_path / "store", model=None)  # bound: from the store's identity
+    assert [d for d, _ in seen] == [32, 32]  # tiny-vit's input size
+    assert all(s < 4 * 32 for _, s in seen)  # 1/8 DCT scale, not 1500 px
+
+
 def test_unchanged_folder_reads_nothing_and_loads_no_model(tmp_path):
     photos = make_images(tmp_path / "p", 2500, size=(8, 8))
     store = tmp_path / "store"

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import sys
-from typing import Counter, Dict, Optional
+import time
+from typing import Counter, Dict, Iterable, Iterator, Optional, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,37 @@ class Progress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+class Timings:
+    """Wall seconds spent per phase of a run (reported in the summary: where the time went)."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = collections.defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t
+
+    def waiting(self, items: Iterable[T], phase: str) -> Iterator[T]:
+        """Yield from ``items``, counting the time spent waiting for each one as ``phase``."""
+        it = iter(items)
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            finally:
+                self.seconds[phase] += time.perf_counter() - t
+            yield item
+
+    def as_dict(self) -> Dict[str, float]:
+        return {k: round(v, 3) for k, v in sorted(self.seconds.items())}
 
 
 class Tally:

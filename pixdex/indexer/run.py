@@ -30,7 +30,7 @@ import numpy as np
 from pixdex.errors import PixdexError
 from pixdex.indexer.pipeline import DecodeGate, Loaded, default_workers, load_candidate, ordered_map
 from pixdex.indexer.plan import Candidate, make_plan
-from pixdex.indexer.report import Progress, Tally, print_summary
+from pixdex.indexer.report import Progress, Tally, Timings, print_summary
 from pixdex.indexer.scan import scan
 from pixdex.storage import faiss_index
 from pixdex.storage.schema import STATUS_FAILED, STATUS_OK
@@ -48,8 +48,9 @@ class LazyEncoder:
     """Loads the encoder on first use (thread-safe) and checks it against the store's model."""
 
     def __init__(self, store: Store, spec: str, checkpoint: Optional[str], device: str,
-                 loader: Optional[Callable] = None):
+                 loader: Optional[Callable] = None, timings: Optional[Timings] = None):
         self.store, self.spec, self.checkpoint, self.device = store, spec, checkpoint, device
+        self.timings = timings or Timings()
         self._loader = loader
         self._enc = None
         self._pre = None
@@ -59,7 +60,8 @@ class LazyEncoder:
     def get(self):
         with self._lock:
             if self._enc is None:
-                self._enc = self._load()
+                with self.timings("load_model"):
+                    self._enc = self._load()
             return self._enc
 
     @property
@@ -79,12 +81,13 @@ class LazyEncoder:
         ident = enc.identity()
         self.newly_bound = self.store.bind_model(ident, checkpoint=ident.get("checkpoint") or self.checkpoint)
         if self.newly_bound:
-            _export_text_tower(enc, self.store.dir)
+            with self.timings("export_text_tower"):
+                _export_text_tower(enc, self.store.dir)
         return enc
 
-    def preprocess(self, img):
-        """Preprocess for the workers. On a bound store this needs no model (nor torch): the store's
-        identity records the preprocessing, so decoding starts while the encoder is still loading."""
+    def preprocessor(self):
+        """The preprocessing, for the workers. On a bound store this needs no model (nor torch): the
+        store's identity records the preprocessing, so decoding starts while the encoder still loads."""
         pre = self._pre
         if pre is None:
             with self._lock:
@@ -93,7 +96,25 @@ class LazyEncoder:
                 pre = self._pre
             if pre is None:
                 pre = self._pre = self.get().preprocess
-        return pre(img)
+        return pre
+
+    @property
+    def preprocess(self) -> "_LazyPreprocess":
+        return _LazyPreprocess(self)
+
+
+class _LazyPreprocess:
+    """``pre(img)`` and ``pre.draft_size`` of a :class:`LazyEncoder`'s preprocessing, resolved on first use."""
+
+    def __init__(self, lazy: LazyEncoder):
+        self._lazy = lazy
+
+    @property
+    def draft_size(self):
+        return self._lazy.preprocessor().draft_size
+
+    def __call__(self, img):
+        return self._lazy.preprocessor()(img)
 
 
 def _preprocessor_of(store: Store):
@@ -205,6 +226,7 @@ class _Run:
 
     def __init__(self, store: Store, enc: LazyEncoder, batch_size: int, tally: Tally, progress: Progress):
         self.store, self.enc, self.batch_size, self.tally, self.progress = store, enc, max(1, batch_size), tally, progress
+        self.timings = enc.timings
         self.batch = Batch()
         self.pending: List[Tuple[Candidate, Loaded, bool]] = []  # decoded, waiting for the encoder
         self.index: Optional[faiss_index.VectorIndex] = None
@@ -299,7 +321,8 @@ class _Run:
             return
         enc = self.enc.get()
         batch = np.stack([r.pixels for _, r, _ in self.pending])
-        with _threads(enc) as nthreads, self.gate.closed(self.gate_decoding and _all_cores(enc, nthreads)):
+        with _threads(enc) as nthreads, self.gate.closed(self.gate_decoding and _all_cores(enc, nthreads)), \
+                self.timings("encode"):
             vecs = enc.encode_images(batch)
         self.tally.add("encoded", len(self.pending))
         for (cand, res, count), v in zip(self.pending, vecs):
@@ -319,7 +342,8 @@ class _Run:
         if self.dim is None:
             self.dim = int(self.store.identity["dim"])
         batch, self.batch = self.batch, Batch()
-        applied = apply_batch(self.store, batch, self.dim)
+        with self.timings("commit"):
+            applied = apply_batch(self.store, batch, self.dim)
         for k in applied.copies_missing:  # the copy source was deleted in the meantime: encode it
             r = batch.inserts[k]
             self.tally.add("reused_vectors", -1)
@@ -328,12 +352,13 @@ class _Run:
         for row, new_id in zip(batch.inserts, applied.new_ids):
             if new_id is not None and row.status == STATUS_OK and row.content_hash:
                 self.live_by_hash.setdefault(row.content_hash, new_id)
-        if self.index is None:
-            self.index = faiss_index.VectorIndex.flat(self.dim)
-        self.index.remove(applied.removed_ids)
-        self.index.add(applied.added_ids, applied.added_vectors)
-        if time.monotonic() - self.last_save > self.save_every:
-            self.save_faiss()
+        with self.timings("faiss"):
+            if self.index is None:
+                self.index = faiss_index.VectorIndex.flat(self.dim)
+            self.index.remove(applied.removed_ids)
+            self.index.add(applied.added_ids, applied.added_vectors)
+            if time.monotonic() - self.last_save > self.save_every:
+                self.save_faiss()
 
     def finish_files(self) -> None:
         self.encode_pending()
@@ -367,6 +392,7 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
         _check_spec(model or DEFAULT_MODEL, checkpoint)  # fail before creating anything
     store = Store.open_writer(store_dir)
     tally = Tally()
+    timings = Timings()
     progress = Progress(0, quiet=True)
     ok = False
     try:
@@ -376,12 +402,14 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             spec, ckpt, load_now = _model_choice(store, model, checkpoint)
-            enc = LazyEncoder(store, spec, ckpt, device, loader=encoder_loader)
+            enc = LazyEncoder(store, spec, ckpt, device, loader=encoder_loader, timings=timings)
             if load_now:
                 enc.get()
             run = _Run(store, enc, batch_size, tally, progress)
-            repaired = run.reconcile(threshold)
-            sc = scan(paths, skip_dirs=[store.dir])
+            with timings("faiss"):
+                repaired = run.reconcile(threshold)
+            with timings("scan"):
+                sc = scan(paths, skip_dirs=[store.dir])
             for path, reason in sc.problems:
                 log.info("skipped %s: %s", path, reason)
                 tally.fail(reason)
@@ -401,7 +429,7 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
                 return load_candidate(c.entry.path, enc.preprocess, known_hashes, gate=run.gate)
 
             lookahead = 2 * batch_size + 2 * nworkers
-            for cand, res in ordered_map(work, plan.candidates, nworkers, lookahead):
+            for cand, res in timings.waiting(ordered_map(work, plan.candidates, nworkers, lookahead), "wait_decode"):
                 tally.add("hashed", 1 if res.content_hash else 0)
                 run.resolve(cand, res)
             run.finish_files()
@@ -412,8 +440,9 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
             tally.add("deleted", len(gone))
             faiss_info = {}
             if store.identity is not None:
-                run.reconcile(threshold)
-                faiss_info = run.save_faiss()
+                with timings("faiss"):
+                    run.reconcile(threshold)
+                    faiss_info = run.save_faiss()
         ok = True
     finally:
         progress.close()
@@ -430,7 +459,7 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
         "unchanged": c["unchanged"], "failed": c["failed"], "encoded": c["encoded"], "hashed": c["hashed"],
         "reused_vectors": c["reused_vectors"], "failures": tally.top_reasons(),
         "faiss_repaired": repaired, "faiss": faiss_info, "total": faiss_info.get("ntotal", 0),
-        "elapsed_s": round(elapsed, 3), "images_per_s": round(c["encoded"] / elapsed, 2) if elapsed > 0 else 0.0,
+        "elapsed_s": round(elapsed, 3), "timings_s": timings.as_dict(), "images_per_s": round(c["encoded"] / elapsed, 2) if elapsed > 0 else 0.0,
     }
     if not json_mode:
         print_summary(summary)
