@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from pixdex.storage.schema import STATUS_FAILED, STATUS_OK, ImageRow, VectorRow
 from pixdex.storage.store import Store, _chunks, vectors_from_blobs
@@ -120,7 +120,7 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
             for i, v, *m in s.execute(q):
                 sources[i] = v
                 meta[i] = tuple(m)
-        rows: List[Tuple[int, ImageRow, Optional[bytes]]] = []
+        rows: List[Tuple[int, dict, Optional[bytes]]] = []
         for k, r in enumerate(batch.inserts):
             blob = None
             if r.status == STATUS_OK:
@@ -135,20 +135,24 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
                 else:
                     missing.append(k)
                     continue
-            row = ImageRow(path=r.path, root=r.root, size=r.size, mtime_ns=r.mtime_ns, content_hash=r.content_hash,
-                           width=r.width, height=r.height, format=r.format, taken_at=r.taken_at,
-                           camera_make=r.camera_make, camera_model=r.camera_model,
-                           status=r.status if blob is not None or r.status != STATUS_OK else STATUS_FAILED,
-                           error=r.error, indexed_at=now)
-            rows.append((k, row, blob))
-        s.add_all([r for _, r, _ in rows])
-        s.flush()
-        for k, row, blob in rows:
-            new_ids[k] = row.id
-            if blob is not None:
-                s.add(VectorRow(image_id=row.id, vector=blob))
-                added_ids.append(row.id)
-                added_vecs.append(blob)
+            rows.append((k, dict(
+                path=r.path, root=r.root, size=r.size, mtime_ns=r.mtime_ns, content_hash=r.content_hash,
+                width=r.width, height=r.height, format=r.format, taken_at=r.taken_at, camera_make=r.camera_make,
+                camera_model=r.camera_model, status=r.status, error=r.error, indexed_at=now), blob))
+        if rows:
+            # Core bulk insert (one statement per chunk, RETURNING ids in parameter order): the ORM's
+            # unit of work costs more than SQLite itself at thousands of small rows.
+            ids = s.scalars(insert(ImageRow).returning(ImageRow.id, sort_by_parameter_order=True),
+                            [d for _, d, _ in rows]).all()
+            vec_rows = []
+            for (k, _, blob), image_id in zip(rows, ids):
+                new_ids[k] = image_id
+                if blob is not None:
+                    vec_rows.append({"image_id": image_id, "vector": blob})
+                    added_ids.append(image_id)
+                    added_vecs.append(blob)
+            if vec_rows:
+                s.execute(insert(VectorRow), vec_rows)
     return Applied(
         added_ids=np.asarray(added_ids, dtype=np.int64),
         added_vectors=vectors_from_blobs(added_vecs, dim),
