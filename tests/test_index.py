@@ -193,6 +193,32 @@ def test_unknown_model_or_missing_weights_create_no_store(tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+def test_a_write_error_is_one_clear_error_and_keeps_committed_batches(tmp_path, monkeypatch):
+    import sqlite3 as sq
+
+    from sqlalchemy.exc import OperationalError
+
+    import pixdex.indexer.run as run_mod
+
+    photos = make_images(tmp_path / "p", 20)
+    real, calls = run_mod.apply_batch, []
+
+    def flaky(store, batch, dim):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OperationalError("INSERT", {}, sq.OperationalError("database or disk is full"))
+        return real(store, batch, dim)
+
+    monkeypatch.setattr(run_mod, "apply_batch", flaky)
+    with pytest.raises(PixdexError, match="cannot write the store database .*disk is full"):
+        run([tmp_path / "p"], tmp_path / "store", batch_size=4)
+    assert len(db_rows(tmp_path / "store")) == 8  # two batches committed before the failure
+    monkeypatch.setattr(run_mod, "apply_batch", real)
+    s = run([tmp_path / "p"], tmp_path / "store", model=None, batch_size=4)
+    assert (s["new"], s["unchanged"]) == (12, 8)
+    assert_consistent(tmp_path / "store", photos)
+
+
 def test_lock_held_by_another_indexer(tmp_path):
     from pixdex.storage.store import Store
 

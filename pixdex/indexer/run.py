@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from pixdex.errors import PixdexError
 from pixdex.indexer.pipeline import DecodeGate, Loaded, default_workers, load_candidate, ordered_map
@@ -444,9 +445,18 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
                     run.reconcile(threshold)
                     faiss_info = run.save_faiss()
         ok = True
+    except SQLAlchemyError as e:  # disk full, I/O error, ...: committed batches stay, the next run goes on
+        raise PixdexError(f"cannot write the store database {store_dir / DB_FILE}: "
+                          f"{str(getattr(e, 'orig', e)).splitlines()[0]} (what was indexed is kept; run again)") from e
+    except OSError as e:  # e.g. no space left for the FAISS file
+        raise PixdexError(f"cannot write the store at {store_dir}: {e.strerror or e} "
+                          "(what was indexed is kept; run again)") from e
     finally:
         progress.close()
-        unbound = store.identity is None
+        try:
+            unbound = store.identity is None
+        except SQLAlchemyError:
+            unbound = False
         store.close()
         if not ok and new_store and unbound:
             _remove_empty_store(store_dir)
