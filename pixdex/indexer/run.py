@@ -32,7 +32,7 @@ from pixdex.errors import PixdexError
 from pixdex.indexer.pipeline import DecodeGate, Loaded, default_workers, load_candidate, ordered_map
 from pixdex.indexer.plan import Candidate, make_plan
 from pixdex.indexer.report import Progress, Tally, Timings, print_summary
-from pixdex.indexer.scan import scan
+from pixdex.indexer.scan import normalise_roots, scan
 from pixdex.storage import faiss_index
 from pixdex.storage.schema import STATUS_FAILED, STATUS_OK
 from pixdex.storage.store import DB_FILE, LOCK_FILE, SIDECAR_FILE, Store
@@ -387,6 +387,7 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
     t0 = time.monotonic()
     threshold = faiss_index.ivf_threshold(ivf_threshold)
     nworkers = workers if workers and workers > 0 else default_workers()
+    normalise_roots(paths)  # a missing root fails before anything is created or loaded
     store_dir = Path(store_dir).expanduser()
     new_store = not (store_dir / DB_FILE).exists()
     if new_store and encoder_loader is None:
