@@ -190,6 +190,8 @@ def test_unknown_model_or_missing_weights_create_no_store(tmp_path):
 
     with pytest.raises(PixdexError, match="corrupt"):
         run([tmp_path / "p"], tmp_path / "store", broken_loader)
+    with pytest.raises(PixdexError, match="no such file or folder"):
+        run([tmp_path / "typo"], tmp_path / "store")
     assert not (tmp_path / "store").exists()
 
 
