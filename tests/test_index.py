@@ -167,6 +167,21 @@ def test_roots_are_independent_and_missing_roots_fail(tmp_path):
     assert_consistent(store, a + b)
 
 
+def test_an_emptied_root_keeps_its_rows(tmp_path):
+    """An unmounted drive leaves an empty mount point: that must not wipe its images from the store."""
+    a = make_images(tmp_path / "mnt" / "drive", 3)
+    store = tmp_path / "store"
+    run([tmp_path / "mnt" / "drive"], store)
+    for p in a:
+        p.unlink()
+    s = run([tmp_path / "mnt" / "drive"], store, model=None)
+    assert s["deleted"] == 0 and s["kept_from_empty_roots"] == {str(tmp_path / "mnt" / "drive"): 3}
+    assert_consistent(store, a)
+    make_images(tmp_path / "mnt" / "drive", 1, seed=9, start=50)  # back to normal: deletions happen
+    s = run([tmp_path / "mnt" / "drive"], store, model=None)
+    assert (s["deleted"], s["new"]) == (3, 1)
+
+
 def test_model_binding_and_default_model(tmp_path):
     make_images(tmp_path / "p", 2)
     store = tmp_path / "store"

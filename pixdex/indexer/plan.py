@@ -4,15 +4,17 @@ Only ``stat`` results are compared here (size and mtime): an unchanged file is n
 Files whose size or mtime changed, and new paths, become candidates: they are hashed and, unless the
 hash is already known to the store (a touched, moved, renamed or copied file), decoded and encoded.
 Rows under a scanned root whose file was not found have vanished (deleted, or moved: a candidate with
-the same hash claims them).
+the same hash claims them), except under a root folder that now holds no image at all (an unmounted
+drive looks like that): those rows are kept, with a warning.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from pixdex.indexer.scan import FileEntry, ScanResult
+from pixdex.indexer.scan import FileEntry, ScanResult, is_under
 from pixdex.storage.writes import KnownFile
 
 
@@ -27,6 +29,7 @@ class Plan:
     candidates: List[Candidate] = field(default_factory=list)
     unchanged: int = 0
     vanished: Dict[str, KnownFile] = field(default_factory=dict)
+    protected: Dict[str, int] = field(default_factory=dict)  # empty root -> rows kept (not deleted)
 
     @property
     def changed(self) -> int:
@@ -46,4 +49,14 @@ def make_plan(scan: ScanResult, known: Dict[str, KnownFile]) -> Plan:
     for path, k in known.items():
         if path not in seen and scan.covers(path):
             plan.vanished[path] = k
+    # A root folder that has images in the store but now holds none is more likely an unmounted drive
+    # or an empty mount point than a deliberate deletion of everything: keep its rows.
+    for root in scan.roots:
+        if not os.path.isdir(root) or any(is_under(f.path, root) for f in scan.files):
+            continue
+        kept = [p for p in plan.vanished if is_under(p, root)]
+        if kept:
+            plan.protected[root] = len(kept)
+            for p in kept:
+                del plan.vanished[p]
     return plan

@@ -417,6 +417,9 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
                 tally.fail(reason)
             known = known_files(store)
             plan = make_plan(sc, known)
+            for root, n in plan.protected.items():
+                log.warning("%s holds no images but the store has %d from it: keeping them (an unmounted "
+                            "drive?). Delete the store or re-index from another root to drop them.", root, n)
             tally.add("unchanged", plan.unchanged)
             for path, k in plan.vanished.items():
                 if k.content_hash:
@@ -469,6 +472,7 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
         "new": c["new"], "updated": c["updated"], "moved": c["moved"], "deleted": c["deleted"],
         "unchanged": c["unchanged"], "failed": c["failed"], "encoded": c["encoded"], "hashed": c["hashed"],
         "reused_vectors": c["reused_vectors"], "failures": tally.top_reasons(),
+        "kept_from_empty_roots": plan.protected,
         "faiss_repaired": repaired, "faiss": faiss_info, "total": faiss_info.get("ntotal", 0),
         "elapsed_s": round(elapsed, 3), "timings_s": timings.as_dict(), "images_per_s": round(c["encoded"] / elapsed, 2) if elapsed > 0 else 0.0,
     }

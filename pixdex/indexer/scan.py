@@ -45,12 +45,12 @@ class ScanResult:
 
         Only such paths may be treated as deleted when they were not found.
         """
-        if not any(_under(path, r) for r in self.roots):
+        if not any(is_under(path, r) for r in self.roots):
             return False
-        return not any(_under(path, d) for d in self.unlisted)
+        return not any(is_under(path, d) for d in self.unlisted)
 
 
-def _under(path: str, folder: str) -> bool:
+def is_under(path: str, folder: str) -> bool:
     if path == folder:
         return True
     prefix = folder if folder.endswith(os.sep) else folder + os.sep
@@ -90,7 +90,7 @@ def normalise_roots(paths: Sequence[Path]) -> List[str]:
     out = sorted(set(out), key=lambda r: (len(r), r))
     kept: List[str] = []
     for r in out:
-        if not any(_under(r, k) for k in kept):
+        if not any(is_under(r, k) for k in kept):
             kept.append(r)
     return kept
 
