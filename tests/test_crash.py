@@ -28,7 +28,7 @@ SEED = 1234
 
 def _cmd(folder: Path, store: Path):
     return [sys.executable, "-m", "pixdex", "index", str(folder), "--store", str(store), "--model", "tiny-vit",
-            "--json", "--batch-size", "3", "--workers", "2"]
+            "--json", "--batch-size", "2", "--workers", "2"]
 
 
 def _env():
@@ -102,7 +102,7 @@ def test_kill_9_at_random_moments_then_complete(tmp_path):
             working = False
         else:  # while indexing: after this run's first commit, somewhere among commits and FAISS saves
             working = _wait_for_commit(proc, store, before)
-            time.sleep(rng.uniform(0.0, 0.6) if working else 0.0)
+            time.sleep(rng.uniform(0.0, 0.4) if working else 0.0)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
