@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Counter, Dict, Iterable, Iterator, Optional, TypeVar
+from typing import Counter, Dict, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 

@@ -16,7 +16,6 @@ int64 ids of live rows passing the row filters) and ``all_vectors() -> (ids, vec
 from __future__ import annotations
 
 import logging
-import math
 from typing import List, Optional, Tuple
 
 import numpy as np

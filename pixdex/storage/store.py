@@ -14,7 +14,6 @@ truth; the FAISS file is derived and repaired from them (:mod:`pixdex.storage.fa
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
@@ -374,22 +373,6 @@ class Store:
         dim = (self.identity or {}).get("dim")
         return np.asarray(keep, dtype=np.int64), vectors_from_blobs([got[i] for i in keep], dim)
 
-    def filter_ids(self, path_glob: Optional[str] = None, after: Optional[datetime] = None,
-                   before: Optional[datetime] = None) -> np.ndarray:
-        """Sorted live ids whose path matches ``path_glob`` (fnmatch, case-insensitive) and whose
-        EXIF ``taken_at`` is in ``[after, before)`` (rows without a date are left out by date filters)."""
-        with self.session() as s:
-            q = select(ImageRow.id, ImageRow.path).where(ImageRow.status == STATUS_OK).order_by(ImageRow.id)
-            if after is not None:
-                q = q.where(ImageRow.taken_at >= after)
-            if before is not None:
-                q = q.where(ImageRow.taken_at < before)
-            rows = s.execute(q).all()
-        if path_glob is not None:
-            pat = path_glob.lower()
-            rows = [r for r in rows if fnmatch.fnmatchcase(r[1].lower().replace("\\", "/"), pat)]
-        return np.asarray([r[0] for r in rows], dtype=np.int64)
-
     # ------------------------------------------------------------------ FAISS
 
     @property
@@ -399,22 +382,3 @@ class Store:
     def load_faiss(self) -> Optional[VectorIndex]:
         info = self.read_sidecar().get("faiss") or {}
         return VectorIndex.load(self.faiss_path, trained_on=int(info.get("trained_on") or 0))
-
-    def search(self, query: np.ndarray, k: int, nprobe: Optional[int] = None,
-               index: Optional[VectorIndex] = None) -> List[Tuple[int, float]]:
-        """Top-``k`` live (id, cosine) for one normalised query: FAISS candidates re-scored exactly with
-        the stored vectors (exact search over the stored vectors when there is no FAISS file)."""
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
-        index = index if index is not None else self.load_faiss()
-        if index is None or index.ntotal == 0:
-            cand = self.live_ids()
-        else:
-            _, labels = index.search(q[None], min(index.ntotal, max(4 * k, 64)), nprobe=nprobe)
-            cand = labels[0][labels[0] >= 0]
-        best: List[Tuple[int, float]] = []
-        for chunk in _chunks(cand, 4096):
-            ids, vecs = self.vectors(chunk)
-            if ids.size:
-                best.extend(zip(ids.tolist(), (vecs @ q).tolist()))
-        best.sort(key=lambda t: -t[1])
-        return best[:k]

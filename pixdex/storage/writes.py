@@ -15,7 +15,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 
-from pixdex.storage.schema import STATUS_FAILED, STATUS_OK, ImageRow, VectorRow
+from pixdex.storage.schema import STATUS_OK, ImageRow, VectorRow
 from pixdex.storage.store import Store, _chunks, vectors_from_blobs
 
 
