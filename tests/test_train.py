@@ -141,6 +141,11 @@ def test_train_writes_a_loadable_model_and_lowers_the_loss(demo, tmp_path):
     enc = load_encoder(str(out), device="cpu")
     x = np.zeros((2, 3, enc.image_size, enc.image_size), np.float32)
     assert enc.encode_images(x).shape == (2, enc.dim)
+    # --model NAME --checkpoint OUT/model.safetensors gives the same model
+    enc2 = load_encoder(TINY, checkpoint=out / "model.safetensors", device="cpu")
+    texts = ["a red circle", "a blue star"]
+    assert np.allclose(enc.encode_texts(texts), enc2.encode_texts(texts), atol=1e-6)
+    assert not np.allclose(enc.encode_texts(texts), load_encoder(TINY, device="cpu").encode_texts(texts), atol=1e-3)
     # the learned temperature is written into the model
     saved = torch.load(out / st.RESUME_FILE, weights_only=True)
     assert float(enc.model.logit_scale) == pytest.approx(float(saved["loss"]["logit_scale"]))

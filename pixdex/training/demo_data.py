@@ -39,7 +39,7 @@ from pixdex.errors import PixdexError
 
 log = logging.getLogger(__name__)
 
-GENERATOR = "pixdex demo-data v2"
+GENERATOR = "pixdex demo-data v3"
 
 COLOURS = {
     "red": (220, 30, 35),
@@ -51,7 +51,7 @@ COLOURS = {
     "pink": (250, 120, 185),
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross")
-SIZES = {"small": 0.08, "large": 0.112}  # radius as a fraction of the image side (a cell is 0.25)
+SIZES = {"small": 0.09, "large": 0.115}  # radius as a fraction of the image side (a cell is 0.25)
 BACKGROUNDS = {"white": (246, 246, 246), "gray": (128, 128, 128), "black": (18, 18, 18)}
 GRID = 4
 _ROW_WORD = ("top", "", "", "bottom")
@@ -63,6 +63,7 @@ PLACE_PHRASES = {
     "bottom right": "in the bottom right corner",
 }
 OBJECT_COUNT_P = (0.4, 0.35, 0.25)  # 1, 2 or 3 objects
+SAME_COLOUR_P = 0.35  # of images with several objects: two of them share a colour
 SUPERSAMPLE = 4
 DEFAULT_IMAGE_SIZE = 128  # thumbnails look fine; models resize (pixdex-demo works at 64)
 
@@ -147,15 +148,21 @@ def sample_scene(rng: np.random.Generator) -> Tuple[str, List[DemoObject]]:
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     count = int(rng.choice(len(OBJECT_COUNT_P), p=OBJECT_COUNT_P)) + 1
     cells = rng.permutation(GRID * GRID)[:count]
-    pairs = rng.permutation(len(COLOURS) * len(SHAPES))[:count]
+    n_shapes = len(SHAPES)
+    pairs = [int(p) for p in rng.permutation(len(COLOURS) * n_shapes)[:count]]
+    if count >= 2 and rng.random() < SAME_COLOUR_P:
+        # the second object shares the first one's colour: only the shapes tell such captions apart
+        base = pairs[0] // n_shapes * n_shapes
+        free = [base + k for k in range(n_shapes) if base + k not in pairs]
+        pairs[1] = free[int(rng.integers(len(free)))]
     objects = []
     for cell, pair in zip(cells, pairs):
         row, col = divmod(int(cell), GRID)
-        colour = list(COLOURS)[int(pair) // len(SHAPES)]
-        shape = SHAPES[int(pair) % len(SHAPES)]
+        colour = list(COLOURS)[pair // n_shapes]
+        shape = SHAPES[pair % n_shapes]
         size = list(SIZES)[rng.integers(len(SIZES))]
-        radius = SIZES[size] * (1 + rng.uniform(-0.08, 0.08))
-        slack = max(0.0, 0.5 / GRID - radius - 0.006)  # keep the shape inside its cell
+        radius = SIZES[size] * (1 + rng.uniform(-0.04, 0.04))
+        slack = max(0.0, 0.5 / GRID - radius - 0.004)  # keep the shape inside its cell
         x = (col + 0.5) / GRID + rng.uniform(-slack, slack)
         y = (row + 0.5) / GRID + rng.uniform(-slack, slack)
         objects.append(DemoObject(colour, shape, size, row, col, x, y, radius))
@@ -171,8 +178,8 @@ def relation(a: DemoObject, b: DemoObject) -> str:
 
 
 def make_caption(rng: np.random.Generator, background: str, objects: Sequence[DemoObject]) -> str:
-    with_size = bool(rng.random() < 0.6)
-    with_bg = bool(rng.random() < 0.6)
+    with_size = bool(rng.random() < 0.5)
+    with_bg = bool(rng.random() < 0.4)
     order = [objects[int(k)] for k in rng.permutation(len(objects))]
     phrases = [o.phrase(with_size) for o in order]
     placed = False
@@ -210,7 +217,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif shape == "square":
-        h = r * 0.86
+        h = r * 0.92
         draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
     elif shape == "triangle":
         pts = [(cx + r * math.cos(a), cy + 0.12 * r + r * math.sin(a))
@@ -224,7 +231,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
             pts.append((cx + rad * math.cos(a), cy + 0.05 * r + rad * math.sin(a)))
         draw.polygon(pts, fill=fill)
     elif shape == "cross":
-        t = r * 0.36
+        t = r * 0.34
         draw.rectangle([cx - r, cy - t, cx + r, cy + t], fill=fill)
         draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=fill)
     else:  # pragma: no cover - SHAPES is closed
