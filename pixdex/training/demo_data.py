@@ -39,7 +39,7 @@ from pixdex.errors import PixdexError
 
 log = logging.getLogger(__name__)
 
-GENERATOR = "pixdex demo-data v3"
+GENERATOR = "pixdex demo-data v4"
 
 COLOURS = {
     "red": (220, 30, 35),
@@ -63,6 +63,8 @@ PLACE_PHRASES = {
     "bottom right": "in the bottom right corner",
 }
 OBJECT_COUNT_P = (0.4, 0.35, 0.25)  # 1, 2 or 3 objects
+NUMBER_WORDS = ("no", "one", "two", "three")
+PARTIAL_P = 0.3  # of images with several objects: the caption names one of them (and counts the rest)
 SAME_COLOUR_P = 0.35  # of images with several objects: two of them share a colour
 SUPERSAMPLE = 4
 DEFAULT_IMAGE_SIZE = 128  # thumbnails look fine; models resize (pixdex-demo works at 64)
@@ -183,7 +185,10 @@ def make_caption(rng: np.random.Generator, background: str, objects: Sequence[De
     order = [objects[int(k)] for k in rng.permutation(len(objects))]
     phrases = [o.phrase(with_size) for o in order]
     placed = False
-    if len(order) == 1:
+    if len(order) > 1 and rng.random() < PARTIAL_P:
+        # name one object only, and say that there are others ("a red circle and two other shapes")
+        text = f"{phrases[0]} and " + ("another shape" if len(order) == 2 else f"{NUMBER_WORDS[len(order) - 1]} other shapes")
+    elif len(order) == 1:
         text = phrases[0]
         if rng.random() < 0.3:
             text += " " + PLACE_PHRASES[order[0].position]
