@@ -65,14 +65,10 @@ def test_captions_name_every_object_and_true_relations(demo_set):
     for rec in meta["images"]:
         cap = rec["caption"]
         named = [o for o in rec["objects"] if f"{o['colour']} {o['shape']}" in cap]
-        if "other shape" in cap:  # "a red circle and two other shapes": one named, the rest counted
-            partial += 1
-            assert len(named) == 1 and len(rec["objects"]) > 1, cap
-            assert cap.split(" on a ")[0].endswith(("and another shape", "other shapes")), cap
-            assert ("another shape" in cap) == (len(rec["objects"]) == 2), cap
-            assert ("two other shapes" in cap) == (len(rec["objects"]) == 3), cap
-        else:
-            assert len(named) == len(rec["objects"]), (cap, rec["objects"])
+        mentioned = [(c, sh) for c in COLOURS for sh in SHAPES if f"{c} {sh}" in cap]
+        assert sorted(mentioned) == sorted((o["colour"], o["shape"]) for o in named), cap  # nothing made up
+        assert named, cap
+        partial += len(named) < len(rec["objects"])
         if "background" in cap:
             assert f"{rec['background']} background" in cap
         for word in ("above", "below", "to the left of", "to the right of"):
@@ -85,7 +81,8 @@ def test_captions_name_every_object_and_true_relations(demo_set):
                 expect = (("above" if dy < 0 else "below") if abs(dy) >= abs(dx)
                           else ("to the left of" if dx < 0 else "to the right of"))
                 assert word == expect, cap
-    assert relations > 0 and partial > 0
+    assert relations > 0
+    assert 0 < partial < 0.3 * len(meta["images"])  # some captions name only part of a busy image
     assert all(" a orange" not in r["caption"] for r in meta["images"])
 
 

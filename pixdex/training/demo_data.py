@@ -39,7 +39,7 @@ from pixdex.errors import PixdexError
 
 log = logging.getLogger(__name__)
 
-GENERATOR = "pixdex demo-data v4"
+GENERATOR = "pixdex demo-data v5"
 
 COLOURS = {
     "red": (220, 30, 35),
@@ -63,8 +63,7 @@ PLACE_PHRASES = {
     "bottom right": "in the bottom right corner",
 }
 OBJECT_COUNT_P = (0.4, 0.35, 0.25)  # 1, 2 or 3 objects
-NUMBER_WORDS = ("no", "one", "two", "three")
-PARTIAL_P = 0.3  # of images with several objects: the caption names one of them (and counts the rest)
+PARTIAL_P = 0.3  # of images with several objects: the caption names only one or two of them
 SAME_COLOUR_P = 0.35  # of images with several objects: two of them share a colour
 SUPERSAMPLE = 4
 DEFAULT_IMAGE_SIZE = 128  # thumbnails look fine; models resize (pixdex-demo works at 64)
@@ -186,9 +185,11 @@ def make_caption(rng: np.random.Generator, background: str, objects: Sequence[De
     phrases = [o.phrase(with_size) for o in order]
     placed = False
     if len(order) > 1 and rng.random() < PARTIAL_P:
-        # name one object only, and say that there are others ("a red circle and two other shapes")
-        text = f"{phrases[0]} and " + ("another shape" if len(order) == 2 else f"{NUMBER_WORDS[len(order) - 1]} other shapes")
-    elif len(order) == 1:
+        # like real captions, name only some of the objects: "a red circle" then also describes a busier
+        # image that holds one (the ground truth still lists every object)
+        keep = 1 if len(order) == 2 or rng.random() < 0.7 else 2
+        order, phrases = order[:keep], phrases[:keep]
+    if len(order) == 1:
         text = phrases[0]
         if rng.random() < 0.3:
             text += " " + PLACE_PHRASES[order[0].position]
