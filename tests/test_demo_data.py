@@ -43,17 +43,25 @@ def test_smaller_n_is_a_prefix(demo_set, tmp_path):
         assert small[name] == big[name]
     rows_small = list(csv.DictReader(open(tmp_path / "small" / "manifest.csv")))
     rows_big = list(csv.DictReader(open(demo_set / "manifest.csv")))
-    assert rows_small == rows_big[:7]
+    assert {r["image"] for r in rows_small} == {f"img_{i:05d}.png" for i in range(7)}
+    assert rows_small == rows_big[:len(rows_small)]
 
 
 def test_manifest_matches_annotations_and_files(demo_set):
     rows = list(csv.DictReader(open(demo_set / "manifest.csv", newline="")))
     meta = load_annotations(demo_set)
-    assert len(rows) == len(meta["images"]) == 60
+    assert len(meta["images"]) == 60
     assert set(rows[0]) >= {"image", "caption"}
-    for row, rec in zip(rows, meta["images"]):
-        assert row["image"] == rec["image"] and row["caption"] == rec["caption"]
-        with Image.open(demo_set / row["image"]) as im:
+    # one row per caption, an image's rows together, its full caption first
+    assert len(rows) == sum(len(rec["captions"]) for rec in meta["images"])
+    it = iter(rows)
+    for rec in meta["images"]:
+        mine = [next(it) for _ in rec["captions"]]
+        assert {r["image"] for r in mine} == {rec["image"]}
+        assert [r["caption"] for r in mine] == rec["captions"] and rec["captions"][0] == rec["caption"]
+        # a lone object gets a second wording, n objects one caption each (+ one naming two of three)
+        assert len(rec["captions"]) == {1: 2, 2: 3, 3: 5}[len(rec["objects"])]
+        with Image.open(demo_set / rec["image"]) as im:
             assert im.size == (96, 96) and im.mode == "RGB"
     counts = {len(r["objects"]) for r in meta["images"]}
     assert counts == {1, 2, 3}
@@ -61,16 +69,25 @@ def test_manifest_matches_annotations_and_files(demo_set):
 
 def test_captions_name_every_object_and_true_relations(demo_set):
     meta = load_annotations(demo_set)
-    relations = partial = 0
+    relations = 0
     for rec in meta["images"]:
+        pairs = sorted((o["colour"], o["shape"]) for o in rec["objects"])
+        singles = []
+        for cap in rec["captions"]:
+            named = [o for o in rec["objects"] if f"{o['colour']} {o['shape']}" in cap]
+            mentioned = [(c, sh) for c in COLOURS for sh in SHAPES if f"{c} {sh}" in cap]
+            assert sorted(mentioned) == sorted((o["colour"], o["shape"]) for o in named), cap  # nothing made up
+            assert named, cap
+            if len(named) == 1:
+                singles.append((named[0]["colour"], named[0]["shape"]))
+            if "background" in cap:
+                assert f"{rec['background']} background" in cap
+            for place, phrase in demo_data.PLACE_PHRASES.items():
+                if cap.endswith(phrase) or f" {phrase} " in cap:  # a placed caption names one object
+                    assert len(named) == 1 and named[0]["position"] == place, cap
         cap = rec["caption"]
-        named = [o for o in rec["objects"] if f"{o['colour']} {o['shape']}" in cap]
-        mentioned = [(c, sh) for c in COLOURS for sh in SHAPES if f"{c} {sh}" in cap]
-        assert sorted(mentioned) == sorted((o["colour"], o["shape"]) for o in named), cap  # nothing made up
-        assert named, cap
-        partial += len(named) < len(rec["objects"])
-        if "background" in cap:
-            assert f"{rec['background']} background" in cap
+        assert len([p for p in pairs if f"{p[0]} {p[1]}" in cap]) == len(pairs), cap  # the full caption
+        assert set(singles) == set(pairs), rec["captions"]  # every object has a caption of its own
         for word in ("above", "below", "to the left of", "to the right of"):
             if f" {word} " in cap:
                 relations += 1
@@ -82,8 +99,7 @@ def test_captions_name_every_object_and_true_relations(demo_set):
                           else ("to the left of" if dx < 0 else "to the right of"))
                 assert word == expect, cap
     assert relations > 0
-    assert 0 < partial < 0.3 * len(meta["images"])  # some captions name only part of a busy image
-    assert all(" a orange" not in r["caption"] for r in meta["images"])
+    assert all(" a orange" not in c and not c.startswith("a orange") for r in meta["images"] for c in r["captions"])
 
 
 def test_pixels_agree_with_ground_truth(demo_set):
@@ -136,6 +152,6 @@ def test_cli_demo_data(tmp_path):
     res = CliRunner().invoke(app, ["demo-data", str(tmp_path / "cli"), "--n", "4", "--seed", "5"])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(tmp_path / "cli" / "manifest.csv")))
-    assert len(rows) == 4
+    assert len({r["image"] for r in rows}) == 4 and len(rows) >= 8
     with Image.open(tmp_path / "cli" / rows[0]["image"]) as im:
         assert im.size == (demo_data.DEFAULT_IMAGE_SIZE,) * 2

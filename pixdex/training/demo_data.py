@@ -3,17 +3,23 @@
 Each image holds 1 to 3 objects; an object is a colour x shape x size, placed in its own cell of a
 4 x 4 grid (with a little jitter, always inside its cell). At the bundled ``pixdex-demo`` model's 64-px
 input a cell is one 16-px ViT patch, so a tiny model trained on CPU within minutes can bind colour to
-shape; positions are named on a 3 x 3 scale ("top left", "top", ..., "center", ...). The caption says what is where in plain English, e.g.
-``"a small red circle above a large green square on a white background"``; captions vary in how much
-they say (size, background, position may be left out) so that short queries such as "a red circle"
-land among them. Image ``i`` depends only on ``(seed, i)``: the same seed gives identical bytes, another
+shape; positions are named on a 3 x 3 scale ("top left", "top", ..., "center", ...).
+
+Every image has several captions, like COCO: the first says what is where in plain English, e.g.
+``"a small red circle above a large green square on a white background"`` (size, background and
+position may be left out); the others each name one object of the image (``"a red circle"``,
+``"a large green square in the top left corner"``), and for three objects also two of them. So short
+queries such as "a red circle" are trained to find every image that holds one, not only images of a
+lone red circle. ``pixdex train`` reads rows sharing an image as alternative captions and samples one
+per image per epoch. Image ``i`` depends only on ``(seed, i)``: the same seed gives identical bytes, another
 seed gives other images, and a smaller ``n`` is a prefix of a larger one.
 
 Output folder::
 
-    manifest.csv     columns image (relative path), caption, background, objects ("small red circle
-                     @ top left; large green square @ center")
-    objects.json     {"generator": ..., "seed", "image_size", "images": [{"image", "caption", "background",
+    manifest.csv     one row per caption: image (relative path), caption, background, objects ("small red
+                     circle @ top left; large green square @ center"); an image's first row is its full caption
+    objects.json     {"generator": ..., "seed", "image_size", "images": [{"image", "caption" (the full one),
+                     "captions" (all), "background",
                      "objects": [{"colour", "shape", "size", "position", "cell", "x", "y", "radius"}]}]}
     img_00000.png ...
 
@@ -39,7 +45,7 @@ from pixdex.errors import PixdexError
 
 log = logging.getLogger(__name__)
 
-GENERATOR = "pixdex demo-data v5"
+GENERATOR = "pixdex demo-data v6"
 
 COLOURS = {
     "red": (220, 30, 35),
@@ -63,7 +69,8 @@ PLACE_PHRASES = {
     "bottom right": "in the bottom right corner",
 }
 OBJECT_COUNT_P = (0.4, 0.35, 0.25)  # 1, 2 or 3 objects
-PARTIAL_P = 0.3  # of images with several objects: the caption names only one or two of them
+MENTION_PLACE_P = 0.3  # an object-mention caption says where the object is
+MENTION_BG_P = 0.3  # ... or on which background
 SAME_COLOUR_P = 0.35  # of images with several objects: two of them share a colour
 SUPERSAMPLE = 4
 DEFAULT_IMAGE_SIZE = 128  # thumbnails look fine; models resize (pixdex-demo works at 64)
@@ -112,10 +119,10 @@ def generate(out_dir, n: int = 1000, seed: int = 0, image_size: int = DEFAULT_IM
     for i, name in enumerate(names):
         rng = np.random.default_rng([seed, i])
         background, objects = sample_scene(rng)
-        caption = make_caption(rng, background, objects)
+        captions = make_captions(rng, background, objects)
         img = render(background, objects, image_size, rng)
         img.save(out / name, format="PNG", optimize=False)
-        records.append({"image": name, "caption": caption, "background": background,
+        records.append({"image": name, "caption": captions[0], "captions": captions, "background": background,
                         "objects": [o.to_dict() for o in objects]})
     for stale in sorted(set(old_images) - set(names)):
         # only files an earlier demo set listed, inside this folder
@@ -178,17 +185,26 @@ def relation(a: DemoObject, b: DemoObject) -> str:
     return "to the left of" if dx < 0 else "to the right of"
 
 
+def make_captions(rng: np.random.Generator, background: str, objects: Sequence[DemoObject]) -> List[str]:
+    """The full caption, then one caption per object (and, for three objects, one naming two of them)."""
+    captions = [make_caption(rng, background, objects)]
+    if len(objects) > 1:
+        captions += [_mention(rng, background, [o]) for o in objects]
+    else:  # a lone object: a second, differently worded caption
+        captions.append(_mention(rng, background, objects))
+    if len(objects) == 3:
+        pair = [objects[int(k)] for k in rng.permutation(3)[:2]]
+        captions.append(_mention(rng, background, pair))
+    return captions
+
+
 def make_caption(rng: np.random.Generator, background: str, objects: Sequence[DemoObject]) -> str:
+    """Every object, in a random order; two objects often by their relation ("above", "to the left of")."""
     with_size = bool(rng.random() < 0.5)
     with_bg = bool(rng.random() < 0.4)
     order = [objects[int(k)] for k in rng.permutation(len(objects))]
     phrases = [o.phrase(with_size) for o in order]
     placed = False
-    if len(order) > 1 and rng.random() < PARTIAL_P:
-        # like real captions, name only some of the objects: "a red circle" then also describes a busier
-        # image that holds one (the ground truth still lists every object)
-        keep = 1 if len(order) == 2 or rng.random() < 0.7 else 2
-        order, phrases = order[:keep], phrases[:keep]
     if len(order) == 1:
         text = phrases[0]
         if rng.random() < 0.3:
@@ -202,6 +218,18 @@ def make_caption(rng: np.random.Generator, background: str, objects: Sequence[De
     else:
         text = ", ".join(phrases[:-1]) + f" and {phrases[-1]}"
     if with_bg:
+        text += f" against a {background} background" if placed else f" on a {background} background"
+    return text
+
+
+def _mention(rng: np.random.Generator, background: str, objects: Sequence[DemoObject]) -> str:
+    """Some objects of an image, each with or without its size; one alone may get its place."""
+    with_size = bool(rng.random() < 0.4)
+    text = " and ".join(o.phrase(with_size) for o in objects)
+    placed = len(objects) == 1 and rng.random() < MENTION_PLACE_P
+    if placed:
+        text += " " + PLACE_PHRASES[objects[0].position]
+    if rng.random() < MENTION_BG_P:
         text += f" against a {background} background" if placed else f" on a {background} background"
     return text
 
@@ -257,7 +285,8 @@ def _manifest_text(records) -> str:
     w.writerow(["image", "caption", "background", "objects"])
     for r in records:
         objs = "; ".join(f"{o['size']} {o['colour']} {o['shape']} @ {o['position']}" for o in r["objects"])
-        w.writerow([r["image"], r["caption"], r["background"], objs])
+        for caption in r["captions"]:
+            w.writerow([r["image"], caption, r["background"], objs])
     return buf.getvalue()
 
 
