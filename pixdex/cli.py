@@ -109,7 +109,8 @@ def demo_data(
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", help="Manifest: CSV, JSONL or parquet."),
+    data: Path = typer.Option(..., "--data", help="Manifest: CSV, JSONL or parquet; several rows for one image are "
+                                                 "alternative captions (one drawn per epoch)."),
     model: str = typer.Option(..., "--model", "-m", help="Model config name or directory."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to start from."),

@@ -88,3 +88,45 @@ def test_bad_input():
         make_loss("triplet")
     with pytest.raises(ValueError, match="same shape"):
         ClipLoss()(torch.zeros(3, 4), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_identity_positives_are_the_textbook_loss(kind):
+    img, txt = _features(9, 16, 5)
+    loss = make_loss(kind).double()
+    eye = torch.eye(9, dtype=torch.bool)
+    assert float(loss(img, txt, positives=eye).detach()) == pytest.approx(float(loss(img, txt).detach()), abs=1e-12)
+    with pytest.raises(ValueError, match="positives"):
+        loss(img, txt, positives=torch.ones(3, 3, dtype=torch.bool))
+
+
+def test_duplicate_captions_are_not_negatives_of_each_other():
+    """Two images captioned identically: with positives marked, InfoNCE spreads each row's target over
+    both (the hand-written soft cross-entropy) and the sigmoid loss labels both pairs positive."""
+    img, txt = _features(6, 16, 7)
+    txt = txt.clone()
+    txt[3] = txt[1]  # texts 1 and 3 are the same caption
+    same = (txt[:, None, :] == txt[None, :, :]).all(-1)
+    assert int(same.sum()) == 8
+    from pixdex.encoders.losses import same_caption_matrix
+
+    ids = torch.tensor([[5, 6, 0], [7, 8, 0], [5, 6, 1], [7, 8, 0]])
+    assert same_caption_matrix(ids).tolist() == [[True, False, False, False], [False, True, False, True],
+                                                 [False, False, True, False], [False, True, False, True]]
+
+    clip = ClipLoss().double()
+    scale = torch.tensor(10.0, dtype=torch.float64)
+    logits = scale * img @ txt.T
+    target = same.double() / same.double().sum(1, keepdim=True)
+    by_hand = (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()) / 2
+    assert float(clip(img, txt, scale, positives=same)) == pytest.approx(float(by_hand), abs=1e-12)
+
+    sig = SigLipLoss().double()
+    s, b = torch.tensor(10.0, dtype=torch.float64), torch.tensor(-5.0, dtype=torch.float64)
+    sig_hand = -F.logsigmoid((2 * same.double() - 1) * (s * img @ txt.T + b)).sum() / 6
+    assert float(sig(img, txt, s, b, positives=same)) == pytest.approx(float(sig_hand), abs=1e-12)
+
+    # InfoNCE over identical texts already splits evenly: the textbook value is the same; the textbook
+    # sigmoid loss instead labels text 3 a negative of image 1 (and text 1 of image 3)
+    assert float(clip(img, txt, scale)) == pytest.approx(float(by_hand), abs=1e-12)
+    assert float(sig(img, txt, s, b)) != pytest.approx(float(sig_hand), abs=1e-6)

@@ -42,9 +42,30 @@ def _opts(demo, out, **kw):
 # ----------------------------------------------------------------------------- manifests
 
 
+def test_rows_of_one_image_are_its_alternative_captions(demo):
+    """COCO-style manifests: an image's rows are grouped into one training item (so it is split as a
+    whole and never twice in a batch) and each epoch draws one of its captions, deterministically and
+    evenly."""
+    from pixdex.training.data import caption_draw, group_by_image
+
+    rows = read_manifest(demo / "manifest.csv")
+    images, caption_rows = group_by_image(rows)
+    assert [s.path for s in images] == sorted({r.path for r in rows}) and len(images) == 40
+    assert sorted(int(i) for r in caption_rows for i in r) == list(range(len(rows)))
+    for s, r in zip(images, caption_rows):
+        assert {rows[i].path for i in r} == {s.path} and rows[r[0]] == s
+    draws = np.stack([caption_draw(caption_rows, seed=0, epoch=e) for e in range(400)])
+    assert (draws == np.stack([caption_draw(caption_rows, seed=0, epoch=e) for e in range(400)])).all()
+    assert not (draws[0] == caption_draw(caption_rows, seed=1, epoch=0)).all()
+    for k, r in enumerate(caption_rows):
+        counts = np.array([(draws[:, k] == i).sum() for i in r])
+        assert counts.sum() == 400  # always one of its own rows
+        assert counts.min() > 400 / len(r) * 0.6  # every caption gets its turn
+
+
 def test_manifest_formats_agree(demo, tmp_path):
     rows = read_manifest(demo / "manifest.csv")
-    assert len(rows) == 40 and rows[0].path == (demo / "img_00000.png").resolve()
+    assert len({r.path for r in rows}) == 40 < len(rows) and rows[0].path == (demo / "img_00000.png").resolve()
     jl = demo / "m.jsonl"
     jl.write_text("".join(json.dumps({"file": str(r.path), "text": r.caption}) + "\n" for r in rows))
     assert [(r.path, r.caption) for r in read_manifest(jl, "file", "text")] == [(r.path, r.caption) for r in rows]

@@ -7,6 +7,13 @@
   negative), summed and divided by N. Learnable ``logit_scale`` ``t`` (init ``log 10``) and
   ``logit_bias`` ``b`` (init ``-10``).
 
+Both take an optional ``positives`` matrix: ``positives[i, j]`` is true when text ``j`` describes image
+``i`` as well as its own (identical captions in one batch, e.g. two images both captioned "a red
+circle"); such pairs are not pushed apart. InfoNCE then spreads its target evenly over a row's
+positives (which for identical text features gives the textbook value: InfoNCE already splits between
+equal logits), the sigmoid loss labels them positive (the textbook one would call them negatives).
+Without it (or with the identity) both are the textbook losses.
+
 Features are expected L2-normalised (the trainer normalises). Both losses take an optional
 ``logit_scale`` / ``logit_bias`` override so that they can be checked against other implementations
 with given values.
@@ -44,12 +51,18 @@ class ClipLoss(nn.Module):
         return scale * image_features @ text_features.T
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
-                scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Mean of the image->text and text->image cross-entropies; the i-th image matches the i-th text."""
+                scale: Optional[torch.Tensor] = None, positives: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean of the image->text and text->image cross-entropies; the i-th image matches the i-th text
+        (and, with ``positives``, every text marked there, the target split evenly among them)."""
         _check_pair(image_features, text_features)
         logits = self.logits(image_features, text_features, scale)
-        labels = torch.arange(logits.shape[0], device=logits.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        if positives is None:
+            labels = torch.arange(logits.shape[0], device=logits.device)
+            return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        target = _positive_matrix(positives, logits).to(logits.dtype)
+        rows = target / target.sum(dim=1, keepdim=True)
+        cols = target.T / target.T.sum(dim=1, keepdim=True)
+        return (F.cross_entropy(logits, rows) + F.cross_entropy(logits.T, cols)) / 2
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -79,12 +92,17 @@ class SigLipLoss(nn.Module):
         return scale * image_features @ text_features.T + bias
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
-                scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``-sum(log sigmoid(z_ij * logit_ij)) / N`` with ``z_ii = 1`` and ``z_ij = -1`` otherwise."""
+                scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                positives: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``-sum(log sigmoid(z_ij * logit_ij)) / N`` with ``z_ii = 1`` (and ``z_ij = 1`` where
+        ``positives`` says so) and ``z_ij = -1`` otherwise."""
         _check_pair(image_features, text_features)
         logits = self.logits(image_features, text_features, scale, bias)
         n = logits.shape[0]
-        signs = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
+        if positives is None:
+            signs = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
+        else:
+            signs = 2 * _positive_matrix(positives, logits).to(logits.dtype) - 1
         return -F.logsigmoid(signs * logits).sum() / n
 
     @torch.no_grad()
@@ -110,6 +128,18 @@ def make_loss(kind: str, init_logit_scale: Optional[float] = None,
             SIGLIP_INIT_LOGIT_BIAS if init_logit_bias is None else init_logit_bias,
         )
     raise PixdexError(f"unknown loss {kind!r} (expected clip or siglip)")
+
+
+def same_caption_matrix(token_ids: torch.Tensor) -> torch.Tensor:
+    """``(N, N)`` bool: rows ``i`` and ``j`` of ``token_ids`` are the same caption."""
+    return (token_ids[:, None, :] == token_ids[None, :, :]).all(dim=-1)
+
+
+def _positive_matrix(positives: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    if positives.shape != logits.shape:
+        raise ValueError(f"positives must be {tuple(logits.shape)}, got {tuple(positives.shape)}")
+    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    return positives.to(device=logits.device, dtype=torch.bool) | eye  # a pair always matches itself
 
 
 def _check_pair(image_features: torch.Tensor, text_features: torch.Tensor) -> None:

@@ -3,8 +3,11 @@
 Images are decoded (EXIF orientation, alpha on white) and resized/cropped by the model's own numpy
 ``Preprocessor``; the resized uint8 pixels are kept in memory when they fit in ``cache_bytes`` (the demo
 set easily does), otherwise decoded again per batch by a thread pool. Captions are tokenised once with
-the model's tokenizer. The split and every epoch's order depend only on the seed (and the epoch), so a
-resumed run sees the same batches as an uninterrupted one.
+the model's tokenizer. Rows naming the same image are that image's alternative captions (COCO-style):
+the image is one training item, split as a whole (nothing of a held-out image is trained on), and each
+epoch uses one of its captions, drawn at random; held-out recall uses each image's first caption. The
+split, every epoch's order and its caption draws depend only on the seed (and the epoch), so a resumed
+run sees the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -36,6 +39,27 @@ def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, n
     if n_val < 2:  # one held-out pair measures nothing
         n_val = 0
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def group_by_image(samples: Sequence[Sample]) -> Tuple[List[Sample], List[np.ndarray]]:
+    """``(one sample per distinct image, in first-row order; per image the indices of its rows)``."""
+    first: dict = {}
+    rows: List[List[int]] = []
+    for i, s in enumerate(samples):
+        k = first.setdefault(s.path, len(rows))
+        if k == len(rows):
+            rows.append([])
+        rows[k].append(i)
+    return [samples[r[0]] for r in rows], [np.asarray(r, dtype=np.int64) for r in rows]
+
+
+def caption_draw(caption_rows: Sequence[np.ndarray], seed: int, epoch: int) -> np.ndarray:
+    """The manifest row (caption) each image uses in ``epoch``: uniform among its rows, a pure function
+    of seed and epoch."""
+    counts = np.asarray([len(r) for r in caption_rows], dtype=np.int64)
+    pick = np.minimum((np.random.default_rng([seed, epoch, 15485863]).random(len(counts)) * counts).astype(np.int64),
+                      counts - 1)
+    return np.asarray([r[k] for r, k in zip(caption_rows, pick)], dtype=np.int64)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
