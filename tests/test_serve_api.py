@@ -194,3 +194,24 @@ def test_media_converts_and_refuses_clearly(tmp_path):
         m.thumbnail(Row(2, str(bad), None, None, None))
     with pytest.raises(PixdexError, match="missing"):
         m.thumbnail(Row(3, str(tmp_path / "gone.jpg"), None, None, None))
+
+
+def test_dropped_connections_print_no_traceback(server, capfd):
+    """A browser resetting a half-sent request (closed tab) is routine: nothing on stderr, the server
+    keeps answering."""
+    import socket
+    import struct
+    import time
+
+    srv = server[0]
+    for _ in range(3):
+        s = socket.create_connection(srv.server_address[:2], timeout=5)
+        s.sendall(b"GET /api/search?q=red HTTP/1.1\r\nHost: 127.0.0.1")  # no end of headers
+        time.sleep(0.05)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+        s.close()
+    time.sleep(0.3)
+    status, _, _ = get(srv, "/api/search?q=red&k=2")
+    assert status == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Connection reset" not in err

@@ -175,6 +175,19 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = _method_not_allowed  # noqa: N815
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A browser that drops a connection (tab closed, keep-alive reset) is routine: no traceback on
+        stderr; anything else is logged."""
+        err = sys.exc_info()[1]
+        if isinstance(err, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)):
+            log.debug("client %s went away: %s", client_address, err)
+        else:
+            log.error("error serving %s", client_address, exc_info=True)
+
+
 def make_server(store_dir: Path, host: str = "127.0.0.1", port: int = 8765, engine=None) -> ThreadingHTTPServer:
     """Build (not start) the server; ``port=0`` picks a free port (``server.server_address``)."""
     from pixdex.search.engine import SearchEngine
@@ -187,10 +200,9 @@ def make_server(store_dir: Path, host: str = "127.0.0.1", port: int = 8765, engi
         "check_host": _is_loopback(host),
     })
     try:
-        server = ThreadingHTTPServer((host, port), handler)
+        server = _Server((host, port), handler)
     except OSError as e:
         raise PixdexError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
-    server.daemon_threads = True
     server.engine = engine
     return server
 
