@@ -6,8 +6,9 @@
   (same keys as ``build_model(config).state_dict()``; loading casts them back to float32), so the file
   stays under ``MAX_BYTES``;
 - ``pixdex-demo.json``: the run's ``config.json`` (ModelConfig, named ``pixdex-demo``);
-- ``pixdex-demo.metrics.json``: the run's per-epoch metrics and, unless ``--eval-n 0``, the colour x shape
-  precision@5 on a freshly generated demo set (a seed the training never used).
+- ``pixdex-demo.metrics.json``: the run's per-epoch metrics and, unless ``--eval none``, the colour x shape
+  precision@5 and caption recall on several freshly generated demo sets (seeds the training never
+  used, and none of the tests' seeds), with the worst and mean precision over them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 from pixdex.errors import PixdexError
 
@@ -26,13 +27,16 @@ log = logging.getLogger(__name__)
 
 MAX_BYTES = 10 * 1024 * 1024
 DEMO_NAME = "pixdex-demo"
+# (images, seed) of the fresh evaluation sets: two of the size the demo-model test uses, two of the
+# end-to-end search test's size (smaller sets hold fewer lone objects per query, which is harder)
+EVAL_SETS = ((500, 20240601), (500, 31337), (300, 4242), (300, 777))
 
 
 def weights_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "encoders" / "weights"
 
 
-def ship(run_dir, dest: Optional[Path] = None, eval_n: int = 500, eval_seed: int = 20240601) -> dict:
+def ship(run_dir, dest: Optional[Path] = None, eval_sets: Sequence[Tuple[int, int]] = EVAL_SETS) -> dict:
     import torch
 
     from pixdex.encoders.build import build_model
@@ -63,8 +67,14 @@ def ship(run_dir, dest: Optional[Path] = None, eval_n: int = 500, eval_seed: int
         path.replace(dest / f"{DEMO_NAME}.safetensors")
         (Path(tmp) / st.CONFIG_FILE).replace(dest / f"{DEMO_NAME}.json")
     summary = {"source_run": metrics, "bytes": size}
-    if eval_n:
-        summary["fresh_set"] = evaluate_fresh(dest / f"{DEMO_NAME}.safetensors", eval_n, eval_seed)
+    if eval_sets:
+        fresh = [evaluate_fresh(dest / f"{DEMO_NAME}.safetensors", n, seed) for n, seed in eval_sets]
+        for res in fresh:
+            log.info("fresh set seed %d (%d images): colour x shape P@5 %.3f, caption t2i R@5 %.3f",
+                     res["seed"], res["n"], res["precision_at_k"], res["caption_t2i_r5"])
+        p = [r["precision_at_k"] for r in fresh]
+        summary["fresh_sets"] = fresh
+        summary["precision_at_5_min"], summary["precision_at_5_mean"] = min(p), sum(p) / len(p)
     st.write_json(dest / f"{DEMO_NAME}.metrics.json", summary)
     return summary
 
@@ -87,20 +97,34 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m pixdex.training.ship", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="output folder of `pixdex train`")
     p.add_argument("--dest", default=None, help="where to write (default: pixdex/encoders/weights)")
-    p.add_argument("--eval-n", type=int, default=500, help="images in the fresh evaluation set (0: skip)")
-    p.add_argument("--eval-seed", type=int, default=20240601)
+    p.add_argument("--eval", default=",".join(f"{n}:{seed}" for n, seed in EVAL_SETS),
+                   help="fresh evaluation sets as IMAGES:SEED,... ('none': skip)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        s = ship(a.run_dir, a.dest, a.eval_n, a.eval_seed)
+        s = ship(a.run_dir, a.dest, _parse_sets(a.eval))
     except PixdexError as e:
         raise SystemExit(f"pixdex: error: {e}")
-    fresh = s.get("fresh_set")
     line = f"shipped {DEMO_NAME} ({s['bytes'] / 2**20:.2f} MiB)"
-    if fresh:
-        line += (f"; fresh seed {fresh['seed']}: colour x shape precision@5 {fresh['precision_at_k']:.3f}, "
-                 f"caption t2i R@1 {fresh['caption_t2i_r1']:.3f} R@5 {fresh['caption_t2i_r5']:.3f}")
+    for fresh in s.get("fresh_sets", []):
+        line += (f"\n  fresh seed {fresh['seed']} ({fresh['n']} images): colour x shape precision@5 "
+                 f"{fresh['precision_at_k']:.3f}, caption t2i R@1 {fresh['caption_t2i_r1']:.3f} "
+                 f"R@5 {fresh['caption_t2i_r5']:.3f}")
+    if "precision_at_5_min" in s:
+        line += f"\n  precision@5 worst {s['precision_at_5_min']:.3f}, mean {s['precision_at_5_mean']:.3f}"
     sys.stdout.write(line + "\n")
+
+
+def _parse_sets(text: str) -> Tuple[Tuple[int, int], ...]:
+    if text.strip().lower() in ("", "none", "0"):
+        return ()
+    try:
+        sets = tuple((int(n), int(seed)) for n, seed in (part.split(":") for part in text.split(",")))
+    except ValueError as e:
+        raise SystemExit(f"pixdex: error: --eval expects IMAGES:SEED,... (got {text!r})") from e
+    if any(n < 1 for n, _ in sets):
+        raise SystemExit("pixdex: error: --eval sets need at least 1 image")
+    return sets
 
 
 if __name__ == "__main__":
