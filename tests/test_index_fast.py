@@ -96,7 +96,9 @@ def test_cpu_threads_restores_the_setting():
         assert n == before
 
 
-def test_demo_model_int8_matches_float32(tmp_path):
+def test_demo_model_stays_float32():
+    """pixdex-demo's 128-wide tower is below the int8 threshold (dynamic int8 only pays on wide Linear
+    layers): speed_up leaves it alone and its vectors are exactly the float32 ones."""
     from pixdex.encoders import registry
 
     if not registry.demo_weights_path().is_file():
@@ -104,19 +106,8 @@ def test_demo_model_int8_matches_float32(tmp_path):
     from pixdex.encoders.encoder import load_encoder
 
     enc = load_encoder("pixdex-demo", device="cpu", towers=("image",))
-    if not fast._is_plain_vit(enc.model.visual):
-        pytest.skip("pixdex-demo's image tower is not a wide ViT")
-    from pixdex.encoders.preprocess import Preprocessor
-    from pixdex.indexer.decode import decode, read_file
-
-    files = sorted((SHARED_DATA / "photos").glob("*.jpg"))[:12]
-    if not files:
-        pytest.skip("shared test data not present")
-    pre = enc.preprocess
-    x = np.stack([pre(decode(read_file(str(f)), enc.image_size)[0]) for f in files])
+    assert enc.model.visual.transformer.width < fast.MIN_WIDTH
+    x = np.random.default_rng(0).standard_normal((4, 3, enc.image_size, enc.image_size)).astype(np.float32)
     ref = enc.encode_images(x)
-    assert fast.speed_up(enc)
-    enc.encode_images(x)
-    got = enc.encode_images(x)
-    assert float((got * ref).sum(1).min()) >= 0.99
-    assert isinstance(pre, Preprocessor)
+    assert not fast.speed_up(enc) and not fast.is_quantized(enc.model.visual)
+    assert np.array_equal(enc.encode_images(x), ref)
