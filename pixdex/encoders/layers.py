@@ -10,7 +10,7 @@ renaming. Optional extras use open_clip's names: ``ls_1.gamma`` / ``ls_2.gamma``
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
+from typing import Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,16 @@ def get_activation(name: str) -> nn.Module:
     if name in ("gelu_tanh", "gelu_pytorch_tanh"):
         return nn.GELU(approximate="tanh")
     raise ValueError(f"unknown activation {name!r} (expected gelu, quick_gelu or gelu_tanh)")
+
+
+def mlp(width: int, mlp_ratio: float, act: str) -> nn.Sequential:
+    """``c_fc`` -> activation -> ``c_proj`` (OpenAI's MLP names)."""
+    hidden = int(width * mlp_ratio)
+    return nn.Sequential(OrderedDict([
+        ("c_fc", nn.Linear(width, hidden)),
+        ("gelu", get_activation(act)),
+        ("c_proj", nn.Linear(hidden, width)),
+    ]))
 
 
 class LayerScale(nn.Module):
@@ -94,15 +104,10 @@ class ResidualAttentionBlock(nn.Module):
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu",
                  eps: float = 1e-5, qk_norm: bool = False, layer_scale_init: Optional[float] = None):
         super().__init__()
-        hidden = int(width * mlp_ratio)
         self.ln_1 = LayerNorm(width, eps=eps)
         self.attn = MultiheadAttention(width, heads, qk_norm=qk_norm, eps=eps)
         self.ln_2 = LayerNorm(width, eps=eps)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, hidden)),
-            ("gelu", get_activation(act)),
-            ("c_proj", nn.Linear(hidden, width)),
-        ]))
+        self.mlp = mlp(width, mlp_ratio, act)
         if layer_scale_init is not None:
             self.ls_1 = LayerScale(width, layer_scale_init)
             self.ls_2 = LayerScale(width, layer_scale_init)
@@ -143,3 +148,52 @@ class Transformer(nn.Module):
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
             nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+
+
+class TwoTowerModel(nn.Module):
+    """What CLIP and SigLIP share around their towers: ``encode_image`` / ``encode_text`` with a clear
+    error for a tower left out, ``keep_towers`` (free a tower; checkpoint loading then skips its keys,
+    listed in ``dropped_key_prefixes``) and ``text_state_dict``. A subclass names its text tower's
+    attributes (``TEXT_ATTRS``) and state-dict key prefixes (``TEXT_KEY_PREFIXES``) and implements
+    ``text_features``."""
+
+    TEXT_ATTRS: Tuple[str, ...] = ()
+    TEXT_KEY_PREFIXES: Tuple[str, ...] = ()
+    VISUAL_KEY_PREFIX = "visual."
+
+    def __init__(self):
+        super().__init__()
+        self.dropped_key_prefixes: Tuple[str, ...] = ()
+
+    def text_features(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _has_text(self) -> bool:
+        return all(getattr(self, a, None) is not None for a in self.TEXT_ATTRS)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        if self.visual is None:
+            raise RuntimeError("this model was loaded without its image tower")
+        return self.visual(x)
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self._has_text():
+            raise RuntimeError("this model was loaded without its text tower")
+        return self.text_features(ids)
+
+    def keep_towers(self, towers: Iterable[str]) -> None:
+        """Free the towers not in ``towers`` (``image`` / ``text``)."""
+        towers = set(towers)
+        dropped = list(self.dropped_key_prefixes)
+        if "image" not in towers and self.visual is not None:
+            self.visual = None
+            dropped.append(self.VISUAL_KEY_PREFIX)
+        if "text" not in towers and self._has_text():
+            for a in self.TEXT_ATTRS:
+                setattr(self, a, None)
+            dropped.extend(self.TEXT_KEY_PREFIXES)
+        self.dropped_key_prefixes = tuple(dropped)
+
+    def text_state_dict(self) -> dict:
+        """The text tower's tensors under the model's own key names."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(self.TEXT_KEY_PREFIXES)}

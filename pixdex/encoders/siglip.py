@@ -27,44 +27,22 @@ Attention runs through ``F.scaled_dot_product_attention``; LayerNorms compute in
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Iterable, Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pixdex.encoders.config import ModelConfig, TextConfig, VisionConfig
-from pixdex.encoders.layers import LayerNorm, Transformer, get_activation
+from pixdex.encoders.layers import LayerNorm, MultiheadAttention, Transformer, TwoTowerModel, mlp
+from pixdex.encoders.text import build_text_trunk
 from pixdex.errors import PixdexError
 
-TEXT_KEY_PREFIX = "text."
-VISUAL_KEY_PREFIX = "visual."
 
 
-def _mlp(width: int, mlp_ratio: float, act: str) -> nn.Sequential:
-    hidden = int(width * mlp_ratio)
-    return nn.Sequential(OrderedDict([
-        ("c_fc", nn.Linear(width, hidden)),
-        ("gelu", get_activation(act)),
-        ("c_proj", nn.Linear(hidden, width)),
-    ]))
-
-
-class PoolAttention(nn.Module):
-    """Cross-attention of a few queries over the tokens, with a packed ``in_proj_weight`` (q, k, v)."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        if width % heads:
-            raise PixdexError(f"SigLIP width {width} is not divisible by {heads} heads")
-        self.heads = heads
-        self.head_dim = width // heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.out_proj.bias)
+class PoolAttention(MultiheadAttention):
+    """Cross-attention of a few queries over the tokens: the same packed ``in_proj_weight`` (q, k, v) and
+    ``out_proj`` as self-attention, queries taken from the probe."""
 
     def forward(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         n, lq, width = q.shape
@@ -86,7 +64,7 @@ class AttentionPool(nn.Module):
         self.probe = nn.Parameter(torch.randn(1, 1, width) * width ** -0.5)
         self.attn = PoolAttention(width, heads)
         self.ln = LayerNorm(width, eps=eps)
-        self.mlp = _mlp(width, mlp_ratio, act)
+        self.mlp = mlp(width, mlp_ratio, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probe = self.probe.to(x.dtype).expand(x.shape[0], -1, -1)
@@ -143,19 +121,8 @@ class SigLIPTextTower(nn.Module):
             raise PixdexError(f"the SigLIP model needs a 'siglip' text tower, not {cfg.kind!r}")
         if cfg.width % cfg.heads:
             raise PixdexError(f"SigLIP text width {cfg.width} is not divisible by {cfg.heads} heads")
-        width = cfg.width
-        self.context_length = cfg.context_length
-        self.vocab_size = cfg.vocab_size
-        self.token_embedding = nn.Embedding(cfg.vocab_size, width)
-        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, width))
-        self.transformer = Transformer(width, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps)
-        self.ln_final = LayerNorm(width, eps=cfg.ln_eps)
-        self.text_projection = nn.Linear(width, embed_dim)
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.positional_embedding, std=0.01)
-        self.transformer.init_weights(proj_std=width ** -0.5 * (2 * cfg.layers) ** -0.5, attn_std=width ** -0.5,
-                                      fc_std=(2 * width) ** -0.5)
-        nn.init.normal_(self.text_projection.weight, std=width ** -0.5)
+        build_text_trunk(self, cfg, lambda: nn.Linear(cfg.width, embed_dim))
+        nn.init.normal_(self.text_projection.weight, std=cfg.width ** -0.5)
         nn.init.zeros_(self.text_projection.bias)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -170,9 +137,12 @@ class SigLIPTextTower(nn.Module):
         return self.text_projection(x)
 
 
-class SigLIP(nn.Module):
+class SigLIP(TwoTowerModel):
     """SigLIP with pixdex's key names (see the module docstring); ``encode_image`` / ``encode_text`` return
     unnormalised features of size ``config.embed_dim``."""
+
+    TEXT_ATTRS = ("text",)
+    TEXT_KEY_PREFIXES = ("text.",)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -187,17 +157,8 @@ class SigLIP(nn.Module):
         bias = config.init_logit_bias if config.init_logit_bias is not None else -10.0
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(bias)))
-        # state-dict key prefixes of towers removed by keep_towers(); checkpoint loading skips them
-        self.dropped_key_prefixes: Tuple[str, ...] = ()
 
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        if self.visual is None:
-            raise RuntimeError("this model was loaded without its image tower")
-        return self.visual(x)
-
-    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.text is None:
-            raise RuntimeError("this model was loaded without its text tower")
+    def text_features(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text(ids)
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor):
@@ -208,20 +169,3 @@ class SigLIP(nn.Module):
         img = F.normalize(image_features, dim=-1)
         txt = F.normalize(text_features, dim=-1)
         return img @ txt.t() * self.logit_scale.exp() + self.logit_bias
-
-    def keep_towers(self, towers: Iterable[str]) -> None:
-        """Free the towers not in ``towers`` (``image`` / ``text``)."""
-        towers = set(towers)
-        dropped = list(self.dropped_key_prefixes)
-        if "image" not in towers and self.visual is not None:
-            self.visual = None
-            dropped.append(VISUAL_KEY_PREFIX)
-        if "text" not in towers and self.text is not None:
-            self.text = None
-            dropped.append(TEXT_KEY_PREFIX)
-        self.dropped_key_prefixes = tuple(dropped)
-
-    def text_state_dict(self) -> dict:
-        """The text tower's tensors under pixdex's names (``text.token_embedding.weight``, ...)."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(TEXT_KEY_PREFIX)}
-

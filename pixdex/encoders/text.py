@@ -14,10 +14,10 @@ from pixdex.encoders.layers import LayerNorm, Transformer
 TEXT_KEY_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 
 
-def build_text_tower(owner: nn.Module, cfg: TextConfig, embed_dim: int) -> None:
-    """Create the text tower's modules on ``owner`` with OpenAI's initialisation."""
-    if cfg.kind != "clip":
-        raise ValueError(f"the CLIP model needs a 'clip' text tower, not {cfg.kind!r}")
+def build_text_trunk(owner: nn.Module, cfg: TextConfig, projection) -> None:
+    """Token and position embeddings, ``transformer``, ``ln_final`` and ``text_projection`` (made by
+    ``projection()``) on ``owner``, with OpenAI's initialisation of the trunk; the caller initialises the
+    projection. Shared by the CLIP tower and SigLIP's."""
     width = cfg.width
     owner.context_length = cfg.context_length
     owner.vocab_size = cfg.vocab_size
@@ -25,12 +25,19 @@ def build_text_tower(owner: nn.Module, cfg: TextConfig, embed_dim: int) -> None:
     owner.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, width))
     owner.transformer = Transformer(width, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps)
     owner.ln_final = LayerNorm(width, eps=cfg.ln_eps)
-    owner.text_projection = nn.Parameter(torch.empty(width, embed_dim))
+    owner.text_projection = projection()
     nn.init.normal_(owner.token_embedding.weight, std=0.02)
     nn.init.normal_(owner.positional_embedding, std=0.01)
     owner.transformer.init_weights(proj_std=width ** -0.5 * (2 * cfg.layers) ** -0.5, attn_std=width ** -0.5,
                                    fc_std=(2 * width) ** -0.5)
-    nn.init.normal_(owner.text_projection, std=width ** -0.5)
+
+
+def build_text_tower(owner: nn.Module, cfg: TextConfig, embed_dim: int) -> None:
+    """Create the CLIP text tower's modules on ``owner`` (``text_projection`` a bare matrix)."""
+    if cfg.kind != "clip":
+        raise ValueError(f"the CLIP model needs a 'clip' text tower, not {cfg.kind!r}")
+    build_text_trunk(owner, cfg, lambda: nn.Parameter(torch.empty(cfg.width, embed_dim)))
+    nn.init.normal_(owner.text_projection, std=cfg.width ** -0.5)
 
 
 def encode_text_tokens(owner: nn.Module, ids: torch.Tensor) -> torch.Tensor:
