@@ -6,7 +6,6 @@ import io
 import struct
 import zlib
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -24,9 +24,12 @@ import logging
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 from pixdex.errors import PixdexError
+
+if TYPE_CHECKING:  # annotations only; torch is imported where tensors are made
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +241,6 @@ def load_checkpoint(model, path_or_state_dict, config=None, name: Optional[str] 
     Keys under ``model.dropped_key_prefixes`` (towers removed with ``keep_towers``) are skipped. Tensors
     take the model's dtypes. A model built on the ``meta`` device receives the tensors themselves.
     """
-    import torch
-
     dropped = tuple(getattr(model, "dropped_key_prefixes", ()) or ())
     label = name or (str(path_or_state_dict) if not isinstance(path_or_state_dict, Mapping) else "state dict")
     if isinstance(path_or_state_dict, Mapping):

@@ -310,8 +310,6 @@ def _keep(model, towers: Tuple[str, ...]) -> None:
 def load_encoder(spec: Union[str, Path], checkpoint: Optional[Union[str, Path]] = None, device: str = "auto",
                  towers: Iterable[str] = TOWERS, random_init: bool = False) -> Encoder:
     """Load a model spec into an :class:`Encoder` (see the module doc for where weights come from)."""
-    import torch
-
     towers = tuple(dict.fromkeys(towers))
     bad = [t for t in towers if t not in TOWERS]
     if not towers or bad:
