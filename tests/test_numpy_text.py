@@ -135,10 +135,10 @@ def test_export_and_load_through_a_store(tmp_path, name):
 
 def test_siglip_export_carries_its_tokenizer(tmp_path):
     """A SigLIP store answers text queries offline: the sentencepiece model is copied into the store."""
-    import io
-
-    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("sentencepiece")
     from safetensors.torch import save_file
+
+    from encoder_support import train_spiece
 
     from pixdex.encoders.build import build_model
     from pixdex.encoders.encoder import load_encoder
@@ -149,17 +149,14 @@ def test_siglip_export_carries_its_tokenizer(tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     words = ["a photo of a dog", "the red car", "two cats on a sofa", "mountain lake at sunset", "city street"]
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(words * 40), model_writer=buf, vocab_size=30,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   minloglevel=2, num_threads=1)
-    (ckpt / "spiece.model").write_bytes(buf.getvalue())
+    sp_model = train_spiece(words * 40)
+    (ckpt / "spiece.model").write_bytes(sp_model)
     torch.manual_seed(5)
     save_file({k: v.contiguous() for k, v in build_model(cfg).state_dict().items()}, str(ckpt / "model.safetensors"))
     enc = load_encoder("tiny-siglip", checkpoint=ckpt / "model.safetensors", device="cpu")
     store = tmp_path / "store"
     export_text_tower(enc, store)
-    assert (store / "spiece.model").read_bytes() == buf.getvalue()
+    assert (store / "spiece.model").read_bytes() == sp_model
     (ckpt / "spiece.model").unlink()  # the checkpoint's copy is gone: the store's own copy is used
     te = load_text_encoder(store, enc.identity())
     texts = ["A photo of a DOG!", "two cats", "", "sunset " * 20]

@@ -1,8 +1,5 @@
 """The numpy + Pillow preprocessing equals open_clip's eval transform on real photos."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +9,8 @@ from PIL import Image
 from pixdex.encoders.config import SIGLIP_MEAN, SIGLIP_STD, PreprocessConfig
 from pixdex.encoders.preprocess import Preprocessor, shortest_side_size
 from pixdex.encoders.registry import get_config, list_models
+
+from encoder_support import run_fresh_python
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -94,6 +93,5 @@ def test_preprocess_does_not_import_torch():
         "assert x.shape == (3, 256, 256)\n"
         "assert 'torch' not in sys.modules\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    r = run_fresh_python(code)
     assert r.returncode == 0, r.stderr

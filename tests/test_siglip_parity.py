@@ -118,8 +118,10 @@ def test_hf_directory_through_load_encoder(tmp_path):
     """A transformers SigLIP directory (config.json + model.safetensors + spiece.model) as a model spec, and
     its weights file with the registry's tiny-siglip config: same embeddings as transformers."""
     pytest.importorskip("google.protobuf")
-    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("sentencepiece")
     from transformers import SiglipTokenizer
+
+    from encoder_support import train_spiece
 
     from pixdex.encoders.encoder import load_encoder
 
@@ -129,13 +131,7 @@ def test_hf_directory_through_load_encoder(tmp_path):
                     vocab=tiny.text.vocab_size, image=tiny.vision.image_size, patch=tiny.vision.patch_size)
     _save_hf(ref, tmp_path)
     words = ["a photo of a dog", "the red car", "two cats on a sofa", "mountain lake at sunset", "city street"]
-    import io
-
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(words * 40), model_writer=buf, vocab_size=30,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   minloglevel=2, num_threads=1)
-    (tmp_path / "spiece.model").write_bytes(buf.getvalue())
+    (tmp_path / "spiece.model").write_bytes(train_spiece(words * 40))
 
     texts = ["A photo of a DOG!", "two cats", "", "sunset " * 20]
     with warnings.catch_warnings():

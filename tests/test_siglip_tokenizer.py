@@ -3,7 +3,6 @@ HFTokenizer(clean='canonicalize') on the same (tiny, trained here) sentencepiece
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import shutil
@@ -30,7 +29,9 @@ _WORDS = ["a", "the", "of", "in", "on", "with", "photo", "picture", "red", "blue
 @pytest.fixture(scope="module")
 def sp_dir(tmp_path_factory):
     """A 400-piece unigram model laid out like T5/SigLIP's (pad 0, </s> 1, <unk> 2, no <s>)."""
-    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("sentencepiece")
+    from encoder_support import train_spiece
+
     rng = random.Random(0)
 
     def word():
@@ -42,12 +43,8 @@ def sp_dir(tmp_path_factory):
     for _ in range(4000):
         s = " ".join(word() for _ in range(rng.randint(1, 12)))
         lines.append(s if rng.random() < 0.5 else s.title())
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=400,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   character_coverage=0.9995, num_threads=1, minloglevel=2)
     d = tmp_path_factory.mktemp("spiece")
-    (d / "spiece.model").write_bytes(buf.getvalue())
+    (d / "spiece.model").write_bytes(train_spiece(lines, vocab_size=400, character_coverage=0.9995))
     return d
 
 

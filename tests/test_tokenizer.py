@@ -1,15 +1,14 @@
 """The torch-free CLIP BPE tokenizer equals open_clip's SimpleTokenizer, token for token."""
 
-import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from pixdex.encoders.registry import get_config
 from pixdex.encoders.tokenizer import ClipTokenizer, get_tokenizer
+
+from encoder_support import run_fresh_python
 
 open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
 
@@ -87,6 +86,5 @@ def test_tokenizer_does_not_import_torch():
         "bad = [m for m in ('torch', 'open_clip') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    r = run_fresh_python(code)
     assert r.returncode == 0, r.stderr
