@@ -22,9 +22,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CAPTIONS = ["a photo of a dog", "a red car parked on the street", "sunset over the mountains",
-            "two people hiking", "a bowl of fruit on a table", "a cat sleeping on a sofa", "city at night",
-            "a child playing football"]
+CAPTIONS = [
+    "a photo of a dog",
+    "a red car parked on the street",
+    "sunset over the mountains",
+    "two people hiking",
+    "a bowl of fruit on a table",
+    "a cat sleeping on a sofa",
+    "city at night",
+    "a child playing football",
+]
 
 
 def _median_time(fn, reps):
@@ -69,18 +76,24 @@ def bench(name: str, batch: int, reps: int) -> None:
     d_img = np.abs(enc.encode_images(xn) - ref_img().numpy()).max()
     d_txt = np.abs(enc.encode_texts(texts) - ref_txt().numpy()).max()
     rows = []
-    for label, a, b in (("image", lambda: enc.encode_images(xn), ref_img),
-                        ("text", lambda: enc.encode_texts(texts), ref_txt)):
+    for label, a, b in (
+        ("image", lambda: enc.encode_images(xn), ref_img),
+        ("text", lambda: enc.encode_texts(texts), ref_txt),
+    ):
         # interleave the two so that load changes hit both alike
         ta, tb = [], []
         for _ in range(reps):
             ta.append(_median_time(a, 1))
             tb.append(_median_time(b, 1))
         rows.append((label, statistics.median(ta), statistics.median(tb)))
-    print(f"{name}  batch {batch}  threads {torch.get_num_threads()}  max|diff| image {d_img:.1e} text {d_txt:.1e}")
+    print(
+        f"{name}  batch {batch}  threads {torch.get_num_threads()}  max|diff| image {d_img:.1e} text {d_txt:.1e}"
+    )
     for label, ta, tb in rows:
-        print(f"  {label:5s}  pixdex {ta * 1000:8.1f} ms   open_clip {tb * 1000:8.1f} ms   ratio {ta / tb:5.2f}"
-              f"   ({batch / ta:6.1f} vs {batch / tb:6.1f} per s)")
+        print(
+            f"  {label:5s}  pixdex {ta * 1000:8.1f} ms   open_clip {tb * 1000:8.1f} ms   ratio {ta / tb:5.2f}"
+            f"   ({batch / ta:6.1f} vs {batch / tb:6.1f} per s)"
+        )
 
 
 def main() -> None:

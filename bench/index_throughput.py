@@ -80,15 +80,22 @@ def main() -> None:
     folder = photo_folder(args.n, args.photos)
     files = sorted(folder.glob("*.jpg"))
     n = len(files)
-    print(f"{n} photos in {folder}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs", flush=True)
+    print(
+        f"{n} photos in {folder}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs",
+        flush=True,
+    )
 
     enc = load_encoder(MODEL, device="cpu", random_init=True)  # both towers, as for a new store
     fp32 = load_encoder(MODEL, device="cpu", towers=("image",), random_init=True)
     swapped = speed_up(enc)
     # already-preprocessed tensors of real photos (decode cost excluded on purpose)
-    pre = np.stack([enc.preprocess(decode(read_file(str(f)), draft_side(enc.preprocess))[0])
-                    for f in files[: args.batch_size]])
+    pre = np.stack(
+        [
+            enc.preprocess(decode(read_file(str(f)), draft_side(enc.preprocess))[0])
+            for f in files[: args.batch_size]
+        ]
+    )
     enc.encode_images(pre)  # the first batch is where the int8 tower checks itself against float32
     qv = enc.model.visual
     check = f"min cosine vs float32 {qv.min_cosine:.5f}, kept: {qv.checked}" if is_quantized(qv) else "off"
@@ -107,7 +114,7 @@ def main() -> None:
                 return oc.encode_image(x)
 
         eager = rate(oc_encode, pre, args.repeats)
-        del oc
+        oc = None  # free the model before the next measurement
     except ImportError:
         eager = float("nan")
 
@@ -121,9 +128,16 @@ def main() -> None:
         st = Path(tempfile.mkdtemp(prefix="pixdex-bench-store-"))
         try:
             t = time.perf_counter()
-            summary = index_paths([folder], store_dir=st, model=MODEL, checkpoint=Path("random"),
-                                  batch_size=args.batch_size, workers=args.workers, json_mode=True,
-                                  encoder_loader=lambda *a: enc)
+            summary = index_paths(
+                [folder],
+                store_dir=st,
+                model=MODEL,
+                checkpoint=Path("random"),
+                batch_size=args.batch_size,
+                workers=args.workers,
+                json_mode=True,
+                encoder_loader=lambda *a: enc,
+            )
             took = time.perf_counter() - t
             assert summary["encoded"] == n, summary
             timings[gate] = summary["timings_s"]
@@ -140,10 +154,29 @@ def main() -> None:
         if not args.skip_cli:
             shutil.rmtree(store)
             t = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "pixdex", "index", str(folder), "--store", str(store),
-                                  "--model", MODEL, "--checkpoint", "random", "--json",
-                                  "--batch-size", str(args.batch_size), "--workers", str(args.workers)],
-                                 capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pixdex",
+                    "index",
+                    str(folder),
+                    "--store",
+                    str(store),
+                    "--model",
+                    MODEL,
+                    "--checkpoint",
+                    "random",
+                    "--json",
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--workers",
+                    str(args.workers),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
             if out.returncode != 0:
                 sys.exit(out.stderr)
             cli = json.loads(out.stdout)["encoded"] / (time.perf_counter() - t)

@@ -52,8 +52,9 @@ def synth(n: int, dim: int, seed: int = 0, topics: int = 50, subs: int = 20):
 
     m_img, m_txt = unit(rng.standard_normal((2, dim), dtype=np.float32))
     top = unit(rng.standard_normal((topics, dim), dtype=np.float32))
-    concepts = unit(np.repeat(top, subs, axis=0) + 0.8 * unit(rng.standard_normal((topics * subs, dim),
-                                                                                  dtype=np.float32)))
+    concepts = unit(
+        np.repeat(top, subs, axis=0) + 0.8 * unit(rng.standard_normal((topics * subs, dim), dtype=np.float32))
+    )
     lab = rng.integers(0, len(concepts), n)
     vecs = np.empty((n, dim), np.float32)
     for s in range(0, n, 100_000):
@@ -61,8 +62,9 @@ def synth(n: int, dim: int, seed: int = 0, topics: int = 50, subs: int = 20):
         noise = unit(rng.standard_normal((e - s, dim), dtype=np.float32))
         vecs[s:e] = unit(0.6 * m_img + 0.3 * concepts[lab[s:e]] + 0.85 * noise)
     ql = rng.integers(0, len(concepts), 256)
-    queries = unit(0.8 * m_txt + 0.4 * concepts[ql]
-                   + 0.35 * unit(rng.standard_normal((256, dim), dtype=np.float32)))
+    queries = unit(
+        0.8 * m_txt + 0.4 * concepts[ql] + 0.35 * unit(rng.standard_normal((256, dim), dtype=np.float32))
+    )
     return vecs, queries.astype(np.float32)
 
 
@@ -76,17 +78,31 @@ def text_tower_tensors(rng, dim: int, cfg: TextConfig):
     def r(*shape, s=0.02):
         return (s * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
 
-    t = {"token_embedding": r(cfg.vocab_size, W), "positional_embedding": r(cfg.context_length, W, s=0.01),
-         "ln_final.weight": np.ones(W, np.float32), "ln_final.bias": np.zeros(W, np.float32),
-         "proj": r(W, dim, s=W ** -0.5)}
+    t = {
+        "token_embedding": r(cfg.vocab_size, W),
+        "positional_embedding": r(cfg.context_length, W, s=0.01),
+        "ln_final.weight": np.ones(W, np.float32),
+        "ln_final.bias": np.zeros(W, np.float32),
+        "proj": r(W, dim, s=W**-0.5),
+    }
     for i in range(L):
         p = f"blocks.{i}."
-        t.update({p + "ln_1.weight": np.ones(W, np.float32), p + "ln_1.bias": np.zeros(W, np.float32),
-                  p + "ln_2.weight": np.ones(W, np.float32), p + "ln_2.bias": np.zeros(W, np.float32),
-                  p + "attn.in_proj_weight": r(3 * W, W), p + "attn.in_proj_bias": np.zeros(3 * W, np.float32),
-                  p + "attn.out_proj.weight": r(W, W), p + "attn.out_proj.bias": np.zeros(W, np.float32),
-                  p + "mlp.c_fc.weight": r(H, W), p + "mlp.c_fc.bias": np.zeros(H, np.float32),
-                  p + "mlp.c_proj.weight": r(W, H), p + "mlp.c_proj.bias": np.zeros(W, np.float32)})
+        t.update(
+            {
+                p + "ln_1.weight": np.ones(W, np.float32),
+                p + "ln_1.bias": np.zeros(W, np.float32),
+                p + "ln_2.weight": np.ones(W, np.float32),
+                p + "ln_2.bias": np.zeros(W, np.float32),
+                p + "attn.in_proj_weight": r(3 * W, W),
+                p + "attn.in_proj_bias": np.zeros(3 * W, np.float32),
+                p + "attn.out_proj.weight": r(W, W),
+                p + "attn.out_proj.bias": np.zeros(W, np.float32),
+                p + "mlp.c_fc.weight": r(H, W),
+                p + "mlp.c_fc.bias": np.zeros(H, np.float32),
+                p + "mlp.c_proj.weight": r(W, H),
+                p + "mlp.c_proj.bias": np.zeros(W, np.float32),
+            }
+        )
     return t
 
 
@@ -110,17 +126,30 @@ def build_store(path: Path, n: int, dim: int):
     t0 = time.time()
     con = sqlite3.connect(path / sv.DB_FILE)
     con.execute("PRAGMA journal_mode=WAL")
-    con.execute(f"CREATE TABLE {sv.T_IMAGES} ({sv.C_ID} INTEGER PRIMARY KEY, {sv.C_PATH} TEXT NOT NULL UNIQUE, "
-                f"{sv.C_WIDTH} INTEGER, {sv.C_HEIGHT} INTEGER, {sv.C_TAKEN} TEXT, {sv.C_STATUS} TEXT NOT NULL)")
+    con.execute(
+        f"CREATE TABLE {sv.T_IMAGES} ({sv.C_ID} INTEGER PRIMARY KEY, {sv.C_PATH} TEXT NOT NULL UNIQUE, "
+        f"{sv.C_WIDTH} INTEGER, {sv.C_HEIGHT} INTEGER, {sv.C_TAKEN} TEXT, {sv.C_STATUS} TEXT NOT NULL)"
+    )
     con.execute(f"CREATE TABLE {sv.T_VECTORS} ({sv.C_VEC_ID} INTEGER PRIMARY KEY, {sv.C_VEC} BLOB NOT NULL)")
     for s in range(0, n, 50_000):
         e = min(n, s + 50_000)
-        con.executemany(f"INSERT INTO {sv.T_IMAGES} VALUES (?, ?, ?, ?, ?, ?)",
-                        ((i + 1, f"/photos/{2000 + i % 25}/{i % 97:02d}/IMG_{i:07d}.jpg", 4032, 3024,
-                          f"{2000 + i % 25}-{1 + i % 12:02d}-{1 + i % 28:02d}T12:00:00", "ok")
-                         for i in range(s, e)))
-        con.executemany(f"INSERT INTO {sv.T_VECTORS} VALUES (?, ?)",
-                        ((i + 1, vecs[i].tobytes()) for i in range(s, e)))
+        con.executemany(
+            f"INSERT INTO {sv.T_IMAGES} VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    i + 1,
+                    f"/photos/{2000 + i % 25}/{i % 97:02d}/IMG_{i:07d}.jpg",
+                    4032,
+                    3024,
+                    f"{2000 + i % 25}-{1 + i % 12:02d}-{1 + i % 28:02d}T12:00:00",
+                    "ok",
+                )
+                for i in range(s, e)
+            ),
+        )
+        con.executemany(
+            f"INSERT INTO {sv.T_VECTORS} VALUES (?, ?)", ((i + 1, vecs[i].tobytes()) for i in range(s, e))
+        )
         con.commit()
     con.close()
     print(f"  wrote {n} rows in {time.time() - t0:.0f} s; training IVF{nlist} ...", flush=True)
@@ -132,15 +161,27 @@ def build_store(path: Path, n: int, dim: int):
     index.add_with_ids(vecs, np.arange(1, n + 1, dtype=np.int64))
     faiss.write_index(index, str(path / sv.FAISS_FILE))
     print(f"  IVF built in {time.time() - t0:.0f} s", flush=True)
-    cfg = ModelConfig(name="bench-ViT-B-32", family="clip", embed_dim=dim,
-                      text=TextConfig(width=512, heads=8, layers=12, context_length=77))
+    cfg = ModelConfig(
+        name="bench-ViT-B-32",
+        family="clip",
+        embed_dim=dim,
+        text=TextConfig(width=512, heads=8, layers=12, context_length=77),
+    )
     identity = {"model": cfg.name, "checkpoint_sha256": "synthetic", "dim": dim}
     write_safetensors(path / TEXT_TOWER_FILE, text_tower_tensors(np.random.default_rng(2), dim, cfg.text))
-    (path / TEXT_TOWER_META).write_text(json.dumps({
-        "format": FORMAT_VERSION, "identity": identity, "config": cfg.to_dict(),
-        "tower": {"kind": "clip", "heads": 8, "act": "gelu", "ln_eps": 1e-5, "dim": dim}}))
-    (path / sv.SIDECAR_FILE).write_text(json.dumps({"model": identity, "faiss": {"file": sv.FAISS_FILE,
-                                                                                 "type": f"IVF{nlist},Flat"}}))
+    (path / TEXT_TOWER_META).write_text(
+        json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "identity": identity,
+                "config": cfg.to_dict(),
+                "tower": {"kind": "clip", "heads": 8, "act": "gelu", "ln_eps": 1e-5, "dim": dim},
+            }
+        )
+    )
+    (path / sv.SIDECAR_FILE).write_text(
+        json.dumps({"model": identity, "faiss": {"file": sv.FAISS_FILE, "type": f"IVF{nlist},Flat"}})
+    )
     marker.write_text(json.dumps(want))
     return vecs, queries
 
@@ -165,17 +206,26 @@ def cold(store: Path, args, runs: int = 5):
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
         if r.returncode != 0:
-            return None, None, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+            return (
+                None,
+                None,
+                r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}",
+            )
     return walls, cpus, None
 
 
 def import_report(store: Path, args):
-    probe = ("import sys, runpy; sys.argv = ['pixdex', 'search', *sys.argv[1:]]\n"
-             "try:\n    runpy.run_module('pixdex', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-             "heavy = [m for m in ('torch', 'sqlalchemy', 'open_clip', 'timm', 'transformers', 'PIL', 'rich') "
-             "if m in sys.modules]\nsys.stderr.write('HEAVY ' + ','.join(heavy) + '\\n')\n")
-    r = subprocess.run([sys.executable, "-X", "importtime", "-c", probe, *args, "--store", str(store), "--json"],
-                       capture_output=True, text=True)
+    probe = (
+        "import sys, runpy; sys.argv = ['pixdex', 'search', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('pixdex', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'sqlalchemy', 'open_clip', 'timm', 'transformers', 'PIL', 'rich') "
+        "if m in sys.modules]\nsys.stderr.write('HEAVY ' + ','.join(heavy) + '\\n')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", probe, *args, "--store", str(store), "--json"],
+        capture_output=True,
+        text=True,
+    )
     heavy = ""
     rows = []
     for line in r.stderr.splitlines():
@@ -206,8 +256,15 @@ def warm(store: Path, vecs, queries, nprobe_sweep=True):
     out = {"nlist": nlist, "nprobe": choose_nprobe(nlist)}
     if nprobe_sweep:
         sweep = {}
-        for npb in sorted({max(1, nlist // 64), max(1, nlist // 32), max(1, nlist // 16), max(1, nlist // 8),
-                           2 * int(np.sqrt(nlist)) + 1}):
+        for npb in sorted(
+            {
+                max(1, nlist // 64),
+                max(1, nlist // 32),
+                max(1, nlist // 16),
+                max(1, nlist // 8),
+                2 * int(np.sqrt(nlist)) + 1,
+            }
+        ):
             _, lab = index.search(queries, 10, params=faiss.SearchParametersIVF(nprobe=npb))
             sweep[npb] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(lab, gt)]))
         out["sweep"] = sweep
@@ -263,22 +320,30 @@ def main():
                 if walls is None:
                     print(f"  cold `pixdex search` ({label}): FAILED: {err}")
                 else:
-                    print(f"  cold `pixdex search` ({label}): wall median {statistics.median(walls):.2f} s "
-                          f"(min {min(walls):.2f} s), CPU median {statistics.median(cpus):.2f} s over "
-                          f"{len(walls)} runs (goal <= 1.5 s; load average {os.getloadavg()[0]:.1f})")
+                    print(
+                        f"  cold `pixdex search` ({label}): wall median {statistics.median(walls):.2f} s "
+                        f"(min {min(walls):.2f} s), CPU median {statistics.median(cpus):.2f} s over "
+                        f"{len(walls)} runs (goal <= 1.5 s; load average {os.getloadavg()[0]:.1f})"
+                    )
             heavy, top = import_report(store, [QUERY])
-            print(f"  heavy modules imported by a text query: {heavy or 'none'} (torch, sqlalchemy must be absent)")
+            print(
+                f"  heavy modules imported by a text query: {heavy or 'none'} (torch, sqlalchemy must be absent)"
+            )
             print("  slowest top-level imports: " + ", ".join(f"{m} {us / 1000:.0f} ms" for us, m in top))
         r = warm(store, vecs, queries)
         results[n] = r
         sweep = ", ".join(f"nprobe {k}: {v:.3f}" for k, v in r["sweep"].items())
         print(f"  IVF nlist {r['nlist']}: recall@10 vs exact: {sweep}")
-        print(f"  search function (nprobe {r['nprobe']}, exact re-rank): recall@10 {r['recall10']:.3f} "
-              f"(goal >= 0.95); warm p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms"
-              + (" (goal p50 <= 30 ms at 1M)" if n >= 1_000_000 else ""))
+        print(
+            f"  search function (nprobe {r['nprobe']}, exact re-rank): recall@10 {r['recall10']:.3f} "
+            f"(goal >= 0.95); warm p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms"
+            + (" (goal p50 <= 30 ms at 1M)" if n >= 1_000_000 else "")
+        )
         if "text_p50_ms" in r:
-            print(f"  warm text query (tokenize + numpy text tower + search): p50 {r['text_p50_ms']:.1f} ms, "
-                  f"p95 {r['text_p95_ms']:.1f} ms")
+            print(
+                f"  warm text query (tokenize + numpy text tower + search): p50 {r['text_p50_ms']:.1f} ms, "
+                f"p95 {r['text_p95_ms']:.1f} ms"
+            )
         else:
             print(f"  warm text query: not measured ({r['text_error']})")
         del vecs, queries

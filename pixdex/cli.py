@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -27,7 +27,9 @@ app = typer.Typer(
 log = logging.getLogger("pixdex")
 
 StoreOpt = typer.Option(None, "--store", help="Store directory (default: $PIXDEX_HOME or the user data dir).")
-ModelOpt = typer.Option(None, "--model", "-m", help="Model name, name:pretrained_tag, or a trained model directory.")
+ModelOpt = typer.Option(
+    None, "--model", "-m", help="Model name, name:pretrained_tag, or a trained model directory."
+)
 CheckpointOpt = typer.Option(None, "--checkpoint", help="Weights file to load (works offline).")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 
@@ -68,8 +70,12 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
     table = Table("model", "family", "dim", "image", "pretrained tags", "cached")
     for r in rows:
         table.add_row(
-            r["name"], r["family"], str(r["dim"]), str(r["image_size"]),
-            ", ".join(r["pretrained"]) or "-", ", ".join(r["cached"]) or "-",
+            r["name"],
+            r["family"],
+            str(r["dim"]),
+            str(r["image_size"]),
+            ", ".join(r["pretrained"]) or "-",
+            ", ".join(r["cached"]) or "-",
         )
     Console().print(table)
 
@@ -109,8 +115,12 @@ def demo_data(
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", help="Manifest: CSV, JSONL or parquet; several rows for one image are "
-                                                 "alternative captions (one drawn per epoch)."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="Manifest: CSV, JSONL or parquet; several rows for one image are "
+        "alternative captions (one drawn per epoch).",
+    ),
     model: str = typer.Option(..., "--model", "-m", help="Model config name or directory."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to start from."),
@@ -128,17 +138,36 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(2, "--workers"),
     device: str = DeviceOpt,
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    max_steps: Optional[int] = typer.Option(
+        None, "--max-steps", help="Stop after this many optimizer steps."
+    ),
     save_every: int = typer.Option(100, "--save-every", help="Optimizer steps between resume checkpoints."),
 ):
     """Train or fine-tune a CLIP/SigLIP model on captioned images."""
-    from pixdex.training.trainer import TrainOptions, train as run_train
+    from pixdex.training.trainer import TrainOptions
+    from pixdex.training.trainer import train as run_train
 
     opts = TrainOptions(
-        data=data, model=model, out=out, init=init, loss=loss, epochs=epochs, batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, warmup=warmup, accum=accum, grad_clip=grad_clip,
-        image_col=image_col, caption_col=caption_col, val_fraction=val_fraction, seed=seed,
-        workers=workers, device=device, max_steps=max_steps, save_every=save_every,
+        data=data,
+        model=model,
+        out=out,
+        init=init,
+        loss=loss,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        accum=accum,
+        grad_clip=grad_clip,
+        image_col=image_col,
+        caption_col=caption_col,
+        val_fraction=val_fraction,
+        seed=seed,
+        workers=workers,
+        device=device,
+        max_steps=max_steps,
+        save_every=save_every,
     )
     run_train(opts)
 
@@ -148,7 +177,7 @@ def train(
 
 @app.command()
 def index(
-    paths: List[Path] = typer.Argument(..., help="Folders (or files) to index."),
+    paths: list[Path] = typer.Argument(..., help="Folders (or files) to index."),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
@@ -161,8 +190,14 @@ def index(
     from pixdex.indexer.run import index_paths
 
     summary = index_paths(
-        paths, store_dir=_store_dir(store), model=model, checkpoint=checkpoint, device=device,
-        batch_size=batch_size, workers=workers, json_mode=json_out,
+        paths,
+        store_dir=_store_dir(store),
+        model=model,
+        checkpoint=checkpoint,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        json_mode=json_out,
     )
     if json_out:
         _echo_json(summary)
@@ -174,7 +209,7 @@ def status(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Counts, model, FAISS type and whether FAISS and the database agree."""
-    from pixdex.storage.status import store_status, print_status
+    from pixdex.storage.status import print_status, store_status
 
     info = store_status(_store_dir(store))
     if json_out:
@@ -191,10 +226,10 @@ def search(
     query: Optional[str] = typer.Argument(None, help="Text query."),
     k: int = typer.Option(20, "-k", "--k", help="Number of results."),
     store: Optional[Path] = StoreOpt,
-    text: List[str] = typer.Option([], "--text", help="Extra text query, optionally weighted as W:TEXT."),
-    image: List[str] = typer.Option([], "--image", help="Image query file, optionally weighted as W:FILE."),
-    like: List[int] = typer.Option([], "--like", help="Id of an indexed image to search like."),
-    minus: List[str] = typer.Option([], "--minus", help="Text to subtract, optionally weighted as W:TEXT."),
+    text: list[str] = typer.Option([], "--text", help="Extra text query, optionally weighted as W:TEXT."),
+    image: list[str] = typer.Option([], "--image", help="Image query file, optionally weighted as W:FILE."),
+    like: list[int] = typer.Option([], "--like", help="Id of an indexed image to search like."),
+    minus: list[str] = typer.Option([], "--minus", help="Text to subtract, optionally weighted as W:TEXT."),
     min_score: Optional[float] = typer.Option(None, "--min-score"),
     path_glob: Optional[str] = typer.Option(None, "--path", help="Only paths matching this glob."),
     after: Optional[str] = typer.Option(None, "--after", help="Taken on or after DATE (YYYY-MM-DD)."),
@@ -206,9 +241,19 @@ def search(
     from pixdex.search.cli_search import run_search_command
 
     run_search_command(
-        store_dir=_store_dir(store), query=query, k=k, texts=text, images=image, like=like, minus=minus,
-        min_score=min_score, path_glob=path_glob, after=after, before=before,
-        json_out=json_out, paths_out=paths_out,
+        store_dir=_store_dir(store),
+        query=query,
+        k=k,
+        texts=text,
+        images=image,
+        like=like,
+        minus=minus,
+        min_score=min_score,
+        path_glob=path_glob,
+        after=after,
+        before=before,
+        json_out=json_out,
+        paths_out=paths_out,
     )
 
 

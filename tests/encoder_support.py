@@ -14,13 +14,25 @@ def train_spiece(lines, vocab_size: int = 30, **options) -> bytes:
     import sentencepiece as spm
 
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size,
-                                   model_type="unigram", minloglevel=2, num_threads=1,
-                                   **SIGLIP_SPECIAL_IDS, **options)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        minloglevel=2,
+        num_threads=1,
+        **SIGLIP_SPECIAL_IDS,
+        **options,
+    )
     return buf.getvalue()
 
 
 def run_fresh_python(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
     """Run ``code`` in a new interpreter that sees the same packages as this one."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )

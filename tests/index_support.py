@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -12,7 +12,9 @@ from PIL import Image
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def make_images(folder: Path, n: int, seed: int = 0, size=(40, 32), ext: str = "png", start: int = 0) -> List[Path]:
+def make_images(
+    folder: Path, n: int, seed: int = 0, size=(40, 32), ext: str = "png", start: int = 0
+) -> list[Path]:
     """``n`` distinct small images (random blocks of colour), deterministic for a seed."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -26,14 +28,15 @@ def make_images(folder: Path, n: int, seed: int = 0, size=(40, 32), ext: str = "
     return out
 
 
-def db_rows(store: Path) -> Dict[str, dict]:
+def db_rows(store: Path) -> dict[str, dict]:
     """path -> row dict (with ``has_vector``), read with stdlib sqlite3 like search does."""
     con = sqlite3.connect(f"{(store / 'pixdex.db').resolve().as_uri()}?mode=ro", uri=True)
     try:
         con.row_factory = sqlite3.Row
         rows = con.execute(
             "SELECT images.*, vectors.image_id IS NOT NULL AS has_vector FROM images "
-            "LEFT JOIN vectors ON vectors.image_id = images.id").fetchall()
+            "LEFT JOIN vectors ON vectors.image_id = images.id"
+        ).fetchall()
         return {r["path"]: dict(r) for r in rows}
     finally:
         con.close()
@@ -56,7 +59,7 @@ def faiss_ids(store: Path) -> np.ndarray:
     return np.sort(vi.ids())
 
 
-def assert_consistent(store: Path, expected_paths) -> Dict[str, dict]:
+def assert_consistent(store: Path, expected_paths) -> dict[str, dict]:
     """Every expected path present exactly once, nothing else; FAISS ids == ids of the 'ok' rows."""
     rows = db_rows(store)
     expected = sorted(str(p) for p in expected_paths)

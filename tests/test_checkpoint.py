@@ -81,8 +81,12 @@ def test_nested_state_dict_with_module_prefix(tmp_path):
 
 def test_open_clip_extra_keys_are_dropped(tmp_path):
     ref = _model()
-    sd = dict(ref.state_dict(), input_resolution=torch.tensor(32), context_length=torch.tensor(77),
-              vocab_size=torch.tensor(49408))
+    sd = dict(
+        ref.state_dict(),
+        input_resolution=torch.tensor(32),
+        context_length=torch.tensor(77),
+        vocab_size=torch.tensor(49408),
+    )
     m = build_model(get_config("tiny-vit"))
     load_checkpoint(m, _save(sd, tmp_path / "w.safetensors"), get_config("tiny-vit"))
     assert torch.equal(m.token_embedding.weight, ref.token_embedding.weight)
@@ -170,8 +174,9 @@ def test_text_tower_only_keeps_no_image_weights(tmp_path):
     with pytest.raises(PixdexError, match="without its image tower"):
         enc.encode_images(np.zeros((1, 3, 32, 32), np.float32))
     _, _, _, txt = _outputs(ref, 32)
-    np.testing.assert_allclose(enc.encode_texts(TEXTS), torch.nn.functional.normalize(txt, dim=-1).numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        enc.encode_texts(TEXTS), torch.nn.functional.normalize(txt, dim=-1).numpy(), atol=1e-6
+    )
     # a text-only file loads for the text tower, and is still checked strictly there
     text_only = {k: v for k, v in ref.state_dict().items() if not k.startswith("visual.")}
     enc = load_encoder("tiny-vit", checkpoint=_save(text_only, tmp_path / "t.safetensors"), towers=("text",))
@@ -212,8 +217,9 @@ def test_trained_model_directory(tmp_path):
     enc = load_encoder(str(d), device="cpu")
     assert enc.name == str(d.resolve()) and enc.config.name == "my-model"
     _, _, _, txt = _outputs(ref, 32)
-    np.testing.assert_allclose(enc.encode_texts(TEXTS), torch.nn.functional.normalize(txt, dim=-1).numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        enc.encode_texts(TEXTS), torch.nn.functional.normalize(txt, dim=-1).numpy(), atol=1e-6
+    )
     (d / "config.json").write_text("{not json")
     with pytest.raises(PixdexError, match="bad model config"):
         load_encoder(str(d))
@@ -240,4 +246,6 @@ def test_bundled_demo_weights_load_when_present():
         return
     enc = load_encoder("pixdex-demo", device="cpu")
     out = enc.encode_texts(["a red circle", "a blue square"])
-    assert out.shape == (2, enc.dim) and enc.identity()["checkpoint_sha256"] == file_sha256(demo_weights_path())
+    assert out.shape == (2, enc.dim) and enc.identity()["checkpoint_sha256"] == file_sha256(
+        demo_weights_path()
+    )

@@ -14,13 +14,20 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 @pytest.fixture
 def run(tmp_path):
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-           "PIXDEX_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "PIXDEX_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
     env.pop("HF_HUB_CACHE", None)
 
     def _run(*args):
-        return subprocess.run([sys.executable, "-m", "pixdex", *args], capture_output=True, text=True,
-                              env=env, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "pixdex", *args], capture_output=True, text=True, env=env, timeout=300
+        )
+
     return _run
 
 
@@ -71,7 +78,10 @@ def test_embed_errors_are_one_line(run, tmp_path):
         bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     cases = [
         (("embed", "--model", "tiny-vit", "--image", str(bad)), "cannot decode image"),
-        (("embed", "--model", "tiny-vit", "--text", "x", "--image", str(bad)), "exactly one of --text or --image"),
+        (
+            ("embed", "--model", "tiny-vit", "--text", "x", "--image", str(bad)),
+            "exactly one of --text or --image",
+        ),
         (("embed", "--model", "ViT-B-32-256", "--text", "a dog"), "--checkpoint"),
         (("embed", "--model", "no-such-model", "--text", "a dog"), "unknown model 'no-such-model'"),
     ]

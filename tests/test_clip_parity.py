@@ -49,8 +49,11 @@ class Ref:
 
     def __init__(self, name, model):
         self.name, self.model = name, model
-        self.images = _images(model.visual.image_size[0] if isinstance(model.visual.image_size, tuple)
-                              else model.visual.image_size)
+        self.images = _images(
+            model.visual.image_size[0]
+            if isinstance(model.visual.image_size, tuple)
+            else model.visual.image_size
+        )
         self.ids = open_clip.get_tokenizer(name)(TEXTS)
         with torch.no_grad():
             self.img = model.encode_image(self.images)
@@ -60,8 +63,8 @@ class Ref:
 def _images(size):
     from PIL import Image
 
-    from pixdex.encoders.preprocess import Preprocessor
     from pixdex.encoders.config import PreprocessConfig
+    from pixdex.encoders.preprocess import Preprocessor
 
     files = sorted((DATA / "photos").glob("*.jpg"))[:2] if DATA.is_dir() else []
     if len(files) < 2:
@@ -83,7 +86,9 @@ def _check(ref: Ref, checkpoint, fmt, api=False, name=None):
     assert d_img <= ATOL and d_txt <= ATOL
     if api:  # the Encoder API (numpy in, normalised numpy out) agrees with the normalised reference
         norm = torch.nn.functional.normalize
-        np.testing.assert_allclose(enc.encode_images(ref.images.numpy()), norm(ref.img, dim=-1).numpy(), atol=ATOL)
+        np.testing.assert_allclose(
+            enc.encode_images(ref.images.numpy()), norm(ref.img, dim=-1).numpy(), atol=ATOL
+        )
         np.testing.assert_allclose(enc.encode_texts(TEXTS), norm(ref.txt, dim=-1).numpy(), atol=ATOL)
     return enc
 
@@ -122,7 +127,9 @@ def test_vit_b32_openai_torchscript(vit_b32, tmp_path):
     want = Ref("ViT-B-32", ref)  # before tracing: the traced module shares (and .half() casts) ref's tensors
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace_module(ref, {"encode_image": (torch.randn(1, 3, 224, 224),)}, check_trace=False)
+        traced = torch.jit.trace_module(
+            ref, {"encode_image": (torch.randn(1, 3, 224, 224),)}, check_trace=False
+        )
     traced = traced.half()
     path = tmp_path / "ViT-B-32.pt"
     torch.jit.save(traced, str(path))
@@ -149,7 +156,9 @@ def test_vit_b32_openai_torchscript(vit_b32, tmp_path):
 def test_vit_b32_quickgelu_bin(tmp_path):
     ref = Ref("ViT-B-32-quickgelu", _reference("ViT-B-32-quickgelu"))
     path = tmp_path / "open_clip_pytorch_model.bin"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.model.state_dict().items()}, "epoch": 3}, path)
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in ref.model.state_dict().items()}, "epoch": 3}, path
+    )
     _check(ref, path, "bin (wrapped, module.)", api=True)
     # the same weights under the GELU config are a different model: the activation is really used
     enc = load_encoder("ViT-B-32", checkpoint=path, device="cpu", towers=("text",))

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from index_support import assert_consistent, db_vector, make_images
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
@@ -26,13 +25,32 @@ SEED = 1234
 
 
 def _cmd(folder: Path, store: Path):
-    return [sys.executable, "-m", "pixdex", "index", str(folder), "--store", str(store), "--model", "tiny-vit",
-            "--json", "--batch-size", "2", "--workers", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "pixdex",
+        "index",
+        str(folder),
+        "--store",
+        str(store),
+        "--model",
+        "tiny-vit",
+        "--json",
+        "--batch-size",
+        "2",
+        "--workers",
+        "2",
+    ]
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO), "PIXDEX_IVF_THRESHOLD": "150", "PIXDEX_FAISS_SAVE_S": "0.2",
-            "PYTHONDONTWRITEBYTECODE": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PIXDEX_IVF_THRESHOLD": "150",
+        "PIXDEX_FAISS_SAVE_S": "0.2",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
 
 
 def _wait_for_lock(proc: subprocess.Popen, lock: Path, timeout: float = 60.0) -> bool:
@@ -93,8 +111,9 @@ def test_kill_9_at_random_moments_then_complete(tmp_path):
     while kills < KILLS and attempts < 3 * KILLS:
         attempts += 1
         before = _db_progress(store)
-        proc = subprocess.Popen(_cmd(folder, store), env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            _cmd(folder, store), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         if attempts % 3 == 1:  # while starting: loading the model, binding, exporting, scanning
             started = _wait_for_lock(proc, store / "index.lock")
             time.sleep(rng.uniform(0.0, 1.5) if started else 0.0)
@@ -128,8 +147,13 @@ def test_kill_9_at_random_moments_then_complete(tmp_path):
         img, _ = decode(read_file(str(p)), enc.preprocess.draft_size[0])
         want = enc.encode_images(enc.preprocess(img)[None])[0]
         assert float(db_vector(store, rows[str(p)]["id"]) @ want) > 0.9999, p
-    status = subprocess.run([sys.executable, "-m", "pixdex", "status", "--store", str(store), "--json"],
-                            env=_env(), capture_output=True, text=True, timeout=120)
+    status = subprocess.run(
+        [sys.executable, "-m", "pixdex", "status", "--store", str(store), "--json"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     info = json.loads(status.stdout)
     assert info["faiss"]["agrees"] and info["faiss"]["checksum_matches_sidecar"]
     again = subprocess.run(_cmd(folder, store), env=_env(), capture_output=True, text=True, timeout=300)

@@ -9,11 +9,10 @@ from datetime import datetime
 
 import numpy as np
 import pytest
+from index_support import SHARED_DATA
 from PIL import Image
 
 from pixdex.indexer.decode import DecodeError, content_hash, decode, parse_exif_datetime, read_file, to_rgb
-
-from index_support import SHARED_DATA
 
 FORMATS = SHARED_DATA / "formats"
 EXIF = SHARED_DATA / "exif"
@@ -86,7 +85,10 @@ def test_transparency_is_composited_on_white():
 
 
 def test_colour_spaces():
-    assert pixels(saved(Image.new("CMYK", (4, 4), (0, 0, 0, 0)), "JPEG", quality=100))[0, 0].tolist() == [255] * 3
+    assert (
+        pixels(saved(Image.new("CMYK", (4, 4), (0, 0, 0, 0)), "JPEG", quality=100))[0, 0].tolist()
+        == [255] * 3
+    )
     cyan = pixels(saved(Image.new("CMYK", (8, 8), (255, 0, 0, 0)), "TIFF"))[0, 0]
     assert cyan.tolist() == [0, 255, 255]
     ycc = Image.new("RGB", (8, 8), (10, 200, 30)).convert("YCbCr")
@@ -132,8 +134,12 @@ def test_animated_gif_uses_the_first_frame():
 
 
 _INVERSE = {  # stored = inverse(upright) for each EXIF orientation
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_270,
 }
 
@@ -196,23 +202,33 @@ def test_jpeg_draft_decodes_small_and_close_to_full(tmp_path):
 def _png_header(w: int, h: int) -> bytes:
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-@pytest.mark.parametrize("data,reason", [
-    (b"this is a text file, not an image\n", "cannot identify"),
-    (_png_header(30000, 30000), "decompression bomb"),  # over 2x the limit: Pillow's error
-    (_png_header(10000, 10000), "decompression bomb"),  # over the limit: Pillow only warns
-])
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"this is a text file, not an image\n", "cannot identify"),
+        (_png_header(30000, 30000), "decompression bomb"),  # over 2x the limit: Pillow's error
+        (_png_header(10000, 10000), "decompression bomb"),  # over the limit: Pillow only warns
+    ],
+)
 def test_bad_data_raises_decode_error(data, reason):
     with pytest.raises(DecodeError, match=reason):
         decode(data, 224)
 
 
 def test_truncated_and_empty_files(tmp_path):
-    good = saved(Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)), "JPEG")
+    good = saved(
+        Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)), "JPEG"
+    )
     with pytest.raises(DecodeError, match="truncated|corrupt"):
         decode(good[: len(good) // 2], 224)
     empty = tmp_path / "empty.jpg"

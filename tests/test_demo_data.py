@@ -44,7 +44,7 @@ def test_smaller_n_is_a_prefix(demo_set, tmp_path):
     rows_small = list(csv.DictReader(open(tmp_path / "small" / "manifest.csv")))
     rows_big = list(csv.DictReader(open(demo_set / "manifest.csv")))
     assert {r["image"] for r in rows_small} == {f"img_{i:05d}.png" for i in range(7)}
-    assert rows_small == rows_big[:len(rows_small)]
+    assert rows_small == rows_big[: len(rows_small)]
 
 
 def test_manifest_matches_annotations_and_files(demo_set):
@@ -76,7 +76,9 @@ def test_captions_name_every_object_and_true_relations(demo_set):
         for cap in rec["captions"]:
             named = [o for o in rec["objects"] if f"{o['colour']} {o['shape']}" in cap]
             mentioned = [(c, sh) for c in COLOURS for sh in SHAPES if f"{c} {sh}" in cap]
-            assert sorted(mentioned) == sorted((o["colour"], o["shape"]) for o in named), cap  # nothing made up
+            assert sorted(mentioned) == sorted((o["colour"], o["shape"]) for o in named), (
+                cap
+            )  # nothing made up
             assert named, cap
             if len(named) == 1:
                 singles.append((named[0]["colour"], named[0]["shape"]))
@@ -95,11 +97,16 @@ def test_captions_name_every_object_and_true_relations(demo_set):
                 a = next(o for o in rec["objects"] if f"{o['colour']} {o['shape']}" in first)
                 b = next(o for o in rec["objects"] if f"{o['colour']} {o['shape']}" in second)
                 dx, dy = a["x"] - b["x"], a["y"] - b["y"]
-                expect = (("above" if dy < 0 else "below") if abs(dy) >= abs(dx)
-                          else ("to the left of" if dx < 0 else "to the right of"))
+                expect = (
+                    ("above" if dy < 0 else "below")
+                    if abs(dy) >= abs(dx)
+                    else ("to the left of" if dx < 0 else "to the right of")
+                )
                 assert word == expect, cap
     assert relations > 0
-    assert all(" a orange" not in c and not c.startswith("a orange") for r in meta["images"] for c in r["captions"])
+    assert all(
+        " a orange" not in c and not c.startswith("a orange") for r in meta["images"] for c in r["captions"]
+    )
 
 
 def test_pixels_agree_with_ground_truth(demo_set):

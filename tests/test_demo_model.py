@@ -9,7 +9,9 @@ import pytest
 from pixdex.encoders.registry import demo_weights_path
 from pixdex.training.demo_data import COLOURS, SHAPES, generate
 
-pytestmark = pytest.mark.skipif(not demo_weights_path().is_file(), reason="pixdex-demo weights not shipped yet")
+pytestmark = pytest.mark.skipif(
+    not demo_weights_path().is_file(), reason="pixdex-demo weights not shipped yet"
+)
 
 FRESH_SEED = 424242  # training used seed 0; ship.py evaluates on other seeds (EVAL_SETS)
 N_FRESH = 500
@@ -58,10 +60,12 @@ def test_colour_shape_queries_precision_at_5(encoder, fresh):
     from pixdex.training.evaluate import colour_shape_precision
 
     res = colour_shape_precision(encoder, fresh, k=5)
-    print(f"\npixdex-demo on fresh seed {FRESH_SEED} ({N_FRESH} images): colour x shape precision@5 "
-          f"{res['precision_at_k']:.3f} over {len(COLOURS) * len(SHAPES)} queries (worst: {res['worst']}); "
-          f"caption t2i R@1 {res['caption_t2i_r1']:.3f} R@5 {res['caption_t2i_r5']:.3f}, "
-          f"i2t R@1 {res['caption_i2t_r1']:.3f} R@5 {res['caption_i2t_r5']:.3f}")
+    print(
+        f"\npixdex-demo on fresh seed {FRESH_SEED} ({N_FRESH} images): colour x shape precision@5 "
+        f"{res['precision_at_k']:.3f} over {len(COLOURS) * len(SHAPES)} queries (worst: {res['worst']}); "
+        f"caption t2i R@1 {res['caption_t2i_r1']:.3f} R@5 {res['caption_t2i_r5']:.3f}, "
+        f"i2t R@1 {res['caption_i2t_r1']:.3f} R@5 {res['caption_i2t_r5']:.3f}"
+    )
     assert len(res["per_query"]) == len(COLOURS) * len(SHAPES)
     assert res["precision_at_k"] >= MIN_PRECISION_AT_5
     assert res["caption_t2i_r5"] >= MIN_CAPTION_T2I_R5
@@ -84,10 +88,14 @@ def test_lone_objects_are_classified_zero_shot(encoder, fresh):
     colour_ok = np.mean([pairs[g][0] == pairs[t][0] for g, t in zip(guess, truth)])
     shape_ok = np.mean([pairs[g][1] == pairs[t][1] for g, t in zip(guess, truth)])
     acc = float((guess == truth).mean())
-    print(f"\nzero-shot colour x shape on {len(lone)} single-object images: {acc:.3f} "
-          f"(colour {colour_ok:.3f}, shape {shape_ok:.3f})")
+    print(
+        f"\nzero-shot colour x shape on {len(lone)} single-object images: {acc:.3f} "
+        f"(colour {colour_ok:.3f}, shape {shape_ok:.3f})"
+    )
     assert len(lone) > 100
     assert acc >= MIN_ZERO_SHOT
-    top = [set(np.argsort(-(emb @ v))[:5]) for v in encoder.encode_texts(["a red circle", "a blue circle",
-                                                                          "a red square"])]
+    top = [
+        set(np.argsort(-(emb @ v))[:5])
+        for v in encoder.encode_texts(["a red circle", "a blue circle", "a red square"])
+    ]
     assert not (top[0] & top[1]) and not (top[0] & top[2])

@@ -20,8 +20,9 @@ pytest.importorskip("faiss")
 
 from pixdex.encoders.registry import demo_weights_path
 
-pytestmark = pytest.mark.skipif(not demo_weights_path().is_file(),
-                                reason="pixdex-demo weights are not trained/shipped yet")
+pytestmark = pytest.mark.skipif(
+    not demo_weights_path().is_file(), reason="pixdex-demo weights are not trained/shipped yet"
+)
 
 N_IMAGES = 300
 SEED = 90210  # not a training seed
@@ -29,8 +30,13 @@ K = 5
 
 
 def _pixdex(*args, timeout=600):
-    r = subprocess.run([sys.executable, "-m", "pixdex", *args], capture_output=True, text=True, timeout=timeout,
-                       env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pixdex", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout
 
@@ -40,7 +46,9 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     photos, store = root / "shapes", root / "store"
     _pixdex("demo-data", str(photos), "--n", str(N_IMAGES), "--seed", str(SEED))
-    summary = json.loads(_pixdex("index", str(photos), "--store", str(store), "--model", "pixdex-demo", "--json"))
+    summary = json.loads(
+        _pixdex("index", str(photos), "--store", str(store), "--model", "pixdex-demo", "--json")
+    )
     assert summary["failed"] == 0 and summary["total"] == N_IMAGES
     meta = json.loads((photos / "objects.json").read_text())
     truth = defaultdict(set)  # "red circle" -> image file names holding one
@@ -67,8 +75,10 @@ def test_search_precision_at_5_over_colour_shape_queries(demo):
     photos, store, truth, queries = demo
     precisions = _precisions(store, truth, queries)
     mean = sum(precisions.values()) / len(precisions)
-    print(f"\npixdex search over {N_IMAGES} demo images (seed {SEED}): precision@{K} {mean:.3f} "
-          f"over {len(queries)} colour x shape queries")
+    print(
+        f"\npixdex search over {N_IMAGES} demo images (seed {SEED}): precision@{K} {mean:.3f} "
+        f"over {len(queries)} colour x shape queries"
+    )
     assert mean >= 0.9, (mean, sorted(precisions.items(), key=lambda t: t[1])[:8])
 
 

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from index_support import SHARED_DATA, assert_consistent, db_rows, db_vector, faiss_ids, make_images
 from PIL import Image
 
 from pixdex.errors import PixdexError
 from pixdex.indexer.run import index_paths
 from pixdex.storage.status import store_status
-
-from index_support import SHARED_DATA, assert_consistent, db_rows, db_vector, faiss_ids, make_images
 
 MODEL = "tiny-vit"
 
@@ -77,7 +76,9 @@ def test_first_index_stores_every_file_with_its_direct_embedding(tmp_path):
     assert (r["width"], r["height"], r["format"], r["root"]) == (40, 32, "PNG", str(tmp_path / "photos"))
     info = store_status(store)
     assert info["indexed"] == 20 and info["faiss"]["agrees"] and info["faiss"]["type"] == "flat"
-    assert info["model"] == MODEL and info["roots"] == {str(tmp_path / "photos"): {"indexed": 20, "failed": 0}}
+    assert info["model"] == MODEL and info["roots"] == {
+        str(tmp_path / "photos"): {"indexed": 20, "failed": 0}
+    }
     assert (store / "text_tower.safetensors").is_file()  # exported when the store was bound
 
 
@@ -283,8 +284,13 @@ def _bad_folder(root: Path) -> dict:
     (root / "bomb.png").write_bytes(_png_header(30000, 30000))
     (root / "café ☕ 日本.png").write_bytes(good[1].read_bytes()[:-1] + b"\x00")  # unicode name, odd bytes
     (root / "new\nline.png").write_bytes(data)  # a newline in the name (a copy of a good file)
-    expect = {"zero.jpg": "empty", "text.png": "identify", "truncated.png": "truncated",
-              "cut.jpg": "truncated", "bomb.png": "bomb"}
+    expect = {
+        "zero.jpg": "empty",
+        "text.png": "identify",
+        "truncated.png": "truncated",
+        "cut.jpg": "truncated",
+        "bomb.png": "bomb",
+    }
     if sys.platform != "win32":
         os.symlink(root, root / "loop")
         os.symlink(root / "nowhere.jpg", root / "broken.jpg")
@@ -323,9 +329,26 @@ def test_shared_data_via_cli_exit_0_and_exif_photos_agree(tmp_path):
     store = tmp_path / "store"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     model = "pixdex-demo" if _demo_available() else MODEL
-    p = subprocess.run([sys.executable, "-m", "pixdex", "index", str(SHARED_DATA), "--store", str(store),
-                        "--model", model, "--json", "--batch-size", "16"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixdex",
+            "index",
+            str(SHARED_DATA),
+            "--store",
+            str(store),
+            "--model",
+            model,
+            "--json",
+            "--batch-size",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     import json
 
@@ -338,6 +361,7 @@ def test_shared_data_via_cli_exit_0_and_exif_photos_agree(tmp_path):
     # puts them within 0.99 of each other; what orientation must give is checked per file instead:
     # stored (draft-decoded, oriented) == the upright full-size photo; the unrotated pixels are not.
     from PIL import ImageOps
+
     from pixdex.encoders.encoder import load_encoder
 
     enc = load_encoder(model, towers=("image",))
@@ -349,12 +373,32 @@ def test_shared_data_via_cli_exit_0_and_exif_photos_agree(tmp_path):
         if not path.endswith("-1.jpg"):
             assert float(v @ raw) < min(0.99, float(v @ upright))
     assert rows[exif[0]]["taken_at"] == "2017-11-07 22:14:15" and rows[exif[0]]["camera_make"] == "samsung"
-    st = subprocess.run([sys.executable, "-m", "pixdex", "status", "--store", str(store), "--json"],
-                        capture_output=True, text=True, env=env, timeout=120)
+    st = subprocess.run(
+        [sys.executable, "-m", "pixdex", "status", "--store", str(store), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     info = json.loads(st.stdout)
     assert info["faiss"]["agrees"] and info["failed"] == 1 and info["indexed"] == s["total"]
-    bad = subprocess.run([sys.executable, "-m", "pixdex", "index", str(SHARED_DATA), "--store", str(store),
-                          "--model", "no-such-model"], capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixdex",
+            "index",
+            str(SHARED_DATA),
+            "--store",
+            str(store),
+            "--model",
+            "no-such-model",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 

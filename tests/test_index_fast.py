@@ -10,10 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from index_support import SHARED_DATA, make_images  # noqa: E402
+
 from pixdex.encoders import fast  # noqa: E402
 from pixdex.encoders.config import VisionConfig  # noqa: E402
-
-from index_support import SHARED_DATA, make_images  # noqa: E402
 
 SIZE = 224
 
@@ -35,8 +35,15 @@ def vit(width=256, layers=3, qk_norm=False, layer_scale=None):
     from pixdex.encoders.vit import VisionTransformer
 
     torch.manual_seed(0)
-    cfg = VisionConfig(image_size=SIZE, patch_size=32, width=width, layers=layers, heads=width // 64,
-                       qk_norm=qk_norm, layer_scale_init=layer_scale)
+    cfg = VisionConfig(
+        image_size=SIZE,
+        patch_size=32,
+        width=width,
+        layers=layers,
+        heads=width // 64,
+        qk_norm=qk_norm,
+        layer_scale_init=layer_scale,
+    )
     return VisionTransformer(cfg, 128).eval()
 
 
@@ -57,7 +64,9 @@ def test_int8_tower_within_cosine_0_99_of_float32(tmp_path, kind):
         assert q.checked is True and q.min_cosine >= fast.MIN_COSINE
         assert torch.allclose(first[: fast.CHECK_IMAGES], ref[: fast.CHECK_IMAGES])
         got = q(x)  # then int8
-        rest = torch.nn.functional.cosine_similarity(first[fast.CHECK_IMAGES:], got[fast.CHECK_IMAGES:], dim=-1)
+        rest = torch.nn.functional.cosine_similarity(
+            first[fast.CHECK_IMAGES :], got[fast.CHECK_IMAGES :], dim=-1
+        )
         assert float(rest.min()) > 0.995  # int8 too (activation scales are per batch, so not bit-equal)
     cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
     assert float(cos.min()) >= 0.99

@@ -31,7 +31,9 @@ def test_clip_loss_matches_open_clip(n, d, seed):
     assert abs(float(got) - float(ref)) < 1e-6
     # and with a given scale
     scale = torch.tensor(37.5, dtype=torch.float64)
-    assert abs(float(ours(img, txt, scale).detach()) - float(open_clip_loss.ClipLoss()(img, txt, scale))) < 1e-6
+    assert (
+        abs(float(ours(img, txt, scale).detach()) - float(open_clip_loss.ClipLoss()(img, txt, scale))) < 1e-6
+    )
 
 
 @pytest.mark.parametrize("n,d,seed", [(1, 8, 3), (7, 16, 4), (64, 32, 5)])
@@ -43,7 +45,13 @@ def test_siglip_loss_matches_open_clip(n, d, seed):
     ref = open_clip_loss.SigLipLoss()(img, txt, ours.logit_scale.detach().exp(), ours.logit_bias.detach())
     assert abs(float(ours(img, txt).detach()) - float(ref)) < 1e-6
     scale, bias = torch.tensor(3.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
-    assert abs(float(ours(img, txt, scale, bias).detach()) - float(open_clip_loss.SigLipLoss()(img, txt, scale, bias))) < 1e-6
+    assert (
+        abs(
+            float(ours(img, txt, scale, bias).detach())
+            - float(open_clip_loss.SigLipLoss()(img, txt, scale, bias))
+        )
+        < 1e-6
+    )
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
@@ -95,7 +103,9 @@ def test_identity_positives_are_the_textbook_loss(kind):
     img, txt = _features(9, 16, 5)
     loss = make_loss(kind).double()
     eye = torch.eye(9, dtype=torch.bool)
-    assert float(loss(img, txt, positives=eye).detach()) == pytest.approx(float(loss(img, txt).detach()), abs=1e-12)
+    assert float(loss(img, txt, positives=eye).detach()) == pytest.approx(
+        float(loss(img, txt).detach()), abs=1e-12
+    )
     with pytest.raises(ValueError, match="positives"):
         loss(img, txt, positives=torch.ones(3, 3, dtype=torch.bool))
 
@@ -111,14 +121,20 @@ def test_duplicate_captions_are_not_negatives_of_each_other():
     from pixdex.encoders.losses import same_caption_matrix
 
     ids = torch.tensor([[5, 6, 0], [7, 8, 0], [5, 6, 1], [7, 8, 0]])
-    assert same_caption_matrix(ids).tolist() == [[True, False, False, False], [False, True, False, True],
-                                                 [False, False, True, False], [False, True, False, True]]
+    assert same_caption_matrix(ids).tolist() == [
+        [True, False, False, False],
+        [False, True, False, True],
+        [False, False, True, False],
+        [False, True, False, True],
+    ]
 
     clip = ClipLoss().double()
     scale = torch.tensor(10.0, dtype=torch.float64)
     logits = scale * img @ txt.T
     target = same.double() / same.double().sum(1, keepdim=True)
-    by_hand = (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()) / 2
+    by_hand = (
+        -(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()
+    ) / 2
     assert float(clip(img, txt, scale, positives=same)) == pytest.approx(float(by_hand), abs=1e-12)
 
     sig = SigLipLoss().double()

@@ -1,6 +1,7 @@
 """The numpy text towers equal the torch ones (~1e-5), and the exported tower round-trips through a store."""
 
 import json
+
 import numpy as np
 import pytest
 
@@ -16,7 +17,7 @@ def _ids(rng, n, ctx, vocab, eot):
     for i in range(n):
         length = int(rng.integers(2, ctx + 1))
         ids[i, 0] = eot - 1
-        ids[i, 1:length - 1] = rng.integers(1, eot - 1, length - 2)
+        ids[i, 1 : length - 1] = rng.integers(1, eot - 1, length - 2)
         ids[i, length - 1] = eot
     return ids
 
@@ -25,8 +26,13 @@ def _tower_of(model, cfg):
     from pixdex.encoders.text import TEXT_KEY_PREFIXES
 
     state = {k: v for k, v in model.state_dict().items() if k.startswith(TEXT_KEY_PREFIXES)}
-    return NumpyTextTower(canonical_text_weights(state), kind=cfg.text.kind, heads=cfg.text.heads,
-                          act=cfg.text.act, ln_eps=cfg.text.ln_eps)
+    return NumpyTextTower(
+        canonical_text_weights(state),
+        kind=cfg.text.kind,
+        heads=cfg.text.heads,
+        act=cfg.text.act,
+        ln_eps=cfg.text.ln_eps,
+    )
 
 
 @pytest.mark.parametrize("name", ["tiny-vit", "pixdex-demo"])
@@ -65,8 +71,13 @@ def test_siglip_tower_equals_pixdex_torch_tower():
         for n, p in model.named_parameters():
             if n.startswith("text.") and ("ln" in n or n.endswith("bias")):
                 p.add_(0.1 * torch.randn_like(p))
-    tower = NumpyTextTower(canonical_text_weights(model.text_state_dict()), kind="siglip", heads=cfg.text.heads,
-                           act=cfg.text.act, ln_eps=cfg.text.ln_eps)
+    tower = NumpyTextTower(
+        canonical_text_weights(model.text_state_dict()),
+        kind="siglip",
+        heads=cfg.text.heads,
+        act=cfg.text.act,
+        ln_eps=cfg.text.ln_eps,
+    )
     ids = np.random.default_rng(4).integers(2, cfg.text.vocab_size, (5, cfg.text.context_length))
     ids[:, 9:] = cfg.text.pad_id
     with torch.no_grad():
@@ -79,8 +90,11 @@ def test_safetensors_roundtrip_and_compat(tmp_path):
     from safetensors.numpy import load_file, save_file
 
     rng = np.random.default_rng(0)
-    t = {"a": rng.normal(size=(3, 5)).astype(np.float32), "b": np.arange(7, dtype=np.int64),
-         "c": rng.normal(size=(2,)).astype(np.float16)}
+    t = {
+        "a": rng.normal(size=(3, 5)).astype(np.float32),
+        "b": np.arange(7, dtype=np.int64),
+        "c": rng.normal(size=(2,)).astype(np.float16),
+    }
     write_safetensors(tmp_path / "x.safetensors", t, metadata={"k": 1})
     ref = load_file(str(tmp_path / "x.safetensors"))
     for k in t:
@@ -115,7 +129,12 @@ def test_bad_weights_and_ids_are_clear_errors():
 def test_export_and_load_through_a_store(tmp_path, name):
     enc_mod = pytest.importorskip("pixdex.encoders.encoder")
     from pixdex.encoders.registry import demo_weights_path
-    from pixdex.encoders.textexport import TEXT_TOWER_FILE, TEXT_TOWER_META, export_text_tower, load_text_encoder
+    from pixdex.encoders.textexport import (
+        TEXT_TOWER_FILE,
+        TEXT_TOWER_META,
+        export_text_tower,
+        load_text_encoder,
+    )
 
     if name == "pixdex-demo" and not demo_weights_path().is_file():
         pytest.skip("pixdex-demo weights are not shipped yet")
@@ -136,9 +155,8 @@ def test_export_and_load_through_a_store(tmp_path, name):
 def test_siglip_export_carries_its_tokenizer(tmp_path):
     """A SigLIP store answers text queries offline: the sentencepiece model is copied into the store."""
     pytest.importorskip("sentencepiece")
-    from safetensors.torch import save_file
-
     from encoder_support import train_spiece
+    from safetensors.torch import save_file
 
     from pixdex.encoders.build import build_model
     from pixdex.encoders.encoder import load_encoder
@@ -148,11 +166,19 @@ def test_siglip_export_carries_its_tokenizer(tmp_path):
     cfg = get_config("tiny-siglip")
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    words = ["a photo of a dog", "the red car", "two cats on a sofa", "mountain lake at sunset", "city street"]
+    words = [
+        "a photo of a dog",
+        "the red car",
+        "two cats on a sofa",
+        "mountain lake at sunset",
+        "city street",
+    ]
     sp_model = train_spiece(words * 40)
     (ckpt / "spiece.model").write_bytes(sp_model)
     torch.manual_seed(5)
-    save_file({k: v.contiguous() for k, v in build_model(cfg).state_dict().items()}, str(ckpt / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in build_model(cfg).state_dict().items()}, str(ckpt / "model.safetensors")
+    )
     enc = load_encoder("tiny-siglip", checkpoint=ckpt / "model.safetensors", device="cpu")
     store = tmp_path / "store"
     export_text_tower(enc, store)

@@ -4,13 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from encoder_support import run_fresh_python
 from PIL import Image
 
 from pixdex.encoders.config import SIGLIP_MEAN, SIGLIP_STD, PreprocessConfig
 from pixdex.encoders.preprocess import Preprocessor, shortest_side_size
 from pixdex.encoders.registry import get_config, list_models
-
-from encoder_support import run_fresh_python
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -18,9 +17,11 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def _photos():
     if not DATA.is_dir():
         pytest.skip(f"real images not available ({DATA})")
-    files = sorted((DATA / "photos").glob("*"))[:12] + [DATA / "formats" / "tiny-small.jpg",
-                                                        DATA / "formats" / "tiny-wee.jpg",
-                                                        DATA / "exif" / "exif-rotn-6.jpg"]
+    files = sorted((DATA / "photos").glob("*"))[:12] + [
+        DATA / "formats" / "tiny-small.jpg",
+        DATA / "formats" / "tiny-wee.jpg",
+        DATA / "exif" / "exif-rotn-6.jpg",
+    ]
     out = []
     for f in files:
         with Image.open(f) as im:
@@ -36,8 +37,14 @@ def _photos():
 
 def _reference(cfg: PreprocessConfig):
     open_clip = pytest.importorskip("open_clip")
-    return open_clip.image_transform(cfg.image_size, is_train=False, mean=cfg.mean, std=cfg.std,
-                                     resize_mode=cfg.resize_mode, interpolation=cfg.interpolation)
+    return open_clip.image_transform(
+        cfg.image_size,
+        is_train=False,
+        mean=cfg.mean,
+        std=cfg.std,
+        resize_mode=cfg.resize_mode,
+        interpolation=cfg.interpolation,
+    )
 
 
 def _check(cfg: PreprocessConfig):
@@ -60,8 +67,11 @@ def test_equal_to_open_clip_transform(name):
 
 def test_squash_mode_equal_to_open_clip():
     siglip = [n for n in list_models() if get_config(n).preprocess.resize_mode == "squash"]
-    cfg = get_config(siglip[0]).preprocess if siglip else PreprocessConfig(
-        image_size=224, mean=SIGLIP_MEAN, std=SIGLIP_STD, resize_mode="squash")
+    cfg = (
+        get_config(siglip[0]).preprocess
+        if siglip
+        else PreprocessConfig(image_size=224, mean=SIGLIP_MEAN, std=SIGLIP_STD, resize_mode="squash")
+    )
     _check(cfg)
 
 
@@ -78,8 +88,9 @@ def test_non_rgb_input_is_converted_and_draft_size_set():
     gray = Image.new("L", (300, 200), 128)
     x = pre(gray)
     assert x.shape == (3, 224, 224)
-    np.testing.assert_allclose(x[:, 0, 0], (128 / 255 - np.array(pre.config.mean)) / np.array(pre.config.std),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        x[:, 0, 0], (128 / 255 - np.array(pre.config.mean)) / np.array(pre.config.std), atol=1e-6
+    )
     assert pre.draft_size == (224, 224)
 
 

@@ -45,8 +45,11 @@ class Hub:
         data = self.files.get(f"{repo}/{filename}")
         if data is None:
             return httpx.Response(404, headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": "b" * 40})
-        headers = {"X-Repo-Commit": "a" * 40, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
-                   "Content-Length": str(len(data))}
+        headers = {
+            "X-Repo-Commit": "a" * 40,
+            "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+            "Content-Length": str(len(data)),
+        }
         return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else data)
 
 
@@ -61,8 +64,13 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     fake = Hub()
-    huggingface_hub.set_client_factory(lambda: httpx.Client(
-        transport=httpx.MockTransport(fake), event_hooks={"request": [hf_request_event_hook]}, follow_redirects=True))
+    huggingface_hub.set_client_factory(
+        lambda: httpx.Client(
+            transport=httpx.MockTransport(fake),
+            event_hooks={"request": [hf_request_event_hook]},
+            follow_redirects=True,
+        )
+    )
     yield fake
     huggingface_hub.set_client_factory(default_client_factory)
 
@@ -119,13 +127,17 @@ def test_offline_without_cache_makes_no_request(hub, monkeypatch):
 
 
 def test_unknown_tag_lists_known_tags(hub):
-    with pytest.raises(PixdexError, match="unknown pretrained tag 'nope' for ViT-B-32-256; known tags: datacomp"):
+    with pytest.raises(
+        PixdexError, match="unknown pretrained tag 'nope' for ViT-B-32-256; known tags: datacomp"
+    ):
         load_encoder("ViT-B-32-256:nope")
     with pytest.raises(PixdexError, match="unknown model 'ViT-Z-99'"):
         load_encoder("ViT-Z-99")
 
 
 def test_repo_without_the_files(hub):
-    with pytest.raises(PixdexError, match="has none of open_clip_model.safetensors, open_clip_pytorch_model.bin"):
+    with pytest.raises(
+        PixdexError, match="has none of open_clip_model.safetensors, open_clip_pytorch_model.bin"
+    ):
         resolve_pretrained(get_config("ViT-B-16"), "laion2b_s34b_b88k")
     assert len(hub.requests) == 2  # one metadata request per candidate, no retries

@@ -33,8 +33,16 @@ def indexed(tmp_path_factory):
         arr[: 10 + i] = (40 * (i % 6), 255 - 12 * i, 17 * i % 255)
         Image.fromarray(arr).save(photos / f"img_{i:02d}.png")
     store = root / "store"
-    index_paths([photos], store_dir=store, model=MODEL, checkpoint=None, device="cpu", batch_size=8,
-                workers=1, json_mode=True)
+    index_paths(
+        [photos],
+        store_dir=store,
+        model=MODEL,
+        checkpoint=None,
+        device="cpu",
+        batch_size=8,
+        workers=1,
+        json_mode=True,
+    )
     enc = load_encoder(MODEL, device="cpu")
     view = StoreView(store)
     ids, vecs = view.all_vectors()
@@ -65,8 +73,12 @@ PROBE = textwrap.dedent("""
 def test_text_query_without_torch_equals_torch_ranking(indexed):
     store, enc, ids, vecs, paths = indexed
     query = "a green square on a white table"
-    r = subprocess.run([sys.executable, "-c", PROBE, query, "--store", str(store), "-k", "10", "--json"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE, query, "--store", str(store), "-k", "10", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     heavy = json.loads(r.stderr.split("HEAVY=")[1].splitlines()[0])
     assert heavy == []  # no torch, no SQLAlchemy on the text-query path

@@ -10,12 +10,12 @@ import pytest
 
 pytest.importorskip("faiss")
 
+from search_support import make_store, unit
+
 from pixdex.errors import PixdexError
 from pixdex.search.cli_search import run_search
 from pixdex.search.engine import SearchEngine
 from pixdex.search.filters import make_filters
-
-from search_support import make_store, unit
 
 N = 400
 
@@ -32,7 +32,9 @@ def store(tmp_path_factory):
     taken = [None if i % 7 == 0 else f"2023-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00" for i in range(N)]
     # IVF with 2 lists: every list is probed, so results must equal exact search (approximation is
     # measured in test_search_retrieval.py and bench/search_latency.py)
-    d = make_store(tmp_path_factory.mktemp("store") / "s", vecs, paths, status, taken, faiss_kind="ivf", nlist=2)
+    d = make_store(
+        tmp_path_factory.mktemp("store") / "s", vecs, paths, status, taken, faiss_kind="ivf", nlist=2
+    )
     return d, vecs, paths, status, taken
 
 
@@ -68,6 +70,7 @@ def test_path_and_date_filters_fill_k(store):
 
     def keep(i):
         from datetime import datetime
+
         return f.path_ok(paths[i]) and taken[i] is not None and f.date_ok(datetime.fromisoformat(taken[i]))
 
     want = exact(vecs, status, vecs[1], keep)
@@ -80,7 +83,9 @@ def test_min_score_and_no_results(store):
     d, vecs, _, status, _ = store
     hits = run_search(d, like=[5], k=50, min_score=0.2)
     assert hits and all(h["score"] >= 0.2 for h in hits)
-    assert [h["id"] for h in hits] == [i for i in exact(vecs, status, vecs[4])[:50] if vecs[i - 1] @ vecs[4] >= 0.2]
+    assert [h["id"] for h in hits] == [
+        i for i in exact(vecs, status, vecs[4])[:50] if vecs[i - 1] @ vecs[4] >= 0.2
+    ]
     assert run_search(d, like=[5], path_glob="/nowhere/*") == []
 
 
@@ -114,8 +119,13 @@ def test_similar_leaves_the_source_out(store):
 
 def _cli(*args, env_extra=None):
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "pixdex", "search", *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pixdex", "search", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_cli_outputs(store, tmp_path):
@@ -139,20 +149,45 @@ def test_cli_outputs(store, tmp_path):
 def test_matching_ids_sql_and_python_agree(tmp_path):
     from pixdex.search.store_view import StoreView
 
-    paths = ["/p/Été/a.JPG", "/p/ete/b.jpg", "/p/x/IMG_1.png", "/p/x/IMG_2.png", "C:\\pics\\c.jpg", "/p/y/d.jpg"]
-    taken = ["2023-05-01 09:00:00", "2023-05-01T23:30:00", "2023-04-30T23:59:59", None, "2023-06-01T00:00:00",
-             "2023-05-31 10:00:00"]
+    paths = [
+        "/p/Été/a.JPG",
+        "/p/ete/b.jpg",
+        "/p/x/IMG_1.png",
+        "/p/x/IMG_2.png",
+        "C:\\pics\\c.jpg",
+        "/p/y/d.jpg",
+    ]
+    taken = [
+        "2023-05-01 09:00:00",
+        "2023-05-01T23:30:00",
+        "2023-04-30T23:59:59",
+        None,
+        "2023-06-01T00:00:00",
+        "2023-05-31 10:00:00",
+    ]
     d = make_store(tmp_path / "s", unit(np.eye(6, 8)), paths, taken=taken, faiss_kind=None)
     v = StoreView(d)
     try:
         for pattern, after, before in [
-            ("été/*", None, None), ("*.jpg", None, None), ("img_[12].png", None, None), ("pics/*", None, None),
-            (None, "2023-05-01", None), (None, None, "2023-06-01"), (None, "2023-05-01T12:00", "2023-06"),
-            ("*.jpg", "2023-05", "2023-05-31T11:00"), ("/P/?TÉ/*", None, None),
+            ("été/*", None, None),
+            ("*.jpg", None, None),
+            ("img_[12].png", None, None),
+            ("pics/*", None, None),
+            (None, "2023-05-01", None),
+            (None, None, "2023-06-01"),
+            (None, "2023-05-01T12:00", "2023-06"),
+            ("*.jpg", "2023-05", "2023-05-31T11:00"),
+            ("/P/?TÉ/*", None, None),
         ]:
             f = make_filters(pattern, after, before)
-            want = [i + 1 for i in range(6) if f.path_ok(paths[i]) and f.date_ok(
-                None if taken[i] is None else __import__("datetime").datetime.fromisoformat(taken[i]))]
+            want = [
+                i + 1
+                for i in range(6)
+                if f.path_ok(paths[i])
+                and f.date_ok(
+                    None if taken[i] is None else __import__("datetime").datetime.fromisoformat(taken[i])
+                )
+            ]
             assert v.matching_ids(f).tolist() == want, (pattern, after, before)
         assert v.matching_ids(make_filters("été/*")).tolist() == [1]
         assert v.matching_ids(make_filters(None, "2023-05-01", "2023-06-01")).tolist() == [1, 2, 6]

@@ -8,16 +8,19 @@ from pixdex.search.filters import make_filters, normalize_glob, parse_date
 from pixdex.search.query import QueryPart, build_parts, combine, encode_parts, parse_weighted
 
 
-@pytest.mark.parametrize("spec,want", [
-    ("2:sunset", (2.0, "sunset")),
-    ("0.5: red car", (0.5, "red car")),
-    ("-1.5:fog", (-1.5, "fog")),
-    ("sunset", (1.0, "sunset")),
-    ("a dog: on a beach", (1.0, "a dog: on a beach")),
-    ("1:10:30 meeting", (1.0, "10:30 meeting")),
-    ("/photos/x:y.jpg", (1.0, "/photos/x:y.jpg")),
-    ("3:", (1.0, "3:")),
-])
+@pytest.mark.parametrize(
+    "spec,want",
+    [
+        ("2:sunset", (2.0, "sunset")),
+        ("0.5: red car", (0.5, "red car")),
+        ("-1.5:fog", (-1.5, "fog")),
+        ("sunset", (1.0, "sunset")),
+        ("a dog: on a beach", (1.0, "a dog: on a beach")),
+        ("1:10:30 meeting", (1.0, "10:30 meeting")),
+        ("/photos/x:y.jpg", (1.0, "/photos/x:y.jpg")),
+        ("3:", (1.0, "3:")),
+    ],
+)
 def test_parse_weighted(spec, want):
     assert parse_weighted(spec) == want
 
@@ -25,8 +28,12 @@ def test_parse_weighted(spec, want):
 def test_build_parts_kinds_weights_and_errors():
     parts = build_parts("dog", texts=["2:beach"], images=["0.5:/a.jpg"], like=[7], minus=["3:people", "rain"])
     assert parts == [
-        QueryPart("text", "dog", 1.0), QueryPart("text", "beach", 2.0), QueryPart("image", "/a.jpg", 0.5),
-        QueryPart("like", 7, 1.0), QueryPart("text", "people", -3.0), QueryPart("text", "rain", -1.0),
+        QueryPart("text", "dog", 1.0),
+        QueryPart("text", "beach", 2.0),
+        QueryPart("image", "/a.jpg", 0.5),
+        QueryPart("like", 7, 1.0),
+        QueryPart("text", "people", -3.0),
+        QueryPart("text", "rain", -1.0),
     ]
     for kwargs in ({}, {"query": "  "}, {"minus": ["rain"]}, {"texts": ["0:dog"]}):
         with pytest.raises(PixdexError):
@@ -54,13 +61,19 @@ def test_encode_parts_batches_each_kind_once_and_keeps_order():
         def f(values):
             calls.append((kind, list(values)))
             return np.array([table[v] for v in values], np.float32)
+
         return f
 
     parts = build_parts("dog", texts=["beach"], images=["/x.jpg"], like=[5], minus=["2:beach"])
     q = encode_parts(parts, fn("text"), fn("image"), fn("like"))
     assert calls == [("text", ["dog", "beach", "beach"]), ("image", ["/x.jpg"]), ("like", [5])]
-    ref = np.array([1, 0, 0]) + np.array([0, 1, 0]) + np.array([0, 0, 1]) \
-        + np.array([1, 1, 0]) / np.sqrt(2) - 2 * np.array([0, 1, 0])
+    ref = (
+        np.array([1, 0, 0])
+        + np.array([0, 1, 0])
+        + np.array([0, 0, 1])
+        + np.array([1, 1, 0]) / np.sqrt(2)
+        - 2 * np.array([0, 1, 0])
+    )
     np.testing.assert_allclose(q, ref / np.linalg.norm(ref), atol=1e-6)
     calls.clear()
     encode_parts(build_parts("dog"), fn("text"), fn("image"), fn("like"))
@@ -76,7 +89,11 @@ def test_filters_parse_and_match():
     assert not f.date_ok(None)
     assert make_filters().restricts_rows is False
     assert normalize_glob("*.png") == "*.png" and normalize_glob("IMG_*") == "*/img_*"
-    for bad in ({"after": "yesterday"}, {"after": "2024-01-01", "before": "2023-01-01"},
-                {"before": "2023-13-01"}, {"path_glob": "  "}):
+    for bad in (
+        {"after": "yesterday"},
+        {"after": "2024-01-01", "before": "2023-01-01"},
+        {"before": "2023-13-01"},
+        {"path_glob": "  "},
+    ):
         with pytest.raises(PixdexError):
             make_filters(**bad)

@@ -116,7 +116,9 @@ def test_dead_rows_in_the_index_are_never_returned(data):
     assert [i for i, _ in hits] == exact_top(src, q, 10)[0]
 
 
-@pytest.mark.parametrize("pattern,expect_exact", [("*/img_7.jpg", True), ("beach/*", True), ("home/*", False)])
+@pytest.mark.parametrize(
+    "pattern,expect_exact", [("*/img_7.jpg", True), ("beach/*", True), ("home/*", False)]
+)
 def test_filters_never_shrink_below_k(data, pattern, expect_exact):
     x, paths, queries, index = data
     src = ArraySource(x, paths)
@@ -136,7 +138,9 @@ def test_rare_filter_far_from_query_still_fills_k(data):
     x, paths, queries, index = data
     q = queries[0]
     far = np.argsort(x @ q)[:1000] + 1  # the 1000 least similar images
-    paths2 = [p.replace("/photos/", "/far/") if (i + 1) in set(far.tolist()) else p for i, p in enumerate(paths)]
+    paths2 = [
+        p.replace("/photos/", "/far/") if (i + 1) in set(far.tolist()) else p for i, p in enumerate(paths)
+    ]
     src = ArraySource(x, paths2)
     f = make_filters(path_glob="/far/*")
     hits = search_vectors(src, index, q, 20, f, nprobe=1)
@@ -165,5 +169,7 @@ def test_min_score_cuts_and_k_validated(data):
 def test_choose_nprobe_grows_with_nlist():
     assert choose_nprobe(1) == 1
     probes = [choose_nprobe(n) for n in (2, 16, 64, 1024, 4096, 65536)]
-    assert probes == sorted(probes) and all(1 <= p <= n for p, n in zip(probes, (2, 16, 64, 1024, 4096, 65536)))
+    assert probes == sorted(probes) and all(
+        1 <= p <= n for p, n in zip(probes, (2, 16, 64, 1024, 4096, 65536))
+    )
     assert choose_nprobe(1024) >= 64 and choose_nprobe(4096) >= 128  # the measured recall@10 >= 0.95 points

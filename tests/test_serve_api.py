@@ -11,10 +11,9 @@ import pytest
 
 pytest.importorskip("faiss")
 from PIL import Image
+from search_support import make_store
 
 from pixdex.search.serve import make_server, start_in_thread
-
-from search_support import make_store
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
@@ -49,8 +48,13 @@ def build_gallery(root):
         v = np.eye(3)[i % 3] + 0.05 * rng.normal(size=3)
         vecs.append(v / np.linalg.norm(v))
         status.append("deleted" if i == 3 else "ok")
-    store = make_store(root / "store", np.array(vecs, np.float32), [str(p) for p in names], status,
-                       sizes=[(200 + i, 120) for i in range(24)])
+    store = make_store(
+        root / "store",
+        np.array(vecs, np.float32),
+        [str(p) for p in names],
+        status,
+        sizes=[(200 + i, 120) for i in range(24)],
+    )
     return store, names, status
 
 
@@ -91,7 +95,10 @@ def test_binds_loopback_and_serves_the_ui(server):
     assert srv.server_address[0] == "127.0.0.1"
     status, headers, body = get(srv, "/")
     assert status == 200 and b'id="q"' in body and headers["Content-Type"].startswith("text/html")
-    assert headers["X-Content-Type-Options"] == "nosniff" and "script-src 'self'" in headers["Content-Security-Policy"]
+    assert (
+        headers["X-Content-Type-Options"] == "nosniff"
+        and "script-src 'self'" in headers["Content-Security-Policy"]
+    )
     for p in ("/static/app.js", "/static/style.css"):
         assert get(srv, p)[0] == 200
 
@@ -105,7 +112,7 @@ def test_search_api_ranks_by_query(server):
     assert [r["rank"] for r in res] == [1, 2, 3, 4, 5]
     assert res == sorted(res, key=lambda r: -r["score"])
     assert 4 not in [r["id"] for r in res]  # id 4 (index 3) is deleted
-    url = "http://127.0.0.1:%d/api/search?q=blue" % srv.server_address[1]
+    url = f"http://127.0.0.1:{srv.server_address[1]}/api/search?q=blue"
     with urllib.request.urlopen(url, timeout=10) as r:
         res = json.loads(r.read())["results"]
     assert len(res) == 20 and all("blue" in r["path"] for r in res[:8])  # 8 blue images, then the rest
@@ -128,10 +135,23 @@ def test_files_only_by_id(server):
     assert s == 200 and body == names[1].read_bytes() and h["Content-Type"] == "image/jpeg"
     s, h, body = get(srv, "/api/image/1")
     assert s == 200 and body == names[0].read_bytes()
-    for bad in ("/api/image/../../etc/passwd", "/api/image/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/api/image/-1",
-                "/api/image/1.0", "/api/image/4", "/api/image/999", "/static/../../../etc/passwd",
-                "/static/%2e%2e/serve.py", "/../pixdex.db", "/pixdex.db", "/api/image/" + str(names[1]),
-                "/api/thumb/0x1", "/api/similar/abc", "//etc/passwd", "/api/image/2/../../../etc/passwd"):
+    for bad in (
+        "/api/image/../../etc/passwd",
+        "/api/image/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/api/image/-1",
+        "/api/image/1.0",
+        "/api/image/4",
+        "/api/image/999",
+        "/static/../../../etc/passwd",
+        "/static/%2e%2e/serve.py",
+        "/../pixdex.db",
+        "/pixdex.db",
+        "/api/image/" + str(names[1]),
+        "/api/thumb/0x1",
+        "/api/similar/abc",
+        "//etc/passwd",
+        "/api/image/2/../../../etc/passwd",
+    ):
         s, h, body = get(srv, bad)
         assert s in (400, 404), bad
         assert b"root:" not in body and b"SQLite" not in body
@@ -170,7 +190,7 @@ def test_similar_and_bad_requests(server):
     assert get(srv, "/api/search?q=red", headers={"Host": "evil.example:80"})[0] == 403
     assert get(srv, "/api/search?q=red", headers={"Host": "localhost:1234"})[0] == 200
     with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen("http://127.0.0.1:%d/nope" % srv.server_address[1], timeout=10)
+        urllib.request.urlopen(f"http://127.0.0.1:{srv.server_address[1]}/nope", timeout=10)
     assert e.value.code == 404
 
 

@@ -35,13 +35,26 @@ def _randomize(module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if p.ndim >= 2 and not name.endswith(("probe", "latent", "pos_embed", "positional_embedding")) \
-                    and "embedding" not in name:
+            if (
+                p.ndim >= 2
+                and not name.endswith(("probe", "latent", "pos_embed", "positional_embedding"))
+                and "embedding" not in name
+            ):
                 fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) * fan_in ** -0.5)
-            elif name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "layernorm.weight",
-                                "layer_norm1.weight", "layer_norm2.weight", "post_layernorm.weight",
-                                "final_layer_norm.weight", "ln_final.weight")):
+                p.copy_(torch.randn(p.shape, generator=g) * fan_in**-0.5)
+            elif name.endswith(
+                (
+                    "norm.weight",
+                    "norm1.weight",
+                    "norm2.weight",
+                    "layernorm.weight",
+                    "layer_norm1.weight",
+                    "layer_norm2.weight",
+                    "post_layernorm.weight",
+                    "final_layer_norm.weight",
+                    "ln_final.weight",
+                )
+            ):
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
@@ -58,11 +71,25 @@ def _max_diff(a, b) -> float:
 def _hf_model(seed=0, width=32, inter=72, layers=2, heads=4, ctx=16, vocab=100, image=32, patch=8):
     transformers = pytest.importorskip("transformers")
     hc = transformers.SiglipConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=width, intermediate_size=inter, num_hidden_layers=layers,
-                         num_attention_heads=heads, max_position_embeddings=ctx, bos_token_id=None,
-                         eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=width, intermediate_size=inter, num_hidden_layers=layers,
-                           num_attention_heads=heads, image_size=image, patch_size=patch),
+        text_config=dict(
+            vocab_size=vocab,
+            hidden_size=width,
+            intermediate_size=inter,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=ctx,
+            bos_token_id=None,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=width,
+            intermediate_size=inter,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            image_size=image,
+            patch_size=patch,
+        ),
     )
     ref = transformers.SiglipModel(hc).eval()
     _randomize(ref, seed)
@@ -119,33 +146,51 @@ def test_hf_directory_through_load_encoder(tmp_path):
     its weights file with the registry's tiny-siglip config: same embeddings as transformers."""
     pytest.importorskip("google.protobuf")
     pytest.importorskip("sentencepiece")
-    from transformers import SiglipTokenizer
-
     from encoder_support import train_spiece
+    from transformers import SiglipTokenizer
 
     from pixdex.encoders.encoder import load_encoder
 
     tiny = SIGLIP_CONFIGS["tiny-siglip"]
-    ref = _hf_model(seed=3, width=tiny.vision.width, inter=int(tiny.vision.width * tiny.vision.mlp_ratio),
-                    layers=tiny.vision.layers, heads=tiny.vision.heads, ctx=tiny.text.context_length,
-                    vocab=tiny.text.vocab_size, image=tiny.vision.image_size, patch=tiny.vision.patch_size)
+    ref = _hf_model(
+        seed=3,
+        width=tiny.vision.width,
+        inter=int(tiny.vision.width * tiny.vision.mlp_ratio),
+        layers=tiny.vision.layers,
+        heads=tiny.vision.heads,
+        ctx=tiny.text.context_length,
+        vocab=tiny.text.vocab_size,
+        image=tiny.vision.image_size,
+        patch=tiny.vision.patch_size,
+    )
     _save_hf(ref, tmp_path)
-    words = ["a photo of a dog", "the red car", "two cats on a sofa", "mountain lake at sunset", "city street"]
+    words = [
+        "a photo of a dog",
+        "the red car",
+        "two cats on a sofa",
+        "mountain lake at sunset",
+        "city street",
+    ]
     (tmp_path / "spiece.model").write_bytes(train_spiece(words * 40))
 
     texts = ["A photo of a DOG!", "two cats", "", "sunset " * 20]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tok = SiglipTokenizer(str(tmp_path / "spiece.model"), model_max_length=tiny.text.context_length)
-        ids = torch.tensor(tok(texts, padding="max_length", max_length=tiny.text.context_length,
-                               truncation=True)["input_ids"])
+        ids = torch.tensor(
+            tok(texts, padding="max_length", max_length=tiny.text.context_length, truncation=True)[
+                "input_ids"
+            ]
+        )
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     ref_img, ref_txt = _hf_features(ref, x, ids)
     ref_img = torch.nn.functional.normalize(ref_img, dim=-1)
     ref_txt = torch.nn.functional.normalize(ref_txt, dim=-1)
 
-    for enc in (load_encoder(str(tmp_path), device="cpu"),
-                load_encoder("tiny-siglip", checkpoint=tmp_path / "model.safetensors", device="cpu")):
+    for enc in (
+        load_encoder(str(tmp_path), device="cpu"),
+        load_encoder("tiny-siglip", checkpoint=tmp_path / "model.safetensors", device="cpu"),
+    ):
         assert isinstance(enc.model, SigLIP) and enc.dim == 32
         assert _max_diff(enc.encode_images(x.numpy()), ref_img) < ATOL
         assert _max_diff(enc.encode_texts(texts), ref_txt) < ATOL
@@ -185,7 +230,10 @@ def test_open_clip_vit_b_16_siglip_parity(tmp_path):
     assert ref_img.abs().max() > 0.1 and ref_txt.abs().max() > 0.1
     assert _max_diff(img, ref_img) < ATOL
     assert _max_diff(txt, ref_txt) < ATOL
-    assert _max_diff(model.logit_scale, ref.logit_scale) == 0 and _max_diff(model.logit_bias, ref.logit_bias) == 0
+    assert (
+        _max_diff(model.logit_scale, ref.logit_scale) == 0
+        and _max_diff(model.logit_bias, ref.logit_bias) == 0
+    )
 
 
 @pytest.mark.parametrize("name", ["ViT-B-16-SigLIP", "ViT-SO400M-14-SigLIP"])
@@ -206,8 +254,9 @@ def test_registry_configs_match_open_clip(name):
     assert [k for k in ours if tuple(ours[k].shape) != tuple(mapped[k].shape)] == []
     blk = ref.visual.trunk.blocks[0]
     assert config.vision.act == ("gelu_tanh" if blk.mlp.act.approximate == "tanh" else "gelu")
-    assert config.text.act == ("gelu_tanh" if ref.text.transformer.resblocks[0].mlp.gelu.approximate == "tanh"
-                               else "gelu")
+    assert config.text.act == (
+        "gelu_tanh" if ref.text.transformer.resblocks[0].mlp.gelu.approximate == "tanh" else "gelu"
+    )
     assert config.vision.ln_eps == blk.norm1.eps and config.text.ln_eps == ref.text.ln_final.eps
     assert config.text.context_length == config.tokenizer.context_length == ref.context_length
     assert config.init_logit_bias == float(open_clip.get_model_config(name)["init_logit_bias"])
@@ -215,17 +264,38 @@ def test_registry_configs_match_open_clip(name):
 
 def _tiny_vision(qk_norm=False, ls=None) -> ModelConfig:
     base = SIGLIP_CONFIGS["tiny-siglip"]
-    v = VisionConfig(kind="siglip", image_size=32, patch_size=8, width=32, layers=2, heads=4, mlp_ratio=2.0,
-                     act="gelu", ln_eps=1e-6, qk_norm=qk_norm, layer_scale_init=ls)
+    v = VisionConfig(
+        kind="siglip",
+        image_size=32,
+        patch_size=8,
+        width=32,
+        layers=2,
+        heads=4,
+        mlp_ratio=2.0,
+        act="gelu",
+        ln_eps=1e-6,
+        qk_norm=qk_norm,
+        layer_scale_init=ls,
+    )
     return base.replace(name=f"tiny-siglip-qk{int(qk_norm)}-ls{ls}", vision=v)
 
 
 def test_timm_trunk_with_qk_norm_and_layer_scale():
     """The newer-ViT options against timm's own VisionTransformer (qk_norm=True, init_values=LayerScale)."""
     timm_vit = pytest.importorskip("timm.models.vision_transformer")
-    trunk = timm_vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0,
-                                       class_token=False, global_pool="map", num_classes=0, qk_norm=True,
-                                       init_values=0.1).eval()
+    trunk = timm_vit.VisionTransformer(
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=2.0,
+        class_token=False,
+        global_pool="map",
+        num_classes=0,
+        qk_norm=True,
+        init_values=0.1,
+    ).eval()
     _randomize(trunk, seed=7)
     sd = {f"visual.trunk.{k}": v for k, v in trunk.state_dict().items()}
     sd.update(logit_scale=torch.tensor(2.0), logit_bias=torch.tensor(-5.0))
@@ -256,8 +326,12 @@ def test_qk_norm_and_layer_scale_flags(tmp_path):
         models[flags] = m
     keys = set(models[(True, 0.5)].state_dict())
     plain = set(models[(False, None)].state_dict())
-    assert {"visual.transformer.resblocks.0.attn.ln_q.weight", "visual.transformer.resblocks.1.attn.ln_k.bias",
-            "visual.transformer.resblocks.0.ls_1.gamma", "visual.transformer.resblocks.1.ls_2.gamma"} <= keys
+    assert {
+        "visual.transformer.resblocks.0.attn.ln_q.weight",
+        "visual.transformer.resblocks.1.attn.ln_k.bias",
+        "visual.transformer.resblocks.0.ls_1.gamma",
+        "visual.transformer.resblocks.1.ls_2.gamma",
+    } <= keys
     assert not any(".ln_q." in k or ".ls_1." in k for k in plain)
     assert not any(k.startswith("text.") and (".ln_q." in k or ".ls_" in k) for k in keys)
     for flags in ((True, None), (False, 0.5), (True, 0.5)):
@@ -315,7 +389,9 @@ def test_bad_model_configs_are_clear_errors():
     with pytest.raises(PixdexError, match="must equal its vision width"):
         SigLIP(base.replace(embed_dim=16))
     with pytest.raises(PixdexError, match="not a multiple of patch size"):
-        SigLIP(base.replace(vision=VisionConfig(kind="siglip", image_size=30, patch_size=8, width=32, heads=4)))
+        SigLIP(
+            base.replace(vision=VisionConfig(kind="siglip", image_size=30, patch_size=8, width=32, heads=4))
+        )
     with pytest.raises(PixdexError, match="model_type"):
         config_from_hf({"model_type": "clip"})
     m = SigLIP(base).eval()
@@ -336,8 +412,13 @@ def test_text_tower_exports_to_numpy_tower():
     config = SIGLIP_CONFIGS["tiny-siglip"]
     model = SigLIP(config).eval()
     _randomize(model, seed=12)
-    tower = NumpyTextTower(canonical_text_weights(model.text_state_dict()), kind="siglip", heads=config.text.heads,
-                           act=config.text.act, ln_eps=config.text.ln_eps)
+    tower = NumpyTextTower(
+        canonical_text_weights(model.text_state_dict()),
+        kind="siglip",
+        heads=config.text.heads,
+        act=config.text.act,
+        ln_eps=config.text.ln_eps,
+    )
     ids = np.random.default_rng(13).integers(0, config.text.vocab_size, (3, config.text.context_length))
     with torch.no_grad():
         ref = model.encode_text(torch.from_numpy(ids))

@@ -20,10 +20,70 @@ from pixdex.errors import PixdexError
 
 CTX = 64
 
-_SYLLABLES = ["ka", "to", "ri", "mo", "sun", "set", "dog", "cat", "pho", "tree", "bea", "ch", "moun", "tain", "ver",
-              "ci", "ty", "ni", "ght", "str", "eet", "peo", "ple", "ca", "fé", "na", "ïve", "ü", "ber", "stra", "ße",
-              "東", "京", "猫", "дан", "ные", "مر", "حبا", "🙂", "_", "'s", "3", "14", "42", "#", "@"]
-_WORDS = ["a", "the", "of", "in", "on", "with", "photo", "picture", "red", "blue", "green", "dog", "cat", "car"]
+_SYLLABLES = [
+    "ka",
+    "to",
+    "ri",
+    "mo",
+    "sun",
+    "set",
+    "dog",
+    "cat",
+    "pho",
+    "tree",
+    "bea",
+    "ch",
+    "moun",
+    "tain",
+    "ver",
+    "ci",
+    "ty",
+    "ni",
+    "ght",
+    "str",
+    "eet",
+    "peo",
+    "ple",
+    "ca",
+    "fé",
+    "na",
+    "ïve",
+    "ü",
+    "ber",
+    "stra",
+    "ße",
+    "東",
+    "京",
+    "猫",
+    "дан",
+    "ные",
+    "مر",
+    "حبا",
+    "🙂",
+    "_",
+    "'s",
+    "3",
+    "14",
+    "42",
+    "#",
+    "@",
+]
+_WORDS = [
+    "a",
+    "the",
+    "of",
+    "in",
+    "on",
+    "with",
+    "photo",
+    "picture",
+    "red",
+    "blue",
+    "green",
+    "dog",
+    "cat",
+    "car",
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +110,32 @@ def sp_dir(tmp_path_factory):
 
 def _texts(n: int = 400, seed: int = 1):
     rng = random.Random(seed)
-    alphabet = (list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJ      \t\n") + list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
-                + list("éüßæœ東京猫данныеمرحبا🙂▁\u00a0\u2003ﬁＡ１") + ["</s>", "<unk>", "<pad>", "</S>", " </s> ",
-                                                                   "&amp;", "&lt;/s&gt;", "Ã©", "dog", "photo "])
-    texts = ["", " ", "   ", "a", "A photo of a DOG.", "</s>", "<unk>", "a </s> b", "hello</s>", "</s></s>x",
-             "▁", "▁▁a", "___", "snake_case_words", "x" * 500, "word " * 100, "Ça-va? Très_bien!!", "\t\n"]
+    alphabet = (
+        list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJ      \t\n")
+        + list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+        + list("éüßæœ東京猫данныеمرحبا🙂▁\u00a0\u2003ﬁＡ１")
+        + ["</s>", "<unk>", "<pad>", "</S>", " </s> ", "&amp;", "&lt;/s&gt;", "Ã©", "dog", "photo "]
+    )
+    texts = [
+        "",
+        " ",
+        "   ",
+        "a",
+        "A photo of a DOG.",
+        "</s>",
+        "<unk>",
+        "a </s> b",
+        "hello</s>",
+        "</s></s>x",
+        "▁",
+        "▁▁a",
+        "___",
+        "snake_case_words",
+        "x" * 500,
+        "word " * 100,
+        "Ça-va? Très_bien!!",
+        "\t\n",
+    ]
     for _ in range(n):
         texts.append("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 90))))
     return texts
@@ -91,9 +172,20 @@ def test_equal_to_open_clip_hf_tokenizer(sp_dir, tmp_path):
     repo = tmp_path / "repo"  # laid out like timm/ViT-B-16-SigLIP's tokenizer files
     repo.mkdir()
     shutil.copy(sp_dir / "spiece.model", repo / "spiece.model")
-    (repo / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "T5Tokenizer", "extra_ids": 0, "legacy": False, "pad_token": "</s>",
-        "eos_token": "</s>", "unk_token": "<unk>", "additional_special_tokens": [], "model_max_length": CTX}))
+    (repo / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "T5Tokenizer",
+                "extra_ids": 0,
+                "legacy": False,
+                "pad_token": "</s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "additional_special_tokens": [],
+                "model_max_length": CTX,
+            }
+        )
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = HFTokenizer(str(repo), context_length=CTX, clean="canonicalize")
@@ -110,7 +202,7 @@ def test_layout_of_ids(sp_dir):
     assert ids.shape == (3, 8)
     assert ids[0].tolist() == [tok.eos_id] + [tok.pad_id] * 7
     n = len(tok.pieces("dog"))
-    assert n >= 1 and ids[1, n] == tok.eos_id and (ids[1, n + 1:] == tok.pad_id).all()
+    assert n >= 1 and ids[1, n] == tok.eos_id and (ids[1, n + 1 :] == tok.pad_id).all()
     assert ids[2, -1] == tok.eos_id and tok.eos_id not in ids[2, :-1].tolist()  # cut to ctx-1 pieces + EOS
     # cleaning: case and punctuation do not change the ids
     assert np.array_equal(tok(["A Dog!!"]), tok(["a dog"]))

@@ -9,6 +9,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from pixdex.errors import PixdexError
 from pixdex.storage import migrations
@@ -50,7 +51,10 @@ def test_migrations_are_named_applied_once_and_match_the_orm(tmp_path):
             db_cols = {c["name"]: c for c in insp.get_columns(table.name)}
             assert set(db_cols) == set(table.columns.keys()), table.name
             for col in table.columns:
-                assert db_cols[col.name]["nullable"] == (col.nullable and not col.primary_key), (table.name, col.name)
+                assert db_cols[col.name]["nullable"] == (col.nullable and not col.primary_key), (
+                    table.name,
+                    col.name,
+                )
         idx = {i["name"] for i in insp.get_indexes("images")}
         assert {"ix_images_content_hash", "ix_images_root"} <= idx
     finally:
@@ -139,16 +143,25 @@ def test_model_binding(store):
 def test_batches_insert_move_touch_delete_and_copy(store):
     rng = np.random.default_rng(1)
     v = unit(rng, 3)
-    a = apply_batch(store, Batch(inserts=[new_row(1, v[0]), new_row(2, v[1]),
-                                          new_row(3, status="failed", error="bad")]), DIM)
+    a = apply_batch(
+        store,
+        Batch(inserts=[new_row(1, v[0]), new_row(2, v[1]), new_row(3, status="failed", error="bad")]),
+        DIM,
+    )
     i1, i2, i3 = a.new_ids
     assert a.added_ids.tolist() == [i1, i2] and np.allclose(a.added_vectors, v[:2])
     # copy: a new row reusing row 1's vector (and metadata); move row 2; touch row 3; delete row 1
     known = known_files(store)
     assert known["/p/3.jpg"].status == "failed" and known["/p/1.jpg"].content_hash == "h1"
-    b = apply_batch(store, Batch(
-        inserts=[NewRow("/p/copy.jpg", "/p", 1, 1, "h1", copy_from=i1)],
-        moves=[Move(i2, "/q/2.jpg", "/q", 2, 22)], touches=[Touch(i3, 3, 33)]), DIM)
+    b = apply_batch(
+        store,
+        Batch(
+            inserts=[NewRow("/p/copy.jpg", "/p", 1, 1, "h1", copy_from=i1)],
+            moves=[Move(i2, "/q/2.jpg", "/q", 2, 22)],
+            touches=[Touch(i3, 3, 33)],
+        ),
+        DIM,
+    )
     (icopy,) = b.new_ids
     assert np.allclose(b.added_vectors[0], v[0])
     c = apply_batch(store, Batch(deletes=[i1, i3]), DIM)
@@ -169,7 +182,7 @@ def test_batches_insert_move_touch_delete_and_copy(store):
 def test_a_failed_batch_changes_nothing(store):
     rng = np.random.default_rng(2)
     apply_batch(store, Batch(inserts=[new_row(1, unit(rng, 1)[0])]), DIM)
-    with pytest.raises(Exception):
+    with pytest.raises(IntegrityError):  # the path is UNIQUE: the whole batch rolls back
         apply_batch(store, Batch(inserts=[new_row(2, unit(rng, 1)[0]), new_row(1, unit(rng, 1)[0])]), DIM)
     assert sorted(known_files(store)) == ["/p/1.jpg"]
     with pytest.raises(ValueError, match="dim"):
@@ -181,8 +194,12 @@ def test_read_api(store):
     rng = np.random.default_rng(3)
     v = unit(rng, 4)
     rows = [
-        NewRow("/photos/2020/a.jpg", "/photos", 1, 1, "a", vector=v[0], taken_at=datetime(2020, 5, 1, 10, 0, 0)),
-        NewRow("/photos/2021/b.JPG", "/photos", 1, 1, "b", vector=v[1], taken_at=datetime(2021, 1, 2, 3, 4, 5)),
+        NewRow(
+            "/photos/2020/a.jpg", "/photos", 1, 1, "a", vector=v[0], taken_at=datetime(2020, 5, 1, 10, 0, 0)
+        ),
+        NewRow(
+            "/photos/2021/b.JPG", "/photos", 1, 1, "b", vector=v[1], taken_at=datetime(2021, 1, 2, 3, 4, 5)
+        ),
         NewRow("/photos/misc/c.png", "/photos", 1, 1, "c", vector=v[2]),
         NewRow("/photos/2021/d.jpg", "/photos", 1, 1, "d", status="failed", error="x"),
     ]
@@ -197,5 +214,8 @@ def test_read_api(store):
     finally:
         r.close()
     con = sqlite3.connect(store.dir / "pixdex.db")  # taken_at is ISO text for search's SQL filters
-    assert con.execute("SELECT taken_at FROM images WHERE id=?", (ids[1],)).fetchone()[0] == "2021-01-02 03:04:05"
+    assert (
+        con.execute("SELECT taken_at FROM images WHERE id=?", (ids[1],)).fetchone()[0]
+        == "2021-01-02 03:04:05"
+    )
     con.close()

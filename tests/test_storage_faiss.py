@@ -30,7 +30,9 @@ class Db:
 
     def fetch(self, ids):
         ids = [int(i) for i in ids if int(i) in self.vecs]
-        return np.asarray(ids, np.int64), np.stack([self.vecs[i] for i in ids]) if ids else np.zeros((0, DIM), np.float32)
+        return np.asarray(ids, np.int64), np.stack([self.vecs[i] for i in ids]) if ids else np.zeros(
+            (0, DIM), np.float32
+        )
 
 
 def test_nlist_is_a_power_of_two_near_4_sqrt_n_with_enough_points():

@@ -4,21 +4,80 @@ import random
 
 import numpy as np
 import pytest
+from encoder_support import run_fresh_python
 
 from pixdex.encoders.registry import get_config
 from pixdex.encoders.tokenizer import ClipTokenizer, get_tokenizer
 
-from encoder_support import run_fresh_python
-
 open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
 
 WORDS = [
-    "a", "photo", "of", "dog", "cat", "the", "Sunset", "over", "MOUNTAINS", "naïve", "café", "résumé", "Zürich",
-    "東京", "猫", "写真", "北京烤鸭", "한국어", "Привет", "мир", "γειά", "שלום", "مرحبا", "हिन्दी", "🐶", "🐱‍👤",
-    "👩🏽‍🚀", "🇫🇷", "&amp;", "&lt;b&gt;", "&quot;hi&quot;", "&#39;", "&amp;amp;", "it's", "don't", "we'll",
-    "they've", "I'm", "you'd", "3.14159", "2024-01-01", "#hashtag", "@user", "http://example.com/a?b=c",
-    "C++", "e-mail", "\u00a0", "\u200b", "ﬁ", "Ⅻ", "½", "x²", "—", "“quoted”", "…", "mojibake: Ã©", "Ã¼ber",
-    "<start_of_text>", "<end_of_text>", "\t", "tab\tsep", "new\nline", "SHOUTING!!!", "??", "...", "a_b_c",
+    "a",
+    "photo",
+    "of",
+    "dog",
+    "cat",
+    "the",
+    "Sunset",
+    "over",
+    "MOUNTAINS",
+    "naïve",
+    "café",
+    "résumé",
+    "Zürich",
+    "東京",
+    "猫",
+    "写真",
+    "北京烤鸭",
+    "한국어",
+    "Привет",
+    "мир",
+    "γειά",
+    "שלום",
+    "مرحبا",
+    "हिन्दी",
+    "🐶",
+    "🐱‍👤",
+    "👩🏽‍🚀",
+    "🇫🇷",
+    "&amp;",
+    "&lt;b&gt;",
+    "&quot;hi&quot;",
+    "&#39;",
+    "&amp;amp;",
+    "it's",
+    "don't",
+    "we'll",
+    "they've",
+    "I'm",
+    "you'd",
+    "3.14159",
+    "2024-01-01",
+    "#hashtag",
+    "@user",
+    "http://example.com/a?b=c",
+    "C++",
+    "e-mail",
+    "\u00a0",
+    "\u200b",
+    "ﬁ",
+    "Ⅻ",
+    "½",
+    "x²",
+    "—",
+    "“quoted”",
+    "…",
+    "mojibake: Ã©",
+    "Ã¼ber",
+    "<start_of_text>",
+    "<end_of_text>",
+    "\t",
+    "tab\tsep",
+    "new\nline",
+    "SHOUTING!!!",
+    "??",
+    "...",
+    "a_b_c",
 ]
 
 
@@ -32,9 +91,22 @@ def _generated(n=300, seed=0):
         k = rng.randint(1, 12)
         words = [rng.choice(WORDS) for _ in range(k)]
         if rng.random() < 0.3:  # random code points, including astral and combining ones
-            words.append("".join(chr(rng.choice([rng.randint(0x20, 0x7e), rng.randint(0xa0, 0x2fff),
-                                                rng.randint(0x1f300, 0x1faff), 0x301, 0x308]))
-                                 for _ in range(rng.randint(1, 8))))
+            words.append(
+                "".join(
+                    chr(
+                        rng.choice(
+                            [
+                                rng.randint(0x20, 0x7E),
+                                rng.randint(0xA0, 0x2FFF),
+                                rng.randint(0x1F300, 0x1FAFF),
+                                0x301,
+                                0x308,
+                            ]
+                        )
+                    )
+                    for _ in range(rng.randint(1, 8))
+                )
+            )
         sep = rng.choice([" ", "  ", "\t", ", ", "-", ""])
         out.append(sep.join(words))
     return out

@@ -32,8 +32,21 @@ def demo(tmp_path_factory):
 
 
 def _opts(demo, out, **kw):
-    base = dict(data=demo / "manifest.csv", model=TINY, out=out, epochs=1, batch_size=8, lr=1e-3, warmup=1,
-                val_fraction=0.2, seed=0, workers=1, device="cpu", progress=False, save_every=1)
+    base = dict(
+        data=demo / "manifest.csv",
+        model=TINY,
+        out=out,
+        epochs=1,
+        batch_size=8,
+        lr=1e-3,
+        warmup=1,
+        val_fraction=0.2,
+        seed=0,
+        workers=1,
+        device="cpu",
+        progress=False,
+        save_every=1,
+    )
     base.update(kw)
     return TrainOptions(**base)
 
@@ -64,27 +77,41 @@ def test_rows_of_one_image_are_its_alternative_captions(demo):
 
 def test_manifest_formats_agree(demo, tmp_path):
     rows = read_manifest(demo / "manifest.csv")
-    assert len({r.path for r in rows}) == 40 < len(rows) and rows[0].path == (demo / "img_00000.png").resolve()
+    assert (
+        len({r.path for r in rows}) == 40 < len(rows) and rows[0].path == (demo / "img_00000.png").resolve()
+    )
     jl = demo / "m.jsonl"
     jl.write_text("".join(json.dumps({"file": str(r.path), "text": r.caption}) + "\n" for r in rows))
-    assert [(r.path, r.caption) for r in read_manifest(jl, "file", "text")] == [(r.path, r.caption) for r in rows]
+    assert [(r.path, r.caption) for r in read_manifest(jl, "file", "text")] == [
+        (r.path, r.caption) for r in rows
+    ]
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"image": [r.path.name for r in rows], "caption": [r.caption for r in rows]}),
-                   demo / "m.parquet")
-    assert [(r.path, r.caption) for r in read_manifest(demo / "m.parquet")] == [(r.path, r.caption) for r in rows]
+    pq.write_table(
+        pa.table({"image": [r.path.name for r in rows], "caption": [r.caption for r in rows]}),
+        demo / "m.parquet",
+    )
+    assert [(r.path, r.caption) for r in read_manifest(demo / "m.parquet")] == [
+        (r.path, r.caption) for r in rows
+    ]
     jl.unlink()
     (demo / "m.parquet").unlink()
 
 
-@pytest.mark.parametrize("body,match", [
-    ("image,caption\nimg_00000.png,a red circle\nmissing.png,a cat\n", r"row 2 \(line 3\): image file .*missing.png"),
-    ("image,caption\nimg_00000.png,\n", r"row 1 \(line 2\): empty or non-text caption"),
-    ("image,caption\nimg_00000.png,a,b\n", r"row 1 \(line 2\): 3 fields, the header has 2"),
-    ("path,caption\nimg_00000.png,x\n", r"no column 'image' \(columns: path, caption"),
-    ("image,caption\n", r"has no rows"),
-])
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        (
+            "image,caption\nimg_00000.png,a red circle\nmissing.png,a cat\n",
+            r"row 2 \(line 3\): image file .*missing.png",
+        ),
+        ("image,caption\nimg_00000.png,\n", r"row 1 \(line 2\): empty or non-text caption"),
+        ("image,caption\nimg_00000.png,a,b\n", r"row 1 \(line 2\): 3 fields, the header has 2"),
+        ("path,caption\nimg_00000.png,x\n", r"no column 'image' \(columns: path, caption"),
+        ("image,caption\n", r"has no rows"),
+    ],
+)
 def test_bad_csv_rows_are_named(demo, body, match):
     p = demo / "bad.csv"
     p.write_text(body)
@@ -108,7 +135,8 @@ def test_bad_jsonl_row_is_named(demo):
 def test_undecodable_image_names_its_row(demo, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     (tmp_path / "m.csv").write_text(
-        "image,caption\n" + "".join(f"{demo}/img_{i:05d}.png,x{i}\n" for i in range(5)) + "broken.png,a cat\n")
+        "image,caption\n" + "".join(f"{demo}/img_{i:05d}.png,x{i}\n" for i in range(5)) + "broken.png,a cat\n"
+    )
     with pytest.raises(PixdexError, match=r"manifest row 6: cannot decode image .*broken.png"):
         train(_opts(demo, tmp_path / "out", data=tmp_path / "m.csv"))
 
@@ -119,7 +147,11 @@ def test_undecodable_image_names_its_row(demo, tmp_path):
 def test_schedule_warms_up_then_decays_to_zero():
     f = [lr_factor(s, 10, 110) for s in range(111)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert f[10] == pytest.approx(1.0) and f[60] == pytest.approx(0.5) and f[110] == pytest.approx(0.0, abs=1e-12)
+    assert (
+        f[10] == pytest.approx(1.0)
+        and f[60] == pytest.approx(0.5)
+        and f[110] == pytest.approx(0.0, abs=1e-12)
+    )
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
 
 
@@ -133,8 +165,15 @@ def test_no_weight_decay_on_gains_biases_embeddings_logits():
     dn = {names[id(p)] for p in decay["params"]}
     nn_ = {names[id(p)] for p in no_decay["params"]}
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
-    assert {"token_embedding.weight", "positional_embedding", "visual.class_embedding", "logit_scale",
-            "ln_final.weight", "ln_final.bias", "visual.positional_embedding"} <= nn_
+    assert {
+        "token_embedding.weight",
+        "positional_embedding",
+        "visual.class_embedding",
+        "logit_scale",
+        "ln_final.weight",
+        "ln_final.bias",
+        "visual.positional_embedding",
+    } <= nn_
     assert "text_projection" in dn and "visual.conv1.weight" in dn
     assert all(not n.endswith(".bias") for n in dn)
 
@@ -165,7 +204,9 @@ def test_train_writes_a_loadable_model_and_lowers_the_loss(demo, tmp_path):
     enc2 = load_encoder(TINY, checkpoint=out / "model.safetensors", device="cpu")
     texts = ["a red circle", "a blue star"]
     assert np.allclose(enc.encode_texts(texts), enc2.encode_texts(texts), atol=1e-6)
-    assert not np.allclose(enc.encode_texts(texts), load_encoder(TINY, device="cpu").encode_texts(texts), atol=1e-3)
+    assert not np.allclose(
+        enc.encode_texts(texts), load_encoder(TINY, device="cpu").encode_texts(texts), atol=1e-3
+    )
     # the learned temperature is written into the model
     saved = torch.load(out / st.RESUME_FILE, weights_only=True)
     assert float(enc.model.logit_scale) == pytest.approx(float(saved["loss"]["logit_scale"]))
@@ -206,14 +247,37 @@ KILLABLE = textwrap.dedent("""
 
 def test_killed_run_resumes_from_its_last_step(demo, tmp_path, monkeypatch):
     out = tmp_path / "killed"
-    args = ["train", "--data", str(demo / "manifest.csv"), "--model", TINY, "--out", str(out), "--epochs", "1",
-            "--batch-size", "16", "--lr", "1e-3", "--warmup", "1", "--val-fraction", "0.2", "--workers", "1",
-            "--device", "cpu", "--save-every", "1"]
+    args = [
+        "train",
+        "--data",
+        str(demo / "manifest.csv"),
+        "--model",
+        TINY,
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "1",
+        "--val-fraction",
+        "0.2",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--save-every",
+        "1",
+    ]
     script = tmp_path / "killable.py"
     script.write_text(KILLABLE)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, str(script)] + args, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)] + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.time() + 240
         while not (out / st.RESUME_FILE).exists():

@@ -52,8 +52,10 @@ def test_search_click_and_more_like_this(site, page):
     first8 = [cards.nth(i).get_attribute("title") for i in range(8)]
     assert all("/blue_" in t for t in first8), first8
     # thumbnails really load (decoded images, not broken links)
-    pg.wait_for_function("() => [...document.querySelectorAll('#grid img')].slice(0, 8)"
-                         ".every(i => i.complete && i.naturalWidth > 0)")
+    pg.wait_for_function(
+        "() => [...document.querySelectorAll('#grid img')].slice(0, 8)"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
     assert "q=something%20blue" in pg.url
 
     cards.nth(0).click()

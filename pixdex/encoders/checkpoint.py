@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 import pickle
 import zipfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from pixdex.errors import PixdexError
 
@@ -52,7 +53,7 @@ def _is_safetensors(path: Path) -> bool:
     return 0 < n < 100_000_000 and head[8:9] == b"{"
 
 
-def _read_safetensors(path: Path, keep: Optional[Callable[[str], bool]]) -> Dict[str, "torch.Tensor"]:
+def _read_safetensors(path: Path, keep: Optional[Callable[[str], bool]]) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -89,7 +90,7 @@ class _TorchScriptUnpickler(pickle.Unpickler):
 
         super().__init__(io.BytesIO(data))
         self.zf, self.prefix, self.path = zf, prefix, path
-        self.storages: Dict[str, "torch.Tensor"] = {}
+        self.storages: dict[str, torch.Tensor] = {}
 
     def find_class(self, module: str, name: str):
         import collections
@@ -105,11 +106,23 @@ class _TorchScriptUnpickler(pickle.Unpickler):
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
         if module == "torch" and name.endswith("Storage"):
-            dtype = getattr(torch, name[: -len("Storage")].lower(), None) if name != "UntypedStorage" else torch.uint8
-            alias = {"FloatStorage": torch.float32, "HalfStorage": torch.float16, "DoubleStorage": torch.float64,
-                     "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-                     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-                     "BoolStorage": torch.bool}
+            dtype = (
+                getattr(torch, name[: -len("Storage")].lower(), None)
+                if name != "UntypedStorage"
+                else torch.uint8
+            )
+            alias = {
+                "FloatStorage": torch.float32,
+                "HalfStorage": torch.float16,
+                "DoubleStorage": torch.float64,
+                "BFloat16Storage": torch.bfloat16,
+                "LongStorage": torch.int64,
+                "IntStorage": torch.int32,
+                "ShortStorage": torch.int16,
+                "CharStorage": torch.int8,
+                "ByteStorage": torch.uint8,
+                "BoolStorage": torch.bool,
+            }
             dtype = alias.get(name, dtype)
             if isinstance(dtype, torch.dtype):
                 return dtype
@@ -145,19 +158,19 @@ def _flatten_script(obj, prefix: str, out: dict) -> None:
             _flatten_script(value, f"{prefix}{name}.", out)
 
 
-def _read_torchscript(path: Path, zf: zipfile.ZipFile, prefix: str) -> Dict[str, "torch.Tensor"]:
+def _read_torchscript(path: Path, zf: zipfile.ZipFile, prefix: str) -> dict[str, torch.Tensor]:
     try:
         root = _TorchScriptUnpickler(zf.read(prefix + "data.pkl"), zf, prefix, path).load()
     except (pickle.UnpicklingError, KeyError, EOFError, ValueError, RuntimeError) as e:
         raise PixdexError(f"cannot read TorchScript checkpoint {path}: {e}") from e
     if not isinstance(root, _ScriptObject):
         raise PixdexError(f"cannot read TorchScript checkpoint {path}: no module at its root")
-    out: Dict[str, "torch.Tensor"] = {}
+    out: dict[str, torch.Tensor] = {}
     _flatten_script(root, "", out)
     return out
 
 
-def _read_torch(path: Path) -> Dict[str, "torch.Tensor"]:
+def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
     if zipfile.is_zipfile(path):
@@ -173,7 +186,7 @@ def _read_torch(path: Path) -> Dict[str, "torch.Tensor"]:
     return _unwrap(obj, path)
 
 
-def _unwrap(obj, path) -> Dict[str, "torch.Tensor"]:
+def _unwrap(obj, path) -> dict[str, torch.Tensor]:
     import torch
 
     for _ in range(3):
@@ -192,7 +205,9 @@ def _unwrap(obj, path) -> Dict[str, "torch.Tensor"]:
     return out
 
 
-def read_state_dict(path: Union[str, Path], keep: Optional[Callable[[str], bool]] = None) -> Dict[str, "torch.Tensor"]:
+def read_state_dict(
+    path: Union[str, Path], keep: Optional[Callable[[str], bool]] = None
+) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, whatever its format (see the module doc)."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -205,18 +220,22 @@ def read_state_dict(path: Union[str, Path], keep: Optional[Callable[[str], bool]
 # ----------------------------------------------------------------------------- key mapping
 
 
-def _strip_prefixes(sd: Dict[str, "torch.Tensor"]) -> Dict[str, "torch.Tensor"]:
+def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for prefix in ("module.", "_orig_mod.", "model."):
         if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    return {k: v for k, v in sd.items() if k not in _EXTRA_KEYS and not k.endswith(".attn_mask") and k != "attn_mask"}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return {
+        k: v
+        for k, v in sd.items()
+        if k not in _EXTRA_KEYS and not k.endswith(".attn_mask") and k != "attn_mask"
+    }
 
 
 def is_siglip_layout(keys: Iterable[str]) -> bool:
     return any(k.startswith(("vision_model.", "text_model.", "visual.trunk.")) for k in keys)
 
 
-def map_state_dict(sd: Dict[str, "torch.Tensor"], config) -> Dict[str, "torch.Tensor"]:
+def map_state_dict(sd: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """Checkpoint keys -> pixdex keys."""
     sd = _strip_prefixes(sd)
     if is_siglip_layout(sd):
@@ -229,7 +248,7 @@ def map_state_dict(sd: Dict[str, "torch.Tensor"], config) -> Dict[str, "torch.Te
 # ----------------------------------------------------------------------------- strict loading
 
 
-def _short(items: List[str]) -> str:
+def _short(items: list[str]) -> str:
     if len(items) <= _LIST_LIMIT:
         return ", ".join(items)
     return ", ".join(items[:_LIST_LIMIT]) + f", ... ({len(items) - _LIST_LIMIT} more)"
@@ -248,15 +267,20 @@ def load_checkpoint(model, path_or_state_dict, config=None, name: Optional[str] 
     else:
         # a lazy read skips dropped towers' tensors unless the file needs key conversion first
         keep = (lambda k: not _strip_one(k).startswith(dropped)) if dropped else None
-        sd = read_state_dict(path_or_state_dict, keep=None if keep is None else _safe_keep(path_or_state_dict, keep))
+        sd = read_state_dict(
+            path_or_state_dict, keep=None if keep is None else _safe_keep(path_or_state_dict, keep)
+        )
     sd = map_state_dict(sd, config)
     if dropped:
         sd = {k: v for k, v in sd.items() if not k.startswith(dropped)}
     expected = model.state_dict(keep_vars=True)
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
-    mismatched = [f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}"
-                  for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    mismatched = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)
+    ]
     if missing or unexpected or mismatched:
         parts = []
         if missing:
@@ -280,7 +304,7 @@ def load_checkpoint(model, path_or_state_dict, config=None, name: Optional[str] 
 def _strip_one(key: str) -> str:
     for prefix in ("module.", "_orig_mod."):
         if key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     return key
 
 

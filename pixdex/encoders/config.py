@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -29,7 +29,7 @@ class VisionConfig:
     image_size: int = 224
     patch_size: int = 32
     width: int = 768
-    layers: Union[int, Tuple[int, ...]] = 12  # tuple of 4 stage depths for ``resnet``
+    layers: Union[int, tuple[int, ...]] = 12  # tuple of 4 stage depths for ``resnet``
     heads: int = 12
     mlp_ratio: float = 4.0
     act: str = "gelu"  # gelu | quick_gelu | gelu_tanh
@@ -66,8 +66,8 @@ class TextConfig:
 @dataclass(frozen=True)
 class PreprocessConfig:
     image_size: int = 224
-    mean: Tuple[float, float, float] = CLIP_MEAN
-    std: Tuple[float, float, float] = CLIP_STD
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
     resize_mode: str = "shortest"  # shortest (resize short side + center crop) | squash
     interpolation: str = "bicubic"
 
@@ -110,7 +110,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         vision = VisionConfig(**d.pop("vision", {}))
         text = TextConfig(**d.pop("text", {}))
@@ -122,5 +122,5 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         return cls(vision=vision, text=text, preprocess=pre, tokenizer=tok, **d)
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)

@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -57,8 +58,9 @@ def _config_from_json(path: Path) -> ModelConfig:
         raise PixdexError(f"bad model config {path}: {e}") from e
 
 
-def resolve_spec(spec: Union[str, Path], checkpoint: Optional[Union[str, Path]] = None,
-                 random_init: bool = False) -> ResolvedSpec:
+def resolve_spec(
+    spec: Union[str, Path], checkpoint: Optional[Union[str, Path]] = None, random_init: bool = False
+) -> ResolvedSpec:
     """Work out the config and the weights file of a model spec (may download pretrained weights)."""
     from pixdex.encoders import registry
 
@@ -102,8 +104,10 @@ def resolve_spec(spec: Union[str, Path], checkpoint: Optional[Union[str, Path]] 
     if name == registry.DEMO_MODEL:
         path = registry.demo_weights_path()
         if not path.is_file():
-            raise PixdexError(f"the bundled demo weights are missing ({path}); train them with `pixdex train` "
-                              "or pass --checkpoint")
+            raise PixdexError(
+                f"the bundled demo weights are missing ({path}); train them with `pixdex train` "
+                "or pass --checkpoint"
+            )
         return ResolvedSpec(config, canonical, path, None, path.parent)
     default = registry.DEFAULT_TAGS.get(name)
     if default:
@@ -111,15 +115,17 @@ def resolve_spec(spec: Union[str, Path], checkpoint: Optional[Union[str, Path]] 
 
         config, weights = resolve_pretrained(config, default)
         return ResolvedSpec(config, f"{name}:{default}", weights, None, weights.parent)
-    raise PixdexError(f"model {name} has no default weights: give a pretrained tag ({name}:TAG, see "
-                      "`pixdex models`) or a weights file with --checkpoint")
+    raise PixdexError(
+        f"model {name} has no default weights: give a pretrained tag ({name}:TAG, see "
+        "`pixdex models`) or a weights file with --checkpoint"
+    )
 
 
 # ----------------------------------------------------------------------------- hashing
 
 
 _HASH_LOCK = threading.Lock()
-_HASHES: Dict[Tuple[str, int, int], str] = {}
+_HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def _hash_cache_file() -> Optional[Path]:
@@ -143,7 +149,7 @@ def file_sha256(path: Union[str, Path]) -> str:
             return _HASHES[key]
     disk_key = f"{key[0]}|{key[1]}|{key[2]}"
     cache_file = _hash_cache_file()
-    disk: Dict[str, str] = {}
+    disk: dict[str, str] = {}
     if cache_file is not None:
         try:
             disk = json.loads(cache_file.read_text())
@@ -193,7 +199,7 @@ def resolve_device(device: str = "auto") -> str:
 class Encoder:
     """A loaded model with its preprocessing and tokenizer; outputs are L2-normalised float32 numpy."""
 
-    def __init__(self, model, resolved: ResolvedSpec, device: str, towers: Tuple[str, ...]):
+    def __init__(self, model, resolved: ResolvedSpec, device: str, towers: tuple[str, ...]):
         from pixdex.encoders.preprocess import Preprocessor
 
         self.model = model
@@ -227,7 +233,11 @@ class Encoder:
         import torch.nn.functional as F
 
         self._need("image")
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)) if isinstance(batch, np.ndarray) else batch
+        x = (
+            torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            if isinstance(batch, np.ndarray)
+            else batch
+        )
         s = self.image_size
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, s, s):
             raise PixdexError(f"{self.name} expects images of shape (N, 3, {s}, {s}), got {tuple(x.shape)}")
@@ -273,7 +283,7 @@ class Encoder:
         return self.model.text_state_dict()
 
 
-def _build(resolved: ResolvedSpec, towers: Tuple[str, ...]):
+def _build(resolved: ResolvedSpec, towers: tuple[str, ...]):
     import torch
 
     from pixdex.encoders.build import build_model
@@ -298,7 +308,7 @@ def _build(resolved: ResolvedSpec, towers: Tuple[str, ...]):
     return model
 
 
-def _keep(model, towers: Tuple[str, ...]) -> None:
+def _keep(model, towers: tuple[str, ...]) -> None:
     if set(towers) == set(TOWERS):
         return
     if hasattr(model, "keep_towers"):
@@ -307,8 +317,13 @@ def _keep(model, towers: Tuple[str, ...]) -> None:
         log.warning("%s cannot drop towers; keeping both", type(model).__name__)
 
 
-def load_encoder(spec: Union[str, Path], checkpoint: Optional[Union[str, Path]] = None, device: str = "auto",
-                 towers: Iterable[str] = TOWERS, random_init: bool = False) -> Encoder:
+def load_encoder(
+    spec: Union[str, Path],
+    checkpoint: Optional[Union[str, Path]] = None,
+    device: str = "auto",
+    towers: Iterable[str] = TOWERS,
+    random_init: bool = False,
+) -> Encoder:
     """Load a model spec into an :class:`Encoder` (see the module doc for where weights come from)."""
     towers = tuple(dict.fromkeys(towers))
     bad = [t for t in towers if t not in TOWERS]
@@ -343,7 +358,9 @@ def decode_image_file(path: Union[str, Path]):
         raise PixdexError(f"cannot decode image {path}: {e}") from e
 
 
-def embed_one(model: str, checkpoint=None, text: Optional[str] = None, image=None, device: str = "auto") -> dict:
+def embed_one(
+    model: str, checkpoint=None, text: Optional[str] = None, image=None, device: str = "auto"
+) -> dict:
     """One embedding for ``pixdex embed``: ``{"model", "dim", "embedding"}``."""
     if (text is None) == (image is None):
         raise PixdexError("give exactly one of text or image")

@@ -20,7 +20,8 @@ import contextlib
 import logging
 import os
 import warnings
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,23 @@ def speed_up(encoder) -> bool:
     """Swap the encoder's ViT image tower for its int8 twin when on CPU. Returns True when swapped."""
     model = getattr(encoder, "model", None)
     visual = getattr(model, "visual", None)
-    if (not enabled() or str(getattr(encoder, "device", "cpu")) != "cpu" or visual is None
-            or is_quantized(visual) or not _is_plain_vit(visual)):
+    if (
+        not enabled()
+        or str(getattr(encoder, "device", "cpu")) != "cpu"
+        or visual is None
+        or is_quantized(visual)
+        or not _is_plain_vit(visual)
+    ):
         return False
     try:
         model.visual = QuantizedViT(visual)
     except (RuntimeError, AttributeError) as e:  # no fbgemm/x86 engine in this torch build
         log.info("int8 image tower unavailable (%s); using float32", e)
         return False
-    log.info("image tower: int8 dynamic quantisation of %d linear layers (checked on the first batch)",
-             4 * len(visual.transformer.resblocks))
+    log.info(
+        "image tower: int8 dynamic quantisation of %d linear layers (checked on the first batch)",
+        4 * len(visual.transformer.resblocks),
+    )
     return True
 
 
@@ -76,7 +84,9 @@ def _pack(weight, bias):
     with warnings.catch_warnings():  # quantized tensor creation is deprecated but still the fbgemm path
         warnings.simplefilter("ignore")
         qw = torch.quantize_per_channel(w, scales, zeros, axis=0, dtype=torch.qint8)
-        return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float().contiguous())
+        return torch.ops.quantized.linear_prepack(
+            qw, None if bias is None else bias.detach().float().contiguous()
+        )
 
 
 def _make_module():
@@ -92,10 +102,15 @@ def _make_module():
             self.blocks = []
             for blk in visual.transformer.resblocks:
                 a = blk.attn
-                self.blocks.append(dict(
-                    blk=blk, qkv=_pack(a.in_proj_weight, a.in_proj_bias), out=_pack(a.out_proj.weight, a.out_proj.bias),
-                    fc=_pack(blk.mlp.c_fc.weight, blk.mlp.c_fc.bias), proj=_pack(blk.mlp.c_proj.weight, blk.mlp.c_proj.bias),
-                ))
+                self.blocks.append(
+                    dict(
+                        blk=blk,
+                        qkv=_pack(a.in_proj_weight, a.in_proj_bias),
+                        out=_pack(a.out_proj.weight, a.out_proj.bias),
+                        fc=_pack(blk.mlp.c_fc.weight, blk.mlp.c_fc.bias),
+                        proj=_pack(blk.mlp.c_proj.weight, blk.mlp.c_proj.bias),
+                    )
+                )
             self.checked: Optional[bool] = None  # None: not yet compared with float32; False: fell back
             self.min_cosine: Optional[float] = None
 
@@ -139,9 +154,14 @@ def _make_module():
                 self.min_cosine = float(cos.min())
                 self.checked = self.min_cosine >= MIN_COSINE
                 if not self.checked:
-                    log.warning("int8 image tower off: cosine %.4f < %.3f vs float32 on this model; using float32",
-                                self.min_cosine, MIN_COSINE)
-                    return torch.cat([ref, self.float_visual(x[CHECK_IMAGES:])]) if len(x) > len(probe) else ref
+                    log.warning(
+                        "int8 image tower off: cosine %.4f < %.3f vs float32 on this model; using float32",
+                        self.min_cosine,
+                        MIN_COSINE,
+                    )
+                    return (
+                        torch.cat([ref, self.float_visual(x[CHECK_IMAGES:])]) if len(x) > len(probe) else ref
+                    )
                 return torch.cat([ref, self.forward_int8(x[CHECK_IMAGES:])]) if len(x) > len(probe) else ref
             return self.forward_int8(x)
 
@@ -174,7 +194,8 @@ def cpu_threads(encoder, n: Optional[int] = None) -> Iterator[int]:
     if n is None:
         visual = getattr(getattr(encoder, "model", None), "visual", None)
         width = getattr(getattr(visual, "transformer", None), "width", None) or getattr(
-            getattr(getattr(visual, "float_visual", None), "transformer", None), "width", None)
+            getattr(getattr(visual, "float_visual", None), "transformer", None), "width", None
+        )
         n = 1 if (width is not None and width < MIN_WIDTH) else before
     n = max(1, min(int(n), before if before > 0 else 1))
     if n != before:

@@ -10,7 +10,8 @@ renaming. Optional extras use open_clip's names: ``ls_1.gamma`` / ``ls_2.gamma``
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable, Optional, Tuple
+from collections.abc import Iterable
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +50,15 @@ def get_activation(name: str) -> nn.Module:
 def mlp(width: int, mlp_ratio: float, act: str) -> nn.Sequential:
     """``c_fc`` -> activation -> ``c_proj`` (OpenAI's MLP names)."""
     hidden = int(width * mlp_ratio)
-    return nn.Sequential(OrderedDict([
-        ("c_fc", nn.Linear(width, hidden)),
-        ("gelu", get_activation(act)),
-        ("c_proj", nn.Linear(hidden, width)),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("c_fc", nn.Linear(width, hidden)),
+                ("gelu", get_activation(act)),
+                ("c_proj", nn.Linear(hidden, width)),
+            ]
+        )
+    )
 
 
 class LayerScale(nn.Module):
@@ -85,8 +90,9 @@ class MultiheadAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-                is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False
+    ) -> torch.Tensor:
         n, length, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         qkv = qkv.view(n, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -101,8 +107,16 @@ class MultiheadAttention(nn.Module):
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``, optional LayerScale on both."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu",
-                 eps: float = 1e-5, qk_norm: bool = False, layer_scale_init: Optional[float] = None):
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        act: str = "gelu",
+        eps: float = 1e-5,
+        qk_norm: bool = False,
+        layer_scale_init: Optional[float] = None,
+    ):
         super().__init__()
         self.ln_1 = LayerNorm(width, eps=eps)
         self.attn = MultiheadAttention(width, heads, qk_norm=qk_norm, eps=eps)
@@ -114,8 +128,9 @@ class ResidualAttentionBlock(nn.Module):
         else:
             self.ls_1 = self.ls_2 = None
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-                is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False
+    ) -> torch.Tensor:
         a = self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal)
         x = x + (self.ls_1(a) if self.ls_1 is not None else a)
         m = self.mlp(self.ln_2(x))
@@ -125,18 +140,30 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of :class:`ResidualAttentionBlock` under ``resblocks.N``; batch-first input."""
 
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu",
-                 eps: float = 1e-5, qk_norm: bool = False, layer_scale_init: Optional[float] = None):
+    def __init__(
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        act: str = "gelu",
+        eps: float = 1e-5,
+        qk_norm: bool = False,
+        layer_scale_init: Optional[float] = None,
+    ):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.ModuleList([
-            ResidualAttentionBlock(width, heads, mlp_ratio, act, eps, qk_norm, layer_scale_init)
-            for _ in range(layers)
-        ])
+        self.resblocks = nn.ModuleList(
+            [
+                ResidualAttentionBlock(width, heads, mlp_ratio, act, eps, qk_norm, layer_scale_init)
+                for _ in range(layers)
+            ]
+        )
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-                is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False
+    ) -> torch.Tensor:
         for block in self.resblocks:
             x = block(x, attn_mask=attn_mask, is_causal=is_causal)
         return x
@@ -157,13 +184,13 @@ class TwoTowerModel(nn.Module):
     attributes (``TEXT_ATTRS``) and state-dict key prefixes (``TEXT_KEY_PREFIXES``) and implements
     ``text_features``."""
 
-    TEXT_ATTRS: Tuple[str, ...] = ()
-    TEXT_KEY_PREFIXES: Tuple[str, ...] = ()
+    TEXT_ATTRS: tuple[str, ...] = ()
+    TEXT_KEY_PREFIXES: tuple[str, ...] = ()
     VISUAL_KEY_PREFIX = "visual."
 
     def __init__(self):
         super().__init__()
-        self.dropped_key_prefixes: Tuple[str, ...] = ()
+        self.dropped_key_prefixes: tuple[str, ...] = ()
 
     def text_features(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -37,21 +37,29 @@ MAX_LOGIT_SCALE = math.log(100.0)
 class ClipLoss(nn.Module):
     """Symmetric InfoNCE with a learnable ``logit_scale`` (``exp`` of it multiplies the cosines)."""
 
-    def __init__(self, init_logit_scale: float = CLIP_INIT_LOGIT_SCALE, max_logit_scale: float = MAX_LOGIT_SCALE):
+    def __init__(
+        self, init_logit_scale: float = CLIP_INIT_LOGIT_SCALE, max_logit_scale: float = MAX_LOGIT_SCALE
+    ):
         super().__init__()
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
         self.logit_bias = None
         self.max_logit_scale = float(max_logit_scale)
 
-    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor,
-               scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def logits(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, scale: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """``(N_images, N_texts)`` logits: ``scale * image @ text.T`` (``scale`` = exp(logit_scale))."""
         if scale is None:
             scale = self.logit_scale.exp()
         return scale * image_features @ text_features.T
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
-                scale: Optional[torch.Tensor] = None, positives: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        scale: Optional[torch.Tensor] = None,
+        positives: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Mean of the image->text and text->image cross-entropies; the i-th image matches the i-th text
         (and, with ``positives``, every text marked there, the target split evenly among them)."""
         _check_pair(image_features, text_features)
@@ -76,24 +84,38 @@ class ClipLoss(nn.Module):
 class SigLipLoss(nn.Module):
     """Sigmoid loss over all pairs with a learnable scale ``t`` (``logit_scale``) and bias ``b``."""
 
-    def __init__(self, init_logit_scale: float = SIGLIP_INIT_LOGIT_SCALE,
-                 init_logit_bias: float = SIGLIP_INIT_LOGIT_BIAS, max_logit_scale: float = MAX_LOGIT_SCALE):
+    def __init__(
+        self,
+        init_logit_scale: float = SIGLIP_INIT_LOGIT_SCALE,
+        init_logit_bias: float = SIGLIP_INIT_LOGIT_BIAS,
+        max_logit_scale: float = MAX_LOGIT_SCALE,
+    ):
         super().__init__()
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
         self.max_logit_scale = float(max_logit_scale)
 
-    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor,
-               scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def logits(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        scale: Optional[torch.Tensor] = None,
+        bias: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         if scale is None:
             scale = self.logit_scale.exp()
         if bias is None:
             bias = self.logit_bias
         return scale * image_features @ text_features.T + bias
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
-                scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-                positives: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        scale: Optional[torch.Tensor] = None,
+        bias: Optional[torch.Tensor] = None,
+        positives: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``-sum(log sigmoid(z_ij * logit_ij)) / N`` with ``z_ii = 1`` (and ``z_ij = 1`` where
         ``positives`` says so) and ``z_ij = -1`` otherwise."""
         _check_pair(image_features, text_features)
@@ -114,8 +136,9 @@ class SigLipLoss(nn.Module):
         return float(1.0 / self.logit_scale.detach().exp())
 
 
-def make_loss(kind: str, init_logit_scale: Optional[float] = None,
-              init_logit_bias: Optional[float] = None) -> nn.Module:
+def make_loss(
+    kind: str, init_logit_scale: Optional[float] = None, init_logit_bias: Optional[float] = None
+) -> nn.Module:
     """``clip`` or ``siglip``; ``None`` initial values take each loss's defaults."""
     from pixdex.errors import PixdexError
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -50,7 +51,7 @@ _ST_DTYPES = {
 }
 
 
-def read_safetensors(path: Path, mmap: bool = True) -> Dict[str, np.ndarray]:
+def read_safetensors(path: Path, mmap: bool = True) -> dict[str, np.ndarray]:
     """Read a safetensors file into numpy arrays without the safetensors or torch packages.
 
     With ``mmap`` the arrays are read-only views of a memory map: nothing is read until used.
@@ -75,12 +76,12 @@ def read_safetensors(path: Path, mmap: bool = True) -> Dict[str, np.ndarray]:
         buf = np.memmap(path, dtype=np.uint8, mode="r")
     else:
         buf = np.fromfile(path, dtype=np.uint8)
-    out: Dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         begin, end = info["data_offsets"]
-        raw = buf[base + begin: base + end]
+        raw = buf[base + begin : base + end]
         shape = tuple(info["shape"])
         dt = info["dtype"]
         if dt == "BF16":
@@ -105,8 +106,11 @@ def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: O
         a = np.ascontiguousarray(tensors[name])
         if a.dtype not in names:
             raise PixdexError(f"cannot write tensor {name} of dtype {a.dtype}")
-        header[name] = {"dtype": names[a.dtype], "shape": list(a.shape),
-                        "data_offsets": [offset, offset + a.nbytes]}
+        header[name] = {
+            "dtype": names[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
         offset += a.nbytes
         arrays.append(a)
     hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -146,7 +150,7 @@ def _quick_gelu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(np.float32(-1.702) * x))
 
 
-ACTIVATIONS: Dict[str, Callable[[np.ndarray], np.ndarray]] = {
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "gelu": _gelu,
     "gelu_tanh": _gelu_tanh,
     "quick_gelu": _quick_gelu,
@@ -176,14 +180,23 @@ class NumpyTextTower:
     ``kind``: ``clip`` or ``siglip``; ``heads``: attention heads; ``act``: gelu | gelu_tanh | quick_gelu.
     """
 
-    def __init__(self, tensors: Mapping[str, np.ndarray], kind: str = "clip", heads: int = 8,
-                 act: str = "gelu", ln_eps: float = 1e-5):
+    def __init__(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        kind: str = "clip",
+        heads: int = 8,
+        act: str = "gelu",
+        ln_eps: float = 1e-5,
+    ):
         if kind not in ("clip", "siglip"):
             raise PixdexError(f"unknown text tower kind {kind!r} (expected clip or siglip)")
         if act not in ACTIVATIONS:
             raise PixdexError(f"unknown activation {act!r} (expected one of {sorted(ACTIVATIONS)})")
-        missing = [k for k in ("token_embedding", "positional_embedding", "ln_final.weight",
-                               "ln_final.bias", "proj") if k not in tensors]
+        missing = [
+            k
+            for k in ("token_embedding", "positional_embedding", "ln_final.weight", "ln_final.bias", "proj")
+            if k not in tensors
+        ]
         if missing:
             raise PixdexError(f"text tower weights are missing {missing}")
         self.t = tensors
@@ -228,7 +241,9 @@ class NumpyTextTower:
         if ids.ndim != 2:
             raise PixdexError(f"token ids must be 2-D (N, ctx), got shape {ids.shape}")
         if ids.shape[1] > self.context_length:
-            raise PixdexError(f"token ids are longer ({ids.shape[1]}) than the context ({self.context_length})")
+            raise PixdexError(
+                f"token ids are longer ({ids.shape[1]}) than the context ({self.context_length})"
+            )
         vocab = self.t["token_embedding"].shape[0]
         if ids.size and (ids.min() < 0 or ids.max() >= vocab):
             raise PixdexError(f"token ids outside the vocabulary (0..{vocab - 1})")
@@ -261,7 +276,8 @@ class NumpyTextTower:
         return f / np.maximum(norm, np.float32(1e-12))
 
 
-def from_safetensors(path: Path, kind: str = "clip", heads: int = 8, act: str = "gelu",
-                     ln_eps: float = 1e-5) -> NumpyTextTower:
+def from_safetensors(
+    path: Path, kind: str = "clip", heads: int = 8, act: str = "gelu", ln_eps: float = 1e-5
+) -> NumpyTextTower:
     """Memory-map a canonical text-tower safetensors file into a :class:`NumpyTextTower`."""
     return NumpyTextTower(read_safetensors(path), kind=kind, heads=heads, act=act, ln_eps=ln_eps)

@@ -7,8 +7,6 @@ torchvision computes it), center crop with torchvision's rounding. ``squash``: r
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 from PIL import Image
 
@@ -22,7 +20,7 @@ _RESAMPLE = {
 }
 
 
-def shortest_side_size(width: int, height: int, size: int) -> Tuple[int, int]:
+def shortest_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     """(new_w, new_h) for resizing the short side to ``size`` (torchvision's rounding)."""
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(size * long / short)
@@ -50,8 +48,11 @@ class Preprocessor:
 
     def to_dict(self) -> dict:
         return {
-            "image_size": self.image_size, "mean": list(self.config.mean), "std": list(self.config.std),
-            "resize_mode": self.config.resize_mode, "interpolation": self.config.interpolation,
+            "image_size": self.image_size,
+            "mean": list(self.config.mean),
+            "std": list(self.config.std),
+            "resize_mode": self.config.resize_mode,
+            "interpolation": self.config.interpolation,
         }
 
     def resize(self, img: Image.Image) -> Image.Image:

@@ -17,7 +17,7 @@ import sys
 import types
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Optional
 
 from pixdex.encoders.config import ModelConfig
 from pixdex.errors import PixdexError
@@ -66,12 +66,12 @@ def pretrained_cfg(config: ModelConfig, tag: str) -> dict:
     return dict(reg.get_pretrained_cfg(_open_clip_name(config), tag) or {}) if reg else {}
 
 
-def pretrained_tags(config: ModelConfig) -> List[str]:
+def pretrained_tags(config: ModelConfig) -> list[str]:
     reg = _registry()
     return list(reg.list_pretrained_tags_by_model(_open_clip_name(config))) if reg else []
 
 
-def hf_location(pcfg: dict) -> Optional[Tuple[str, List[str]]]:
+def hf_location(pcfg: dict) -> Optional[tuple[str, list[str]]]:
     """(repo_id, candidate file names, safetensors first) of a pretrained entry, or None."""
     hub = pcfg.get("hf_hub") or ""
     if not hub:
@@ -111,7 +111,7 @@ def _offline() -> bool:
     return bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
-def cached_file(repo_id: str, names: List[str]) -> Optional[Path]:
+def cached_file(repo_id: str, names: list[str]) -> Optional[Path]:
     """The first of ``names`` already in the HF cache (no network)."""
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -124,7 +124,7 @@ def cached_file(repo_id: str, names: List[str]) -> Optional[Path]:
     return None
 
 
-def cached_tags(config: ModelConfig, tags: Optional[List[str]] = None) -> List[str]:
+def cached_tags(config: ModelConfig, tags: Optional[list[str]] = None) -> list[str]:
     """Pretrained tags of ``config`` whose weights are already in the HF cache (no network)."""
     out = []
     for tag in tags if tags is not None else pretrained_tags(config):
@@ -141,18 +141,22 @@ def _missing(config: ModelConfig, tag: str, what: str, why: str) -> PixdexError:
     )
 
 
-def resolve_pretrained(config: ModelConfig, tag: str) -> Tuple[ModelConfig, Path]:
+def resolve_pretrained(config: ModelConfig, tag: str) -> tuple[ModelConfig, Path]:
     """(config adjusted for the tag, local weights file) for ``config.name:tag``; downloads if needed."""
     pcfg = pretrained_cfg(config, tag)
     if not pcfg:
         tags = pretrained_tags(config)
-        raise PixdexError(f"unknown pretrained tag {tag!r} for {config.name}; "
-                          f"known tags: {', '.join(tags) if tags else 'none'}")
+        raise PixdexError(
+            f"unknown pretrained tag {tag!r} for {config.name}; "
+            f"known tags: {', '.join(tags) if tags else 'none'}"
+        )
     config = apply_pretrained_cfg(config, pcfg)
     loc = hf_location(pcfg)
     if loc is None:
-        raise PixdexError(f"{config.name}:{tag} has no Hugging Face Hub location; "
-                          "download its weights yourself and pass them with --checkpoint")
+        raise PixdexError(
+            f"{config.name}:{tag} has no Hugging Face Hub location; "
+            "download its weights yourself and pass them with --checkpoint"
+        )
     repo_id, names = loc
     what = f"{repo_id}/{names[-1]}" if len(names) == 1 else f"{repo_id}/{names[0]} (or {names[-1]})"
     hit = cached_file(repo_id, names)

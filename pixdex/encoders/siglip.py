@@ -39,7 +39,6 @@ from pixdex.encoders.text import build_text_trunk
 from pixdex.errors import PixdexError
 
 
-
 class PoolAttention(MultiheadAttention):
     """Cross-attention of a few queries over the tokens: the same packed ``in_proj_weight`` (q, k, v) and
     ``out_proj`` as self-attention, queries taken from the probe."""
@@ -61,7 +60,7 @@ class AttentionPool(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, act: str, eps: float):
         super().__init__()
-        self.probe = nn.Parameter(torch.randn(1, 1, width) * width ** -0.5)
+        self.probe = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
         self.attn = PoolAttention(width, heads)
         self.ln = LayerNorm(width, eps=eps)
         self.mlp = mlp(width, mlp_ratio, act)
@@ -93,18 +92,21 @@ class SigLIPVisionTower(nn.Module):
         self.output_dim = width
         self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=True)
         self.positional_embedding = nn.Parameter(torch.randn(self.grid * self.grid, width) * 0.02)
-        self.transformer = Transformer(width, layers, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps,
-                                       cfg.qk_norm, cfg.layer_scale_init)
+        self.transformer = Transformer(
+            width, layers, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps, cfg.qk_norm, cfg.layer_scale_init
+        )
         self.ln_post = LayerNorm(width, eps=cfg.ln_eps)
         self.attn_pool = AttentionPool(width, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps)
-        scale = width ** -0.5
-        self.transformer.init_weights(proj_std=scale * (2 * layers) ** -0.5, attn_std=scale,
-                                      fc_std=(2 * width) ** -0.5)
+        scale = width**-0.5
+        self.transformer.init_weights(
+            proj_std=scale * (2 * layers) ** -0.5, attn_std=scale, fc_std=(2 * width) ** -0.5
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != self.image_size or x.shape[3] != self.image_size:
-            raise PixdexError(f"SigLIP expects images (N, 3, {self.image_size}, {self.image_size}), "
-                              f"got {tuple(x.shape)}")
+            raise PixdexError(
+                f"SigLIP expects images (N, 3, {self.image_size}, {self.image_size}), got {tuple(x.shape)}"
+            )
         x = self.conv1(x.to(self.conv1.weight.dtype))  # (N, W, g, g)
         x = x.flatten(2).transpose(1, 2) + self.positional_embedding.to(x.dtype)
         x = self.transformer(x)
@@ -122,7 +124,7 @@ class SigLIPTextTower(nn.Module):
         if cfg.width % cfg.heads:
             raise PixdexError(f"SigLIP text width {cfg.width} is not divisible by {cfg.heads} heads")
         build_text_trunk(self, cfg, lambda: nn.Linear(cfg.width, embed_dim))
-        nn.init.normal_(self.text_projection.weight, std=cfg.width ** -0.5)
+        nn.init.normal_(self.text_projection.weight, std=cfg.width**-0.5)
         nn.init.zeros_(self.text_projection.bias)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -149,8 +151,10 @@ class SigLIP(TwoTowerModel):
         if config.family != "siglip":
             raise PixdexError(f"model {config.name}: SigLIP needs family 'siglip', not {config.family!r}")
         if config.embed_dim != config.vision.width:
-            raise PixdexError(f"model {config.name}: SigLIP's embedding dim ({config.embed_dim}) must equal its "
-                              f"vision width ({config.vision.width}); the image tower has no projection")
+            raise PixdexError(
+                f"model {config.name}: SigLIP's embedding dim ({config.embed_dim}) must equal its "
+                f"vision width ({config.vision.width}); the image tower has no projection"
+            )
         self.config = config
         self.visual: Optional[SigLIPVisionTower] = SigLIPVisionTower(config.vision)
         self.text: Optional[SigLIPTextTower] = SigLIPTextTower(config.text, config.embed_dim)

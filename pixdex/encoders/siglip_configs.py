@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Optional, Union
 
 from pixdex.encoders.config import (
     SIGLIP_MEAN,
@@ -39,42 +40,102 @@ SIGLIP_INIT_LOGIT_BIAS = -10.0
 SIGLIP_TOKENIZER_REPO = "timm/ViT-B-16-SigLIP"  # the c4-en sentencepiece model of open_clip's SigLIP tags
 
 
-def _siglip(name: str, embed_dim: int, image_size: int, patch_size: int, width: int, layers: int, heads: int,
-            mlp_ratio: float, text_width: int, text_layers: int, text_heads: int, context_length: int,
-            vocab_size: int = 32000, act: str = "gelu", hf_repo: Optional[str] = SIGLIP_TOKENIZER_REPO,
-            clean: str = "canonicalize") -> ModelConfig:
+def _siglip(
+    name: str,
+    embed_dim: int,
+    image_size: int,
+    patch_size: int,
+    width: int,
+    layers: int,
+    heads: int,
+    mlp_ratio: float,
+    text_width: int,
+    text_layers: int,
+    text_heads: int,
+    context_length: int,
+    vocab_size: int = 32000,
+    act: str = "gelu",
+    hf_repo: Optional[str] = SIGLIP_TOKENIZER_REPO,
+    clean: str = "canonicalize",
+) -> ModelConfig:
     return ModelConfig(
         name=name,
         family="siglip",
         embed_dim=embed_dim,
-        vision=VisionConfig(kind="siglip", image_size=image_size, patch_size=patch_size, width=width,
-                            layers=layers, heads=heads, mlp_ratio=mlp_ratio, act=act, ln_eps=1e-6),
-        text=TextConfig(kind="siglip", vocab_size=vocab_size, context_length=context_length, width=text_width,
-                        heads=text_heads, layers=text_layers, mlp_ratio=mlp_ratio, act=act, ln_eps=1e-6,
-                        pad_id=1),
-        preprocess=PreprocessConfig(image_size=image_size, mean=SIGLIP_MEAN, std=SIGLIP_STD,
-                                    resize_mode="squash", interpolation="bicubic"),
-        tokenizer=TokenizerConfig(kind="sentencepiece", context_length=context_length, hf_repo=hf_repo,
-                                  lowercase=True, clean=clean),
+        vision=VisionConfig(
+            kind="siglip",
+            image_size=image_size,
+            patch_size=patch_size,
+            width=width,
+            layers=layers,
+            heads=heads,
+            mlp_ratio=mlp_ratio,
+            act=act,
+            ln_eps=1e-6,
+        ),
+        text=TextConfig(
+            kind="siglip",
+            vocab_size=vocab_size,
+            context_length=context_length,
+            width=text_width,
+            heads=text_heads,
+            layers=text_layers,
+            mlp_ratio=mlp_ratio,
+            act=act,
+            ln_eps=1e-6,
+            pad_id=1,
+        ),
+        preprocess=PreprocessConfig(
+            image_size=image_size,
+            mean=SIGLIP_MEAN,
+            std=SIGLIP_STD,
+            resize_mode="squash",
+            interpolation="bicubic",
+        ),
+        tokenizer=TokenizerConfig(
+            kind="sentencepiece", context_length=context_length, hf_repo=hf_repo, lowercase=True, clean=clean
+        ),
         init_logit_scale=SIGLIP_INIT_LOGIT_SCALE,
         init_logit_bias=SIGLIP_INIT_LOGIT_BIAS,
     )
 
 
-SIGLIP_CONFIGS: Dict[str, ModelConfig] = {
+SIGLIP_CONFIGS: dict[str, ModelConfig] = {
     "ViT-B-16-SigLIP": _siglip("ViT-B-16-SigLIP", 768, 224, 16, 768, 12, 12, 4.0, 768, 12, 12, 64),
-    "ViT-SO400M-14-SigLIP": _siglip("ViT-SO400M-14-SigLIP", 1152, 224, 14, 1152, 27, 16, 3.7362,
-                                    1152, 27, 16, 16),
+    "ViT-SO400M-14-SigLIP": _siglip(
+        "ViT-SO400M-14-SigLIP", 1152, 224, 14, 1152, 27, 16, 3.7362, 1152, 27, 16, 16
+    ),
     # a few-kB model for tests: same structure, tiny numbers (its tokenizer comes from the checkpoint dir)
-    "tiny-siglip": _siglip("tiny-siglip", 32, 32, 8, 32, 2, 4, 2.0, 32, 2, 4, 16, vocab_size=512,
-                           act="gelu_tanh", hf_repo=None, clean="siglip"),
+    "tiny-siglip": _siglip(
+        "tiny-siglip",
+        32,
+        32,
+        8,
+        32,
+        2,
+        4,
+        2.0,
+        32,
+        2,
+        4,
+        16,
+        vocab_size=512,
+        act="gelu_tanh",
+        hf_repo=None,
+        clean="siglip",
+    ),
 }
 
 # pretrained tag used when a spec names one of these models without a tag (open_clip's pretrained registry)
-SIGLIP_DEFAULT_TAGS: Dict[str, str] = {"ViT-B-16-SigLIP": "webli", "ViT-SO400M-14-SigLIP": "webli"}
+SIGLIP_DEFAULT_TAGS: dict[str, str] = {"ViT-B-16-SigLIP": "webli", "ViT-SO400M-14-SigLIP": "webli"}
 
-_HF_ACTS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
-            "gelu": "gelu", "quick_gelu": "quick_gelu"}
+_HF_ACTS = {
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+    "quick_gelu": "quick_gelu",
+}
 
 
 def _hf_act(name: str, where: str) -> str:
@@ -128,29 +189,56 @@ def config_from_hf(hf_config: Union[Mapping, str, Path], name: Optional[str] = N
         image_size, patch_size = sizes.pop(), patches.pop()
     embed_dim = int(t.get("projection_size") or t_width)
     if not v.get("vision_use_head", True):
-        raise PixdexError(f"{where}: a SigLIP vision tower without its attention-pooling head has no embedding")
+        raise PixdexError(
+            f"{where}: a SigLIP vision tower without its attention-pooling head has no embedding"
+        )
     if embed_dim != v_width:
-        raise PixdexError(f"{where}: text projection size {embed_dim} differs from the vision width {v_width}")
+        raise PixdexError(
+            f"{where}: text projection size {embed_dim} differs from the vision width {v_width}"
+        )
     context = int(t.get("max_position_embeddings", 64))
     return ModelConfig(
         name=name or hf_config.get("_name_or_path") or "siglip-hf",
         family="siglip",
         embed_dim=embed_dim,
-        vision=VisionConfig(kind="siglip", image_size=int(image_size), patch_size=int(patch_size), width=v_width,
-                            layers=int(v.get("num_hidden_layers", 12)), heads=int(v.get("num_attention_heads", 12)),
-                            mlp_ratio=_mlp_ratio(int(v.get("intermediate_size", 3072)), v_width),
-                            act=_hf_act(v.get("hidden_act", "gelu_pytorch_tanh"), where),
-                            ln_eps=float(v.get("layer_norm_eps", 1e-6))),
-        text=TextConfig(kind="siglip", vocab_size=int(t.get("vocab_size", 32000)), context_length=context,
-                        width=t_width, heads=int(t.get("num_attention_heads", 12)),
-                        layers=int(t.get("num_hidden_layers", 12)),
-                        mlp_ratio=_mlp_ratio(int(t.get("intermediate_size", 3072)), t_width),
-                        act=_hf_act(t.get("hidden_act", "gelu_pytorch_tanh"), where),
-                        ln_eps=float(t.get("layer_norm_eps", 1e-6)), pad_id=int(t.get("pad_token_id", 1) or 0)),
-        preprocess=PreprocessConfig(image_size=int(image_size), mean=SIGLIP_MEAN, std=SIGLIP_STD,
-                                    resize_mode="squash", interpolation="bicubic"),
-        tokenizer=TokenizerConfig(kind="sentencepiece", context_length=context, sp_model_file="spiece.model",
-                                  hf_repo=None, lowercase=True, clean="siglip"),
+        vision=VisionConfig(
+            kind="siglip",
+            image_size=int(image_size),
+            patch_size=int(patch_size),
+            width=v_width,
+            layers=int(v.get("num_hidden_layers", 12)),
+            heads=int(v.get("num_attention_heads", 12)),
+            mlp_ratio=_mlp_ratio(int(v.get("intermediate_size", 3072)), v_width),
+            act=_hf_act(v.get("hidden_act", "gelu_pytorch_tanh"), where),
+            ln_eps=float(v.get("layer_norm_eps", 1e-6)),
+        ),
+        text=TextConfig(
+            kind="siglip",
+            vocab_size=int(t.get("vocab_size", 32000)),
+            context_length=context,
+            width=t_width,
+            heads=int(t.get("num_attention_heads", 12)),
+            layers=int(t.get("num_hidden_layers", 12)),
+            mlp_ratio=_mlp_ratio(int(t.get("intermediate_size", 3072)), t_width),
+            act=_hf_act(t.get("hidden_act", "gelu_pytorch_tanh"), where),
+            ln_eps=float(t.get("layer_norm_eps", 1e-6)),
+            pad_id=int(t.get("pad_token_id", 1) or 0),
+        ),
+        preprocess=PreprocessConfig(
+            image_size=int(image_size),
+            mean=SIGLIP_MEAN,
+            std=SIGLIP_STD,
+            resize_mode="squash",
+            interpolation="bicubic",
+        ),
+        tokenizer=TokenizerConfig(
+            kind="sentencepiece",
+            context_length=context,
+            sp_model_file="spiece.model",
+            hf_repo=None,
+            lowercase=True,
+            clean="siglip",
+        ),
         init_logit_scale=SIGLIP_INIT_LOGIT_SCALE,
         init_logit_bias=SIGLIP_INIT_LOGIT_BIAS,
     )

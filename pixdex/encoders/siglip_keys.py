@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Optional
 
 from pixdex.errors import PixdexError
 
 log = logging.getLogger(__name__)
 
-Rule = Tuple[str, Tuple[str, ...], str]  # (pixdex key, foreign keys, op)
+Rule = tuple[str, tuple[str, ...], str]  # (pixdex key, foreign keys, op)
 
 
-def _block_rules(dst: str, src: str, names: Sequence[Tuple[str, Tuple[str, ...], str]]) -> List[Rule]:
+def _block_rules(dst: str, src: str, names: Sequence[tuple[str, tuple[str, ...], str]]) -> list[Rule]:
     return [(f"{dst}.{d}", tuple(f"{src}.{s}" for s in srcs), op) for d, srcs, op in names]
 
 
@@ -32,7 +33,11 @@ def _block_rules(dst: str, src: str, names: Sequence[Tuple[str, Tuple[str, ...],
 _HF_BLOCK = [
     ("ln_1.weight", ("layer_norm1.weight",), "copy"),
     ("ln_1.bias", ("layer_norm1.bias",), "copy"),
-    ("attn.in_proj_weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), "cat"),
+    (
+        "attn.in_proj_weight",
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+        "cat",
+    ),
     ("attn.in_proj_bias", ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"), "cat"),
     ("attn.out_proj.weight", ("self_attn.out_proj.weight",), "copy"),
     ("attn.out_proj.bias", ("self_attn.out_proj.bias",), "copy"),
@@ -44,7 +49,7 @@ _HF_BLOCK = [
     ("mlp.c_proj.bias", ("mlp.fc2.bias",), "copy"),
 ]
 
-HF_TABLE: List[Rule] = [
+HF_TABLE: list[Rule] = [
     ("visual.conv1.weight", ("vision_model.embeddings.patch_embedding.weight",), "copy"),
     ("visual.conv1.bias", ("vision_model.embeddings.patch_embedding.bias",), "copy"),
     ("visual.positional_embedding", ("vision_model.embeddings.position_embedding.weight",), "copy"),
@@ -97,7 +102,7 @@ _TIMM_BLOCK = [
     ("ls_2.gamma", ("ls2.gamma",), "copy"),
 ]
 
-OPEN_CLIP_TABLE: List[Rule] = [
+OPEN_CLIP_TABLE: list[Rule] = [
     ("visual.conv1.weight", ("visual.trunk.patch_embed.proj.weight",), "copy"),
     ("visual.conv1.bias", ("visual.trunk.patch_embed.proj.bias",), "copy"),
     ("visual.positional_embedding", ("visual.trunk.pos_embed",), "flat"),
@@ -105,9 +110,16 @@ OPEN_CLIP_TABLE: List[Rule] = [
     ("visual.ln_post.weight", ("visual.trunk.norm.weight",), "copy"),
     ("visual.ln_post.bias", ("visual.trunk.norm.bias",), "copy"),
     ("visual.attn_pool.probe", ("visual.trunk.attn_pool.latent",), "copy"),
-    ("visual.attn_pool.attn.in_proj_weight",
-     ("visual.trunk.attn_pool.q.weight", "visual.trunk.attn_pool.kv.weight"), "cat"),  # kv packs k, v
-    ("visual.attn_pool.attn.in_proj_bias", ("visual.trunk.attn_pool.q.bias", "visual.trunk.attn_pool.kv.bias"), "cat"),
+    (
+        "visual.attn_pool.attn.in_proj_weight",
+        ("visual.trunk.attn_pool.q.weight", "visual.trunk.attn_pool.kv.weight"),
+        "cat",
+    ),  # kv packs k, v
+    (
+        "visual.attn_pool.attn.in_proj_bias",
+        ("visual.trunk.attn_pool.q.bias", "visual.trunk.attn_pool.kv.bias"),
+        "cat",
+    ),
     ("visual.attn_pool.attn.out_proj.weight", ("visual.trunk.attn_pool.proj.weight",), "copy"),
     ("visual.attn_pool.attn.out_proj.bias", ("visual.trunk.attn_pool.proj.bias",), "copy"),
     ("visual.attn_pool.ln.weight", ("visual.trunk.attn_pool.norm.weight",), "copy"),
@@ -119,11 +131,27 @@ OPEN_CLIP_TABLE: List[Rule] = [
     # open_clip's SigLIP text tower already uses pixdex's names
     ("text.token_embedding.weight", ("text.token_embedding.weight",), "copy"),
     ("text.positional_embedding", ("text.positional_embedding",), "copy"),
-    *_block_rules("text.transformer.resblocks.{i}", "text.transformer.resblocks.{i}",
-                  [(k, (k,), "copy") for k in (
-                      "ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
-                      "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-                      "mlp.c_proj.weight", "mlp.c_proj.bias")]),
+    *_block_rules(
+        "text.transformer.resblocks.{i}",
+        "text.transformer.resblocks.{i}",
+        [
+            (k, (k,), "copy")
+            for k in (
+                "ln_1.weight",
+                "ln_1.bias",
+                "attn.in_proj_weight",
+                "attn.in_proj_bias",
+                "attn.out_proj.weight",
+                "attn.out_proj.bias",
+                "ln_2.weight",
+                "ln_2.bias",
+                "mlp.c_fc.weight",
+                "mlp.c_fc.bias",
+                "mlp.c_proj.weight",
+                "mlp.c_proj.bias",
+            )
+        ],
+    ),
     ("text.ln_final.weight", ("text.ln_final.weight",), "copy"),
     ("text.ln_final.bias", ("text.ln_final.bias",), "copy"),
     ("text.text_projection.weight", ("text.text_projection.weight",), "copy"),
@@ -133,7 +161,7 @@ OPEN_CLIP_TABLE: List[Rule] = [
 ]
 OPEN_CLIP_IGNORED = ("text.attn_mask",)
 
-TABLES: Dict[str, Tuple[List[Rule], Tuple[str, ...]]] = {
+TABLES: dict[str, tuple[list[Rule], tuple[str, ...]]] = {
     "hf_siglip": (HF_TABLE, HF_IGNORED),
     "open_clip_siglip": (OPEN_CLIP_TABLE, OPEN_CLIP_IGNORED),
 }
@@ -163,7 +191,7 @@ def _scalar(t):
     return t
 
 
-_OPS: Dict[str, Callable] = {
+_OPS: dict[str, Callable] = {
     "copy": lambda parts: parts[0],
     "cat": _cat,
     "flat": lambda parts: _flat(parts[0]),
@@ -175,12 +203,12 @@ _OPS: Dict[str, Callable] = {
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
-def _strip(state_dict: Mapping[str, object]) -> Dict[str, object]:
+def _strip(state_dict: Mapping[str, object]) -> dict[str, object]:
     """Drop DDP / torch.compile wrappers' key prefixes when every key has them."""
     sd = dict(state_dict)
     for prefix in _STRIP_PREFIXES:
         if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -201,11 +229,12 @@ def _pattern(key: str) -> re.Pattern:
     return re.compile("^" + re.escape(key).replace(re.escape("{i}"), r"(\d+)") + "$")
 
 
-def apply_table(state_dict: Mapping[str, object], table: Sequence[Rule],
-                ignored: Sequence[str] = ()) -> Dict[str, object]:
+def apply_table(
+    state_dict: Mapping[str, object], table: Sequence[Rule], ignored: Sequence[str] = ()
+) -> dict[str, object]:
     """Map ``state_dict`` through ``table``; leftovers keep their names (they surface as unexpected)."""
     src = dict(state_dict)
-    out: Dict[str, object] = {}
+    out: dict[str, object] = {}
     for dst, srcs, op in table:
         if "{i}" in srcs[0]:
             pat = _pattern(srcs[0])
@@ -229,7 +258,7 @@ def apply_table(state_dict: Mapping[str, object], table: Sequence[Rule],
     return out
 
 
-def convert_state_dict(state_dict: Mapping[str, object], config=None) -> Dict[str, object]:
+def convert_state_dict(state_dict: Mapping[str, object], config=None) -> dict[str, object]:
     """``state_dict`` under pixdex's SigLIP names. ``config`` (the target ModelConfig) is accepted for the
     loader's hook signature; shapes are checked by the strict loader. Unknown layouts raise PixdexError."""
     sd = _strip(state_dict)

@@ -30,8 +30,9 @@ import logging
 import os
 import re
 import string
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, List, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -73,8 +74,10 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _resolve_model_file(tok: TokenizerConfig, model_dir: Optional[Path], allow_download: Optional[bool]) -> Path:
-    tried: List[str] = []
+def _resolve_model_file(
+    tok: TokenizerConfig, model_dir: Optional[Path], allow_download: Optional[bool]
+) -> Path:
+    tried: list[str] = []
     if model_dir is not None:
         p = Path(model_dir).expanduser()
         if p.is_file():
@@ -100,12 +103,18 @@ def _resolve_model_file(tok: TokenizerConfig, model_dir: Optional[Path], allow_d
                 return Path(hf_hub_download(tok.hf_repo, tok.sp_model_file))
             except Exception as e:  # network, auth, missing file: all become one clear line
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise PixdexError(f"cannot download the tokenizer {tok.hf_repo}/{tok.sp_model_file} ({first}); "
-                                  "pass the checkpoint directory holding it") from e
+                raise PixdexError(
+                    f"cannot download the tokenizer {tok.hf_repo}/{tok.sp_model_file} ({first}); "
+                    "pass the checkpoint directory holding it"
+                ) from e
     if not tried:
-        raise PixdexError("SigLIP tokenizer: no sentencepiece model (give the checkpoint directory or set "
-                          "tokenizer.hf_repo)")
-    hint = f" (fetch it with: huggingface-cli download {tok.hf_repo} {tok.sp_model_file})" if tok.hf_repo else ""
+        raise PixdexError(
+            "SigLIP tokenizer: no sentencepiece model (give the checkpoint directory or set "
+            "tokenizer.hf_repo)"
+        )
+    hint = (
+        f" (fetch it with: huggingface-cli download {tok.hf_repo} {tok.sp_model_file})" if tok.hf_repo else ""
+    )
     raise PixdexError(f"SigLIP tokenizer: {tok.sp_model_file} not found in {' or '.join(tried)}{hint}")
 
 
@@ -118,21 +127,30 @@ class SentencePieceTokenizer:
     ``HF_HUB_OFFLINE`` is set; ``False``: never).
     """
 
-    def __init__(self, config: Union[ModelConfig, TokenizerConfig], model_dir: Optional[Union[str, Path]] = None,
-                 allow_download: Optional[bool] = None):
+    def __init__(
+        self,
+        config: Union[ModelConfig, TokenizerConfig],
+        model_dir: Optional[Union[str, Path]] = None,
+        allow_download: Optional[bool] = None,
+    ):
         tok = config.tokenizer if isinstance(config, ModelConfig) else config
         if not isinstance(tok, TokenizerConfig):
-            raise PixdexError(f"SentencePieceTokenizer needs a ModelConfig or TokenizerConfig, not {type(config)}")
+            raise PixdexError(
+                f"SentencePieceTokenizer needs a ModelConfig or TokenizerConfig, not {type(config)}"
+            )
         if tok.clean not in CLEAN_MODES:
-            raise PixdexError(f"the SigLIP tokenizer cannot clean text with {tok.clean!r} "
-                              f"(expected one of {', '.join(CLEAN_MODES)})")
+            raise PixdexError(
+                f"the SigLIP tokenizer cannot clean text with {tok.clean!r} "
+                f"(expected one of {', '.join(CLEAN_MODES)})"
+            )
         if tok.context_length < 1:
             raise PixdexError(f"tokenizer context length must be positive, got {tok.context_length}")
         self.config = tok
         self.context_length = int(tok.context_length)
         self.clean = tok.clean
-        self.model_file = _resolve_model_file(tok, Path(model_dir) if model_dir is not None else None,
-                                              allow_download)
+        self.model_file = _resolve_model_file(
+            tok, Path(model_dir) if model_dir is not None else None, allow_download
+        )
         try:
             import sentencepiece as spm
         except ImportError as e:  # pragma: no cover - sentencepiece is a dependency
@@ -151,18 +169,20 @@ class SentencePieceTokenizer:
         self.eos_id = eos
         self.pad_id = eos  # SigLIP pads with </s> (big_vision pad_value=1, transformers and open_clip alike)
         self._unk_len = len(self.sp.encode(UNK_PIECE, out_type=str))
-        log.debug("sentencepiece tokenizer %s: vocab %d, eos %d", self.model_file, self.vocab_size, self.eos_id)
+        log.debug(
+            "sentencepiece tokenizer %s: vocab %d, eos %d", self.model_file, self.vocab_size, self.eos_id
+        )
 
     # ------------------------------------------------------------------ pieces
 
-    def _encode_span(self, text: str) -> List[str]:
+    def _encode_span(self, text: str) -> list[str]:
         """Pieces of one span without special tokens (transformers' ``SiglipTokenizer._tokenize``)."""
         if self.clean == "siglip":
             text = canonicalize_siglip(text)
         pieces = self.sp.encode(UNK_PIECE + text, out_type=str)
-        return pieces[self._unk_len:] if len(pieces) >= self._unk_len else pieces
+        return pieces[self._unk_len :] if len(pieces) >= self._unk_len else pieces
 
-    def pieces(self, text: str) -> List[str]:
+    def pieces(self, text: str) -> list[str]:
         """The pieces of ``text`` (no EOS, no padding)."""
         if not isinstance(text, str):
             raise PixdexError(f"text to tokenize must be a string, got {type(text).__name__}")
@@ -172,7 +192,7 @@ class SentencePieceTokenizer:
         # special tokens written in the text stay tokens (canonicalization strips the spans around them;
         # open_clip's cleaning has removed '<' and '>' already)
         chunks = _SPECIAL_SPLIT.split(text)
-        out: List[str] = []
+        out: list[str] = []
         for i, chunk in enumerate(chunks):
             if not chunk:
                 continue
@@ -184,7 +204,7 @@ class SentencePieceTokenizer:
             out = out[1:]
         return out
 
-    def encode(self, text: str) -> List[int]:
+    def encode(self, text: str) -> list[int]:
         """Token ids of one text: pieces cut to ``context_length - 1``, then EOS (unpadded)."""
         ids = [int(self.sp.piece_to_id(p)) for p in self.pieces(text)]
         ids = ids[: self.context_length - 1]
@@ -205,7 +225,7 @@ class SentencePieceTokenizer:
             out[row, : len(ids)] = ids
         return out
 
-    def _with_context(self, ctx: int) -> "SentencePieceTokenizer":
+    def _with_context(self, ctx: int) -> SentencePieceTokenizer:
         if ctx < 1:
             raise PixdexError(f"tokenizer context length must be positive, got {ctx}")
         clone = object.__new__(SentencePieceTokenizer)
@@ -214,5 +234,7 @@ class SentencePieceTokenizer:
         return clone
 
     def __repr__(self) -> str:
-        return (f"SentencePieceTokenizer({self.model_file.name}, vocab={self.vocab_size}, "
-                f"context={self.context_length}, clean={self.clean!r})")
+        return (
+            f"SentencePieceTokenizer({self.model_file.name}, vocab={self.vocab_size}, "
+            f"context={self.context_length}, clean={self.clean!r})"
+        )

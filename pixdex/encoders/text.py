@@ -11,7 +11,13 @@ from pixdex.encoders.config import TextConfig
 from pixdex.encoders.layers import LayerNorm, Transformer
 
 # state-dict keys (prefixes) that belong to the CLIP text tower
-TEXT_KEY_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+TEXT_KEY_PREFIXES = (
+    "token_embedding.",
+    "positional_embedding",
+    "transformer.",
+    "ln_final.",
+    "text_projection",
+)
 
 
 def build_text_trunk(owner: nn.Module, cfg: TextConfig, projection) -> None:
@@ -28,8 +34,9 @@ def build_text_trunk(owner: nn.Module, cfg: TextConfig, projection) -> None:
     owner.text_projection = projection()
     nn.init.normal_(owner.token_embedding.weight, std=0.02)
     nn.init.normal_(owner.positional_embedding, std=0.01)
-    owner.transformer.init_weights(proj_std=width ** -0.5 * (2 * cfg.layers) ** -0.5, attn_std=width ** -0.5,
-                                   fc_std=(2 * width) ** -0.5)
+    owner.transformer.init_weights(
+        proj_std=width**-0.5 * (2 * cfg.layers) ** -0.5, attn_std=width**-0.5, fc_std=(2 * width) ** -0.5
+    )
 
 
 def build_text_tower(owner: nn.Module, cfg: TextConfig, embed_dim: int) -> None:
@@ -37,7 +44,7 @@ def build_text_tower(owner: nn.Module, cfg: TextConfig, embed_dim: int) -> None:
     if cfg.kind != "clip":
         raise ValueError(f"the CLIP model needs a 'clip' text tower, not {cfg.kind!r}")
     build_text_trunk(owner, cfg, lambda: nn.Parameter(torch.empty(cfg.width, embed_dim)))
-    nn.init.normal_(owner.text_projection, std=cfg.width ** -0.5)
+    nn.init.normal_(owner.text_projection, std=cfg.width**-0.5)
 
 
 def encode_text_tokens(owner: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -48,7 +55,9 @@ def encode_text_tokens(owner: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """
     ids = ids.to(owner.token_embedding.weight.device, torch.long)
     if ids.ndim != 2 or ids.shape[1] > owner.positional_embedding.shape[0]:
-        raise ValueError(f"token ids must be (N, <= {owner.positional_embedding.shape[0]}), got {tuple(ids.shape)}")
+        raise ValueError(
+            f"token ids must be (N, <= {owner.positional_embedding.shape[0]}), got {tuple(ids.shape)}"
+        )
     eot = ids.argmax(dim=-1)
     length = int(eot.max()) + 1 if ids.shape[0] else 1
     x = owner.token_embedding(ids[:, :length]) + owner.positional_embedding[:length]

@@ -20,8 +20,9 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -35,9 +36,18 @@ FORMAT_VERSION = 1
 IDENTITY_KEYS = ("model", "checkpoint_sha256", "dim")
 
 _BLOCK_KEYS = (
-    "ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
-    "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-    "mlp.c_proj.weight", "mlp.c_proj.bias",
+    "ln_1.weight",
+    "ln_1.bias",
+    "attn.in_proj_weight",
+    "attn.in_proj_bias",
+    "attn.out_proj.weight",
+    "attn.out_proj.bias",
+    "ln_2.weight",
+    "ln_2.bias",
+    "mlp.c_fc.weight",
+    "mlp.c_fc.bias",
+    "mlp.c_proj.weight",
+    "mlp.c_proj.bias",
 )
 _BLOCK_RE = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)$")
 _IGNORED = {"attn_mask", "logit_scale", "logit_bias"}
@@ -49,10 +59,10 @@ def _np(v) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(v, dtype=np.float32))
 
 
-def canonical_text_weights(state: Mapping[str, object]) -> Dict[str, np.ndarray]:
+def canonical_text_weights(state: Mapping[str, object]) -> dict[str, np.ndarray]:
     """Map a text-tower state dict (OpenAI/open_clip names, optional ``text.`` prefix) to canonical keys."""
-    out: Dict[str, np.ndarray] = {}
-    unexpected: List[str] = []
+    out: dict[str, np.ndarray] = {}
+    unexpected: list[str] = []
     for key, value in state.items():
         k = key[5:] if key.startswith("text.") else key
         m = _BLOCK_RE.match(k)
@@ -75,11 +85,18 @@ def canonical_text_weights(state: Mapping[str, object]) -> Dict[str, np.ndarray]
     if unexpected:
         raise PixdexError(f"cannot export the text tower: unexpected weights {sorted(unexpected)[:8]}")
     layers = sorted({int(k.split(".")[1]) for k in out if k.startswith("blocks.")})
-    missing = [k for k in ("token_embedding", "positional_embedding", "ln_final.weight", "ln_final.bias", "proj")
-               if k not in out]
-    missing += [f"blocks.{i}.{b}" for i in range(len(layers)) for b in _BLOCK_KEYS if f"blocks.{i}.{b}" not in out]
+    missing = [
+        k
+        for k in ("token_embedding", "positional_embedding", "ln_final.weight", "ln_final.bias", "proj")
+        if k not in out
+    ]
+    missing += [
+        f"blocks.{i}.{b}" for i in range(len(layers)) for b in _BLOCK_KEYS if f"blocks.{i}.{b}" not in out
+    ]
     if not layers or layers != list(range(len(layers))) or missing:
-        raise PixdexError(f"cannot export the text tower: missing weights {missing[:8] or ['transformer blocks']}")
+        raise PixdexError(
+            f"cannot export the text tower: missing weights {missing[:8] or ['transformer blocks']}"
+        )
     return out
 
 
@@ -100,8 +117,11 @@ def export_text_tower(encoder, store_dir: Path) -> Path:
     weights_path = store_dir / TEXT_TOWER_FILE
     try:
         old = json.loads(meta_path.read_text())
-        if old.get("format") == FORMAT_VERSION and _identity_matches(old.get("identity"), identity) \
-                and weights_path.exists():
+        if (
+            old.get("format") == FORMAT_VERSION
+            and _identity_matches(old.get("identity"), identity)
+            and weights_path.exists()
+        ):
             return weights_path
     except (OSError, ValueError):
         pass
@@ -112,7 +132,9 @@ def export_text_tower(encoder, store_dir: Path) -> Path:
     store_dir.mkdir(parents=True, exist_ok=True)
     from pixdex.encoders.numpy_text import write_safetensors
 
-    write_safetensors(weights_path, tensors, metadata={"format": FORMAT_VERSION, "model": identity.get("model")})
+    write_safetensors(
+        weights_path, tensors, metadata={"format": FORMAT_VERSION, "model": identity.get("model")}
+    )
     # A SentencePiece model file (SigLIP) travels with the tower: the store must work offline.
     sp_file = getattr(getattr(encoder, "tokenizer", None), "model_file", None)
     if config.tokenizer.kind == "sentencepiece" and sp_file:
@@ -124,8 +146,13 @@ def export_text_tower(encoder, store_dir: Path) -> Path:
         "format": FORMAT_VERSION,
         "identity": identity,
         "config": config.to_dict(),
-        "tower": {"kind": config.text.kind, "heads": config.text.heads, "act": config.text.act,
-                  "ln_eps": config.text.ln_eps, "dim": int(tensors["proj"].shape[1])},
+        "tower": {
+            "kind": config.text.kind,
+            "heads": config.text.heads,
+            "act": config.text.act,
+            "ln_eps": config.text.ln_eps,
+            "dim": int(tensors["proj"].shape[1]),
+        },
     }
     tmp = meta_path.with_name(meta_path.name + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1, default=str))
@@ -143,7 +170,7 @@ class TextQueryEncoder:
         self.dim = dim
         self.identity = identity
 
-    def encode_texts(self, texts: List[str]) -> np.ndarray:
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
         ids = np.asarray(self.tokenizer(list(texts)), dtype=np.int64)
         return self.tower.encode_ids(ids)
 

@@ -14,9 +14,10 @@ import html
 import importlib.util
 import logging
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -39,14 +40,20 @@ def _bpe_path() -> Path:
         p = Path(loc) / BPE_FILE
         if p.is_file():
             return p
-    raise PixdexError(f"cannot find the CLIP BPE vocabulary {BPE_FILE} (install open_clip_torch, "
-                      "or set PIXDEX_BPE_PATH to the file)")
+    raise PixdexError(
+        f"cannot find the CLIP BPE vocabulary {BPE_FILE} (install open_clip_torch, "
+        "or set PIXDEX_BPE_PATH to the file)"
+    )
 
 
 @lru_cache(maxsize=1)
-def bytes_to_unicode() -> Dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """OpenAI's reversible map from bytes to printable unicode characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -58,7 +65,7 @@ def bytes_to_unicode() -> Dict[int, str]:
 
 
 @lru_cache(maxsize=4)
-def _load_bpe(path: str) -> Tuple[Dict[str, int], Dict[str, int]]:
+def _load_bpe(path: str) -> tuple[dict[str, int], dict[str, int]]:
     """(token -> id, "first second" merge -> rank) of the CLIP vocabulary; cached per process.
 
     Merges stay the file's "first second" lines (pieces never contain a space): no per-line split,
@@ -68,7 +75,7 @@ def _load_bpe(path: str) -> Tuple[Dict[str, int], Dict[str, int]]:
             lines = f.read().split("\n")
     except OSError as e:
         raise PixdexError(f"cannot read the CLIP BPE vocabulary {path}: {e}") from e
-    merges = lines[1:_N_MERGES + 1]
+    merges = lines[1 : _N_MERGES + 1]
     chars = list(bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges] + [SOT, EOT]
     encoder = dict(zip(vocab, range(len(vocab))))
@@ -98,7 +105,7 @@ class ClipTokenizer:
         self.sot_id = self.encoder[SOT]
         self.eot_id = self.encoder[EOT]
         self.vocab_size = len(self.encoder)
-        self._cache: Dict[str, List[int]] = {}
+        self._cache: dict[str, list[int]] = {}
         self._pat = regex.compile(
             SOT + "|" + EOT + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
             regex.IGNORECASE,
@@ -109,7 +116,7 @@ class ClipTokenizer:
         text = html.unescape(html.unescape(_fix_text(text))).strip()
         return " ".join(text.split()).lower()
 
-    def _bpe(self, token: str) -> List[int]:
+    def _bpe(self, token: str) -> list[int]:
         """Ids of one pre-token (already byte-encoded); memoised."""
         cached = self._cache.get(token)
         if cached is not None:
@@ -142,15 +149,15 @@ class ClipTokenizer:
             self._cache[token] = ids
         return ids
 
-    def encode(self, text: str) -> List[int]:
+    def encode(self, text: str) -> list[int]:
         """BPE ids of ``text`` without start/end tokens."""
-        out: List[int] = []
+        out: list[int] = []
         be = self.byte_encoder
         for tok in self._pat.findall(self.clean(text)):
             out.extend(self._bpe("".join(be[b] for b in tok.encode("utf-8"))))
         return out
 
-    def __call__(self, texts: List[str]) -> np.ndarray:
+    def __call__(self, texts: list[str]) -> np.ndarray:
         if isinstance(texts, str):
             texts = [texts]
         ctx = self.context_length
@@ -162,11 +169,11 @@ class ClipTokenizer:
             if len(ids) > ctx:
                 ids = ids[:ctx]
                 ids[-1] = self.eot_id
-            result[i, :len(ids)] = ids
+            result[i, : len(ids)] = ids
         return result
 
 
-def get_tokenizer(config, model_dir: Optional[Path] = None) -> Callable[[List[str]], np.ndarray]:
+def get_tokenizer(config, model_dir: Optional[Path] = None) -> Callable[[list[str]], np.ndarray]:
     """The tokenizer of a ModelConfig: ``list[str] -> np.ndarray int64 (N, context_length)``."""
     tok = config.tokenizer
     if tok.kind == "clip_bpe":

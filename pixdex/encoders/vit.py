@@ -22,18 +22,27 @@ class VisionTransformer(nn.Module):
         self.patch_size = cfg.patch_size
         self.grid = cfg.image_size // cfg.patch_size
         self.output_dim = output_dim
-        scale = width ** -0.5
+        scale = width**-0.5
         self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid * self.grid + 1, width))
         self.ln_pre = LayerNorm(width, eps=cfg.ln_eps)
-        self.transformer = Transformer(width, int(cfg.layers), cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps,
-                                       cfg.qk_norm, cfg.layer_scale_init)
+        self.transformer = Transformer(
+            width,
+            int(cfg.layers),
+            cfg.heads,
+            cfg.mlp_ratio,
+            cfg.act,
+            cfg.ln_eps,
+            cfg.qk_norm,
+            cfg.layer_scale_init,
+        )
         self.ln_post = LayerNorm(width, eps=cfg.ln_eps)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
         layers = int(cfg.layers)
-        self.transformer.init_weights(proj_std=scale * (2 * layers) ** -0.5, attn_std=scale,
-                                      fc_std=(2 * width) ** -0.5)
+        self.transformer.init_weights(
+            proj_std=scale * (2 * layers) ** -0.5, attn_std=scale, fc_std=(2 * width) ** -0.5
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x.to(self.conv1.weight.dtype))  # (N, W, g, g)

@@ -23,7 +23,7 @@ import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -136,7 +136,7 @@ def parse_exif_datetime(v) -> Optional[datetime]:
     return None
 
 
-def read_exif(im: Image.Image) -> Tuple[int, Optional[datetime], Optional[str], Optional[str]]:
+def read_exif(im: Image.Image) -> tuple[int, Optional[datetime], Optional[str], Optional[str]]:
     """(orientation, taken_at, make, model) from the image's EXIF; defaults when absent or broken."""
     try:
         exif = im.getexif()
@@ -151,13 +151,18 @@ def read_exif(im: Image.Image) -> Tuple[int, Optional[datetime], Optional[str], 
     try:
         sub = exif.get_ifd(_IFD_EXIF)
         taken = parse_exif_datetime(sub.get(_TAG_DATETIME_ORIGINAL)) or parse_exif_datetime(
-            sub.get(_TAG_DATETIME_DIGITIZED))
+            sub.get(_TAG_DATETIME_DIGITIZED)
+        )
     except Exception as e:  # noqa: BLE001 - a broken sub-IFD must not fail the image
         log.debug("unreadable EXIF sub-IFD: %s", e)
     if taken is None:
         taken = parse_exif_datetime(exif.get(_TAG_DATETIME))
-    return (orientation if orientation in range(1, 9) else 1, taken,
-            _exif_text(exif.get(_TAG_MAKE)), _exif_text(exif.get(_TAG_MODEL)))
+    return (
+        orientation if orientation in range(1, 9) else 1,
+        taken,
+        _exif_text(exif.get(_TAG_MAKE)),
+        _exif_text(exif.get(_TAG_MODEL)),
+    )
 
 
 # ---------------------------------------------------------------------- pixels
@@ -213,7 +218,7 @@ def _bomb_check(w: int, h: int) -> None:
         raise DecodeError(f"decompression bomb guard: {w}x{h} pixels is over Pillow's limit of {limit}")
 
 
-def decode(data: bytes, draft_size: Optional[int] = None, name: str = "") -> Tuple[Image.Image, ImageInfo]:
+def decode(data: bytes, draft_size: Optional[int] = None, name: str = "") -> tuple[Image.Image, ImageInfo]:
     """Decode ``data`` → (RGB image, info). ``draft_size``: the smallest short side needed (None: full size)."""
     if name.lower().endswith((".heic", ".heif")):
         register_heif()
@@ -222,7 +227,13 @@ def decode(data: bytes, draft_size: Optional[int] = None, name: str = "") -> Tup
     except Image.DecompressionBombError as e:
         raise DecodeError(f"decompression bomb guard: {e}") from e
     except UnidentifiedImageError as e:
-        if not _heif_registered and data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftyphevc"):
+        if not _heif_registered and data[4:12] in (
+            b"ftypheic",
+            b"ftypheix",
+            b"ftypmif1",
+            b"ftypmsf1",
+            b"ftyphevc",
+        ):
             register_heif()  # a HEIC file without the extension
             return decode(data, draft_size, name + ".heic")
         raise DecodeError("not an image, or a truncated or corrupt one (cannot identify it)") from e
@@ -247,7 +258,7 @@ def _short(e: BaseException) -> str:
     return s[:160]
 
 
-def _decode_open(im: Image.Image, draft_size: Optional[int]) -> Tuple[Image.Image, ImageInfo]:
+def _decode_open(im: Image.Image, draft_size: Optional[int]) -> tuple[Image.Image, ImageInfo]:
     fmt = im.format
     w, h = im.size
     if w <= 0 or h <= 0:

@@ -16,9 +16,10 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Collection, Deque, Iterable, Iterator, Optional, Tuple, TypeVar
+from typing import Optional, TypeVar
 
 import numpy as np
 
@@ -35,7 +36,9 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, lookahead: int) -> Iterator[Tuple[T, R]]:
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], workers: int, lookahead: int
+) -> Iterator[tuple[T, R]]:
     """Yield ``(item, fn(item))`` in input order, computing at most ``lookahead`` results ahead.
 
     ``fn`` must not raise (return errors as values). Stopping the iteration early cancels queued work.
@@ -43,7 +46,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, lookahea
     workers = max(1, int(workers))
     lookahead = max(workers, int(lookahead))
     it = iter(items)
-    pending: Deque[Tuple[T, Future]] = collections.deque()
+    pending: collections.deque[tuple[T, Future]] = collections.deque()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pixdex-decode")
     try:
         for item in it:
@@ -112,8 +115,13 @@ class DecodeGate:
             self._open.set()
 
 
-def load_candidate(path: str, preprocess: Callable, known_hashes: Collection[str] = (),
-                   decode_known: bool = False, gate: Optional[DecodeGate] = None) -> Loaded:
+def load_candidate(
+    path: str,
+    preprocess: Callable,
+    known_hashes: Collection[str] = (),
+    decode_known: bool = False,
+    gate: Optional[DecodeGate] = None,
+) -> Loaded:
     """Read + hash ``path``; unless its hash is in ``known_hashes``, decode and preprocess it."""
     try:
         data = read_file(path)
@@ -135,5 +143,7 @@ def decode_pixels(data: bytes, h: str, path: str, preprocess: Callable) -> Loade
     try:
         pixels = np.asarray(preprocess(img), dtype=np.float32)
     except (ValueError, OSError, MemoryError) as e:
-        return Loaded(content_hash=h, info=info, error=f"preprocessing failed: {str(e).splitlines()[0][:160]}")
+        return Loaded(
+            content_hash=h, info=info, error=f"preprocessing failed: {str(e).splitlines()[0][:160]}"
+        )
     return Loaded(content_hash=h, pixels=pixels, info=info)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Optional
 
 from pixdex.indexer.scan import FileEntry, ScanResult, is_under
 from pixdex.storage.writes import KnownFile
@@ -26,17 +26,17 @@ class Candidate:
 
 @dataclass
 class Plan:
-    candidates: List[Candidate] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
     unchanged: int = 0
-    vanished: Dict[str, KnownFile] = field(default_factory=dict)
-    protected: Dict[str, int] = field(default_factory=dict)  # empty root -> rows kept (not deleted)
+    vanished: dict[str, KnownFile] = field(default_factory=dict)
+    protected: dict[str, int] = field(default_factory=dict)  # empty root -> rows kept (not deleted)
 
     @property
     def changed(self) -> int:
         return sum(1 for c in self.candidates if c.old is not None)
 
 
-def make_plan(scan: ScanResult, known: Dict[str, KnownFile]) -> Plan:
+def make_plan(scan: ScanResult, known: dict[str, KnownFile]) -> Plan:
     plan = Plan()
     seen = set()
     for e in scan.files:

@@ -7,7 +7,9 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Counter, Dict, Iterable, Iterator, TypeVar
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -27,14 +29,28 @@ class Progress:
         console = Console(stderr=True)
         if not console.is_terminal:
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TaskProgressColumn,
-                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
             TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            console=console, transient=False, refresh_per_second=4,
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+            refresh_per_second=4,
         )
         self._bar.start()
         self._task = self._bar.add_task(description, total=total, rate="")
@@ -55,7 +71,7 @@ class Timings:
     """Wall seconds spent per phase of a run (reported in the summary: where the time went)."""
 
     def __init__(self) -> None:
-        self.seconds: Dict[str, float] = collections.defaultdict(float)
+        self.seconds: dict[str, float] = collections.defaultdict(float)
 
     @contextlib.contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
@@ -78,7 +94,7 @@ class Timings:
                 self.seconds[phase] += time.perf_counter() - t
             yield item
 
-    def as_dict(self) -> Dict[str, float]:
+    def as_dict(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in sorted(self.seconds.items())}
 
 
@@ -105,7 +121,7 @@ def _reason_key(reason: str) -> str:
     return reason.split(":", 1)[0].strip() or reason
 
 
-def print_summary(summary: Dict, stream=None) -> None:
+def print_summary(summary: dict, stream=None) -> None:
     from rich.console import Console
 
     console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
@@ -114,10 +130,13 @@ def print_summary(summary: Dict, stream=None) -> None:
         f"[bold]{c['new']}[/] new, {c['updated']} updated, {c['moved']} moved, {c['deleted']} deleted, "
         f"{c['unchanged']} unchanged, [{'red' if c['failed'] else 'default'}]{c['failed']} failed[/]"
         f"  ({c['encoded']} encoded in {c['elapsed_s']:.1f} s"
-        + (f", {c['images_per_s']:.1f} images/s" if c["encoded"] else "") + ")"
+        + (f", {c['images_per_s']:.1f} images/s" if c["encoded"] else "")
+        + ")"
     )
     for r in c.get("failures", []):
         console.print(f"  {r['count']:>6}  {r['reason']}")
     f = c.get("faiss") or {}
-    console.print(f"store {c['store']}: {c['total']} images searchable, model {c['model']}, "
-                  f"FAISS {f.get('type')} ntotal {f.get('ntotal')}")
+    console.print(
+        f"store {c['store']}: {c['total']} images searchable, model {c['model']}, "
+        f"FAISS {f.get('type')} ntotal {f.get('ntotal')}"
+    )

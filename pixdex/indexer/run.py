@@ -22,8 +22,9 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
@@ -48,8 +49,15 @@ MAX_PENDING_OPS = 256  # commit non-encoding changes (moves, failures, ...) at l
 class LazyEncoder:
     """Loads the encoder on first use (thread-safe) and checks it against the store's model."""
 
-    def __init__(self, store: Store, spec: str, checkpoint: Optional[str], device: str,
-                 loader: Optional[Callable] = None, timings: Optional[Timings] = None):
+    def __init__(
+        self,
+        store: Store,
+        spec: str,
+        checkpoint: Optional[str],
+        device: str,
+        loader: Optional[Callable] = None,
+        timings: Optional[Timings] = None,
+    ):
         self.store, self.spec, self.checkpoint, self.device = store, spec, checkpoint, device
         self.timings = timings or Timings()
         self._loader = loader
@@ -93,14 +101,16 @@ class LazyEncoder:
         if pre is None:
             with self._lock:
                 if self._pre is None:
-                    self._pre = self._enc.preprocess if self._enc is not None else _preprocessor_of(self.store)
+                    self._pre = (
+                        self._enc.preprocess if self._enc is not None else _preprocessor_of(self.store)
+                    )
                 pre = self._pre
             if pre is None:
                 pre = self._pre = self.get().preprocess
         return pre
 
     @property
-    def preprocess(self) -> "_LazyPreprocess":
+    def preprocess(self) -> _LazyPreprocess:
         return _LazyPreprocess(self)
 
 
@@ -182,11 +192,16 @@ def _export_text_tower(enc, store_dir: Path) -> None:
         log.warning("could not export the text tower for torch-free search: %s", e)
 
 
-def _model_choice(store: Store, model: Optional[str], checkpoint: Optional[Path]) -> Tuple[str, Optional[str], bool]:
+def _model_choice(
+    store: Store, model: Optional[str], checkpoint: Optional[Path]
+) -> tuple[str, Optional[str], bool]:
     """(spec, checkpoint, load_now) for this run."""
     bound = store.identity
-    ckpt = str(Path(checkpoint).expanduser()) if checkpoint is not None and str(checkpoint) != "random" else (
-        "random" if checkpoint is not None else None)
+    ckpt = (
+        str(Path(checkpoint).expanduser())
+        if checkpoint is not None and str(checkpoint) != "random"
+        else ("random" if checkpoint is not None else None)
+    )
     if bound is None:
         return model or DEFAULT_MODEL, ckpt, True
     if (model is None or model == bound.get("model")) and ckpt is None:
@@ -226,14 +241,20 @@ class _Run:
     """The state of one indexing run (see the module doc)."""
 
     def __init__(self, store: Store, enc: LazyEncoder, batch_size: int, tally: Tally, progress: Progress):
-        self.store, self.enc, self.batch_size, self.tally, self.progress = store, enc, max(1, batch_size), tally, progress
+        self.store, self.enc, self.batch_size, self.tally, self.progress = (
+            store,
+            enc,
+            max(1, batch_size),
+            tally,
+            progress,
+        )
         self.timings = enc.timings
         self.batch = Batch()
-        self.pending: List[Tuple[Candidate, Loaded, bool]] = []  # decoded, waiting for the encoder
+        self.pending: list[tuple[Candidate, Loaded, bool]] = []  # decoded, waiting for the encoder
         self.index: Optional[faiss_index.VectorIndex] = None
         self.dim: Optional[int] = None
-        self.live_by_hash: Dict[str, int] = {}
-        self.vanished_by_hash: Dict[str, List[Tuple[str, KnownFile]]] = {}
+        self.live_by_hash: dict[str, int] = {}
+        self.vanished_by_hash: dict[str, list[tuple[str, KnownFile]]] = {}
         self.claimed: set = set()
         self.last_save = time.monotonic()
         self.save_every = _env_float("PIXDEX_FAISS_SAVE_S", FAISS_SAVE_EVERY_S)
@@ -245,15 +266,16 @@ class _Run:
     def _vectors(self, ids: np.ndarray):
         return self.store.vectors(ids)
 
-    def reconcile(self, threshold: int) -> Dict[str, int]:
+    def reconcile(self, threshold: int) -> dict[str, int]:
         ident = self.store.identity
         if ident is None:
             return {}
         self.dim = int(ident["dim"])
         if self.index is None:
             self.index = self.store.load_faiss()
-        self.index, counts = faiss_index.reconcile(self.index, self.dim, self.store.live_ids(), self._vectors,
-                                                   threshold)
+        self.index, counts = faiss_index.reconcile(
+            self.index, self.dim, self.store.live_ids(), self._vectors, threshold
+        )
         return counts
 
     def save_faiss(self) -> dict:
@@ -285,7 +307,9 @@ class _Run:
             self.progress.advance()
             return
         if h is not None and h in self.live_by_hash:
-            self._insert(cand, NewRow(e.path, e.root, e.size, e.mtime_ns, h, copy_from=self.live_by_hash[h]), count)
+            self._insert(
+                cand, NewRow(e.path, e.root, e.size, e.mtime_ns, h, copy_from=self.live_by_hash[h]), count
+            )
             self.tally.add("reused_vectors")
             self.progress.advance()
             return
@@ -294,8 +318,11 @@ class _Run:
             if res.content_hash is not None and res.content_hash != h:
                 return self.resolve(cand, res, count)
         if not res.ok:
-            self._insert(cand, NewRow(e.path, e.root, e.size, e.mtime_ns, h, status=STATUS_FAILED, error=res.error),
-                         count)
+            self._insert(
+                cand,
+                NewRow(e.path, e.root, e.size, e.mtime_ns, h, status=STATUS_FAILED, error=res.error),
+                count,
+            )
             self.tally.fail(res.error or "unknown error")
             self.progress.advance()
             return
@@ -322,16 +349,33 @@ class _Run:
             return
         enc = self.enc.get()
         batch = np.stack([r.pixels for _, r, _ in self.pending])
-        with _threads(enc) as nthreads, self.gate.closed(self.gate_decoding and _all_cores(enc, nthreads)), \
-                self.timings("encode"):
+        with (
+            _threads(enc) as nthreads,
+            self.gate.closed(self.gate_decoding and _all_cores(enc, nthreads)),
+            self.timings("encode"),
+        ):
             vecs = enc.encode_images(batch)
         self.tally.add("encoded", len(self.pending))
         for (cand, res, count), v in zip(self.pending, vecs):
             e, info = cand.entry, res.info
-            self._insert(cand, NewRow(
-                e.path, e.root, e.size, e.mtime_ns, res.content_hash, width=info.width, height=info.height,
-                format=info.format, taken_at=info.taken_at, camera_make=info.camera_make,
-                camera_model=info.camera_model, vector=v), count)
+            self._insert(
+                cand,
+                NewRow(
+                    e.path,
+                    e.root,
+                    e.size,
+                    e.mtime_ns,
+                    res.content_hash,
+                    width=info.width,
+                    height=info.height,
+                    format=info.format,
+                    taken_at=info.taken_at,
+                    camera_make=info.camera_make,
+                    camera_model=info.camera_model,
+                    vector=v,
+                ),
+                count,
+            )
         n = len(self.pending)
         self.pending = []
         self.commit()
@@ -372,10 +416,18 @@ def _entry_of(r: NewRow):
     return FileEntry(r.path, r.root, r.size, r.mtime_ns)
 
 
-def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = None,
-                checkpoint: Optional[Path] = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
-                json_mode: bool = False, ivf_threshold: Optional[int] = None,
-                encoder_loader: Optional[Callable] = None) -> dict:
+def index_paths(
+    paths: Sequence[Path],
+    store_dir: Path,
+    model: Optional[str] = None,
+    checkpoint: Optional[Path] = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int = 0,
+    json_mode: bool = False,
+    ivf_threshold: Optional[int] = None,
+    encoder_loader: Optional[Callable] = None,
+) -> dict:
     """Index ``paths`` into the store at ``store_dir``; return the summary dict (printed unless json_mode).
 
     ``encoder_loader(spec, checkpoint, device, towers) -> Encoder`` replaces ``load_encoder`` (tests).
@@ -418,8 +470,12 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
             known = known_files(store)
             plan = make_plan(sc, known)
             for root, n in plan.protected.items():
-                log.warning("%s holds no images but the store has %d from it: keeping them (an unmounted "
-                            "drive?). Delete the store or re-index from another root to drop them.", root, n)
+                log.warning(
+                    "%s holds no images but the store has %d from it: keeping them (an unmounted "
+                    "drive?). Delete the store or re-index from another root to drop them.",
+                    root,
+                    n,
+                )
             tally.add("unchanged", plan.unchanged)
             for path, k in plan.vanished.items():
                 if k.content_hash:
@@ -434,7 +490,9 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
                 return load_candidate(c.entry.path, enc.preprocess, known_hashes, gate=run.gate)
 
             lookahead = 2 * batch_size + 2 * nworkers
-            for cand, res in timings.waiting(ordered_map(work, plan.candidates, nworkers, lookahead), "wait_decode"):
+            for cand, res in timings.waiting(
+                ordered_map(work, plan.candidates, nworkers, lookahead), "wait_decode"
+            ):
                 tally.add("hashed", 1 if res.content_hash else 0)
                 run.resolve(cand, res)
             run.finish_files()
@@ -450,11 +508,14 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
                     faiss_info = run.save_faiss()
         ok = True
     except SQLAlchemyError as e:  # disk full, I/O error, ...: committed batches stay, the next run goes on
-        raise PixdexError(f"cannot write the store database {store_dir / DB_FILE}: "
-                          f"{str(getattr(e, 'orig', e)).splitlines()[0]} (what was indexed is kept; run again)") from e
+        raise PixdexError(
+            f"cannot write the store database {store_dir / DB_FILE}: "
+            f"{str(getattr(e, 'orig', e)).splitlines()[0]} (what was indexed is kept; run again)"
+        ) from e
     except OSError as e:  # e.g. no space left for the FAISS file
-        raise PixdexError(f"cannot write the store at {store_dir}: {e.strerror or e} "
-                          "(what was indexed is kept; run again)") from e
+        raise PixdexError(
+            f"cannot write the store at {store_dir}: {e.strerror or e} (what was indexed is kept; run again)"
+        ) from e
     finally:
         progress.close()
         try:
@@ -467,14 +528,27 @@ def index_paths(paths: Sequence[Path], store_dir: Path, model: Optional[str] = N
     elapsed = time.monotonic() - t0
     c = tally.counts
     summary = {
-        "store": str(store.dir), "model": spec,
-        "roots": sc.roots, "found": len(sc.files),
-        "new": c["new"], "updated": c["updated"], "moved": c["moved"], "deleted": c["deleted"],
-        "unchanged": c["unchanged"], "failed": c["failed"], "encoded": c["encoded"], "hashed": c["hashed"],
-        "reused_vectors": c["reused_vectors"], "failures": tally.top_reasons(),
+        "store": str(store.dir),
+        "model": spec,
+        "roots": sc.roots,
+        "found": len(sc.files),
+        "new": c["new"],
+        "updated": c["updated"],
+        "moved": c["moved"],
+        "deleted": c["deleted"],
+        "unchanged": c["unchanged"],
+        "failed": c["failed"],
+        "encoded": c["encoded"],
+        "hashed": c["hashed"],
+        "reused_vectors": c["reused_vectors"],
+        "failures": tally.top_reasons(),
         "kept_from_empty_roots": plan.protected,
-        "faiss_repaired": repaired, "faiss": faiss_info, "total": faiss_info.get("ntotal", 0),
-        "elapsed_s": round(elapsed, 3), "timings_s": timings.as_dict(), "images_per_s": round(c["encoded"] / elapsed, 2) if elapsed > 0 else 0.0,
+        "faiss_repaired": repaired,
+        "faiss": faiss_info,
+        "total": faiss_info.get("ntotal", 0),
+        "elapsed_s": round(elapsed, 3),
+        "timings_s": timings.as_dict(),
+        "images_per_s": round(c["encoded"] / elapsed, 2) if elapsed > 0 else 0.0,
     }
     if not json_mode:
         print_summary(summary)

@@ -12,9 +12,9 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Sequence, Set, Tuple
 
 from pixdex.errors import PixdexError
 
@@ -35,10 +35,10 @@ class FileEntry:
 
 @dataclass
 class ScanResult:
-    roots: List[str]
-    files: List[FileEntry] = field(default_factory=list)
-    problems: List[Tuple[str, str]] = field(default_factory=list)  # (path, reason), not stored
-    unlisted: List[str] = field(default_factory=list)  # folders that could not be listed
+    roots: list[str]
+    files: list[FileEntry] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), not stored
+    unlisted: list[str] = field(default_factory=list)  # folders that could not be listed
 
     def covers(self, path: str) -> bool:
         """Whether ``path`` lies under a scanned root and no folder that failed to list.
@@ -79,16 +79,16 @@ def _reason(e: OSError) -> str:
     return f"cannot read: {e.strerror or e}"
 
 
-def normalise_roots(paths: Sequence[Path]) -> List[str]:
+def normalise_roots(paths: Sequence[Path]) -> list[str]:
     """Absolute, de-duplicated roots (a root inside another given root is dropped). Missing → PixdexError."""
-    out: List[str] = []
+    out: list[str] = []
     for p in paths:
         a = os.path.abspath(os.path.expanduser(os.fspath(p)))
         if not os.path.exists(a):
             raise PixdexError(f"no such file or folder: {p}")
         out.append(a)
     out = sorted(set(out), key=lambda r: (len(r), r))
-    kept: List[str] = []
+    kept: list[str] = []
     for r in out:
         if not any(is_under(r, k) for k in kept):
             kept.append(r)
@@ -99,16 +99,16 @@ def scan(roots: Sequence[Path], skip_dirs: Sequence[Path] = ()) -> ScanResult:
     """Scan ``roots`` (folders or single files). ``skip_dirs`` (e.g. the store itself) are not entered."""
     norm = normalise_roots(roots)
     res = ScanResult(roots=norm)
-    seen_dirs: Set[Tuple[int, int]] = set()
-    seen_files: Set[Tuple[int, int]] = set()
-    skip: Set[Tuple[int, int]] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    skip: set[tuple[int, int]] = set()
     for d in skip_dirs:
         try:
             st = os.stat(d)
             skip.add((st.st_dev, st.st_ino))
         except OSError:
             pass
-    linked: List[Tuple[str, str, os.stat_result]] = []  # symlinked files: added last, if still new
+    linked: list[tuple[str, str, os.stat_result]] = []  # symlinked files: added last, if still new
     for root in norm:
         try:
             st = os.stat(root)
@@ -126,8 +126,14 @@ def scan(roots: Sequence[Path], skip_dirs: Sequence[Path] = ()) -> ScanResult:
     return res
 
 
-def _add_file(path: str, root: str, st: os.stat_result, res: ScanResult, seen_files: Set[Tuple[int, int]],
-              explicit: bool = False) -> None:
+def _add_file(
+    path: str,
+    root: str,
+    st: os.stat_result,
+    res: ScanResult,
+    seen_files: set[tuple[int, int]],
+    explicit: bool = False,
+) -> None:
     if not stat.S_ISREG(st.st_mode):
         res.problems.append((path, "not a regular file"))
         return
@@ -145,11 +151,18 @@ def _add_file(path: str, root: str, st: os.stat_result, res: ScanResult, seen_fi
     res.files.append(FileEntry(path, root, int(st.st_size), int(st.st_mtime_ns)))
 
 
-def _walk(folder: str, root: str, st: os.stat_result, res: ScanResult, seen_dirs: Set[Tuple[int, int]],
-          seen_files: Set[Tuple[int, int]], skip: Set[Tuple[int, int]],
-          linked: List[Tuple[str, str, os.stat_result]]) -> None:
+def _walk(
+    folder: str,
+    root: str,
+    st: os.stat_result,
+    res: ScanResult,
+    seen_dirs: set[tuple[int, int]],
+    seen_files: set[tuple[int, int]],
+    skip: set[tuple[int, int]],
+    linked: list[tuple[str, str, os.stat_result]],
+) -> None:
     # Iterative depth-first walk: deep trees cannot overflow the stack.
-    stack: List[Tuple[str, os.stat_result]] = [(folder, st)]
+    stack: list[tuple[str, os.stat_result]] = [(folder, st)]
     while stack:
         d, dst = stack.pop()
         key = (dst.st_dev, dst.st_ino)
@@ -166,7 +179,7 @@ def _walk(folder: str, root: str, st: os.stat_result, res: ScanResult, seen_dirs
             res.problems.append((d, _reason(e)))
             res.unlisted.append(d)
             continue
-        subdirs: List[Tuple[str, os.stat_result]] = []
+        subdirs: list[tuple[str, os.stat_result]] = []
         for e in entries:
             name = e.name
             try:

@@ -9,8 +9,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional
 
 from pixdex.errors import PixdexError
 
@@ -28,10 +29,19 @@ def single_thread_blas() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-def run_search(store_dir: Path, query: Optional[str] = None, k: int = 20, texts: Sequence[str] = (),
-               images: Sequence[str] = (), like: Sequence[int] = (), minus: Sequence[str] = (),
-               min_score: Optional[float] = None, path_glob: Optional[str] = None,
-               after: Optional[str] = None, before: Optional[str] = None) -> List[dict]:
+def run_search(
+    store_dir: Path,
+    query: Optional[str] = None,
+    k: int = 20,
+    texts: Sequence[str] = (),
+    images: Sequence[str] = (),
+    like: Sequence[int] = (),
+    minus: Sequence[str] = (),
+    min_score: Optional[float] = None,
+    path_glob: Optional[str] = None,
+    after: Optional[str] = None,
+    before: Optional[str] = None,
+) -> list[dict]:
     """Search and return the hits as dicts (rank, score, path, id, width, height, taken_at)."""
     from pixdex.search.engine import SearchEngine
     from pixdex.search.filters import make_filters
@@ -57,10 +67,21 @@ def _describe(query, texts, images, like, minus) -> str:
     return ", ".join(bits)
 
 
-def run_search_command(store_dir: Path, query: Optional[str], k: int, texts: Sequence[str],
-                       images: Sequence[str], like: Sequence[int], minus: Sequence[str],
-                       min_score: Optional[float], path_glob: Optional[str], after: Optional[str],
-                       before: Optional[str], json_out: bool, paths_out: bool) -> None:
+def run_search_command(
+    store_dir: Path,
+    query: Optional[str],
+    k: int,
+    texts: Sequence[str],
+    images: Sequence[str],
+    like: Sequence[int],
+    minus: Sequence[str],
+    min_score: Optional[float],
+    path_glob: Optional[str],
+    after: Optional[str],
+    before: Optional[str],
+    json_out: bool,
+    paths_out: bool,
+) -> None:
     if json_out and paths_out:
         raise PixdexError("give at most one of --json and --paths")
     single_thread_blas()
@@ -73,15 +94,24 @@ def run_search_command(store_dir: Path, query: Optional[str], k: int, texts: Seq
         out.write("".join(h["path"] + "\n" for h in hits))
         return
     if not hits:
-        out.write(f"No images match {_describe(query, texts, images, like, minus)}"
-                  f"{' with these filters' if (path_glob or after or before or min_score is not None) else ''}.\n")
+        out.write(
+            f"No images match {_describe(query, texts, images, like, minus)}"
+            f"{' with these filters' if (path_glob or after or before or min_score is not None) else ''}.\n"
+        )
         return
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    table = Table("rank", "score", "path", title=Text(f"pixdex: {_describe(query, texts, images, like, minus)}"),
-                  title_justify="left", show_edge=False, pad_edge=False)
+    table = Table(
+        "rank",
+        "score",
+        "path",
+        title=Text(f"pixdex: {_describe(query, texts, images, like, minus)}"),
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+    )
     for h in hits:
         table.add_row(str(h["rank"]), f"{h['score']:.3f}", Text(h["path"]))  # Text: no markup in file names
     Console(soft_wrap=True).print(table)

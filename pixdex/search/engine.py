@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -57,11 +58,13 @@ class SearchEngine:
     def count(self) -> int:
         return self.view.live_count()
 
-    def _model_spec(self) -> Tuple[str, Optional[str]]:
+    def _model_spec(self) -> tuple[str, Optional[str]]:
         ident = self.view.identity
         spec = ident.get("model")
         if not spec:
-            raise PixdexError(f"the store at {self.store_dir} is not bound to a model yet; run: pixdex index FOLDER")
+            raise PixdexError(
+                f"the store at {self.store_dir} is not bound to a model yet; run: pixdex index FOLDER"
+            )
         ckpt = ident.get("checkpoint") or self.view.sidecar.get("checkpoint")
         return spec, ckpt
 
@@ -109,7 +112,9 @@ class SearchEngine:
                 self._text = load_text_encoder(self.store_dir, ident or None)
                 if self._text is None:
                     spec, ckpt = self._model_spec()
-                    log.warning("the store has no exported text tower for %s; loading it with torch (once)", spec)
+                    log.warning(
+                        "the store has no exported text tower for %s; loading it with torch (once)", spec
+                    )
                     from pixdex.encoders.encoder import load_encoder
 
                     enc = load_encoder(spec, checkpoint=ckpt, device="cpu", towers=("text",))
@@ -133,10 +138,10 @@ class SearchEngine:
 
     # ------------------------------------------------------------------ encoding
 
-    def encode_texts(self, texts: List[str]) -> np.ndarray:
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
         return self.text_encoder().encode_texts(list(texts))
 
-    def encode_image_files(self, files: List[str]) -> np.ndarray:
+    def encode_image_files(self, files: list[str]) -> np.ndarray:
         """Embed image files outside the store, loaded exactly as the indexer loads them (torch)."""
         from pixdex.indexer.pipeline import load_candidate
 
@@ -152,7 +157,7 @@ class SearchEngine:
             batch.append(loaded.pixels)
         return enc.encode_images(np.stack(batch))
 
-    def stored_vectors(self, ids: List[int]) -> np.ndarray:
+    def stored_vectors(self, ids: list[int]) -> np.ndarray:
         found, vecs = self.view.vectors(np.asarray(ids, dtype=np.int64))
         missing = sorted(set(int(i) for i in ids) - set(found.tolist()))
         if missing:
@@ -165,8 +170,13 @@ class SearchEngine:
 
     # ------------------------------------------------------------------ searching
 
-    def search(self, query_vector: np.ndarray, k: int = 20, filters: Optional[Filters] = None,
-               exclude: Sequence[int] = ()) -> List[Hit]:
+    def search(
+        self,
+        query_vector: np.ndarray,
+        k: int = 20,
+        filters: Optional[Filters] = None,
+        exclude: Sequence[int] = (),
+    ) -> list[Hit]:
         from pixdex.search.retrieval import search_vectors
 
         exclude = set(int(i) for i in exclude)
@@ -175,16 +185,20 @@ class SearchEngine:
             pairs = search_vectors(self.view, index, query_vector, k + len(exclude), filters)
             pairs = [p for p in pairs if p[0] not in exclude][:k]
             rows = self.view.rows([i for i, _ in pairs])
-        live = [(rows[i], s) for i, s in pairs if i in rows]  # a row deleted between the two reads is left out
+        live = [
+            (rows[i], s) for i, s in pairs if i in rows
+        ]  # a row deleted between the two reads is left out
         return [Hit(rank, s, r) for rank, (r, s) in enumerate(live, 1)]
 
-    def search_parts(self, parts: Sequence[QueryPart], k: int, filters: Optional[Filters] = None) -> List[Hit]:
+    def search_parts(
+        self, parts: Sequence[QueryPart], k: int, filters: Optional[Filters] = None
+    ) -> list[Hit]:
         return self.search(self.encode(parts), k, filters)
 
-    def search_text(self, text: str, k: int = 20, filters: Optional[Filters] = None) -> List[Hit]:
+    def search_text(self, text: str, k: int = 20, filters: Optional[Filters] = None) -> list[Hit]:
         return self.search_parts(build_parts(text), k, filters)
 
-    def similar(self, image_id: int, k: int = 20) -> Tuple[Optional[Row], List[Hit]]:
+    def similar(self, image_id: int, k: int = 20) -> tuple[Optional[Row], list[Hit]]:
         """Images like a stored one (the image itself left out); (None, []) for an unknown id."""
         row = self.view.row(image_id)
         if row is None:

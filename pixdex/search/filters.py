@@ -74,8 +74,12 @@ class Filters:
         return True
 
 
-def make_filters(path_glob: Optional[str] = None, after: Optional[str] = None, before: Optional[str] = None,
-                 min_score: Optional[float] = None) -> Filters:
+def make_filters(
+    path_glob: Optional[str] = None,
+    after: Optional[str] = None,
+    before: Optional[str] = None,
+    min_score: Optional[float] = None,
+) -> Filters:
     a = parse_date(after, "--after") if after else None
     b = parse_date(before, "--before") if before else None
     if a is not None and b is not None and a >= b:

@@ -15,7 +15,6 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Tuple
 
 from pixdex.errors import PixdexError
 
@@ -23,8 +22,13 @@ log = logging.getLogger(__name__)
 
 THUMB_SIZE = 320
 _BROWSER_TYPES = {
-    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
-    ".webp": "image/webp", ".bmp": "image/bmp", ".avif": "image/avif",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".avif": "image/avif",
 }
 MAX_ORIGINAL_BYTES = 512 * 1024 * 1024
 
@@ -51,7 +55,7 @@ class Media:
         self.size = int(size)
         self._lock = threading.Lock()
 
-    def _source(self, row) -> Tuple[Path, os.stat_result]:
+    def _source(self, row) -> tuple[Path, os.stat_result]:
         path = Path(row.path)
         try:
             st = path.stat()
@@ -59,7 +63,7 @@ class Media:
             raise PixdexError(f"the file of image {row.id} is missing") from None
         return path, st
 
-    def original(self, row) -> Tuple[bytes, str]:
+    def original(self, row) -> tuple[bytes, str]:
         path, st = self._source(row)
         ctype = _BROWSER_TYPES.get(path.suffix.lower())
         if ctype:
@@ -72,7 +76,7 @@ class Media:
     def thumb_path(self, image_id: int) -> Path:
         return self.dir / f"{int(image_id) // 1000:04d}" / f"{int(image_id)}-{self.size}.thumb"
 
-    def thumbnail(self, row) -> Tuple[bytes, str]:
+    def thumbnail(self, row) -> tuple[bytes, str]:
         path, st = self._source(row)
         out = self.thumb_path(row.id)
         stamp = f"{st.st_mtime_ns}:{st.st_size}".encode()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -51,9 +52,9 @@ def build_parts(
     images: Sequence[str] = (),
     like: Sequence[int] = (),
     minus: Sequence[str] = (),
-) -> List[QueryPart]:
+) -> list[QueryPart]:
     """Turn the CLI's options into query parts (the positional query is plain text, unweighted)."""
-    parts: List[QueryPart] = []
+    parts: list[QueryPart] = []
     if query is not None:
         if not query.strip():
             raise PixdexError("the text query is empty")
@@ -104,12 +105,12 @@ def combine(weights: Sequence[float], vectors: np.ndarray) -> np.ndarray:
 
 def encode_parts(
     parts: Sequence[QueryPart],
-    encode_texts: Callable[[List[str]], np.ndarray],
-    encode_image_files: Callable[[List[str]], np.ndarray],
-    stored_vectors: Callable[[List[int]], np.ndarray],
+    encode_texts: Callable[[list[str]], np.ndarray],
+    encode_image_files: Callable[[list[str]], np.ndarray],
+    stored_vectors: Callable[[list[int]], np.ndarray],
 ) -> np.ndarray:
     """Embed every part (each kind in one batch, only the kinds present) and combine them."""
-    dim_vectors: List[Optional[np.ndarray]] = [None] * len(parts)
+    dim_vectors: list[Optional[np.ndarray]] = [None] * len(parts)
     for kind, fn in (("text", encode_texts), ("image", encode_image_files), ("like", stored_vectors)):
         idx = [i for i, p in enumerate(parts) if p.kind == kind]
         if not idx:

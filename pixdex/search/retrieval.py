@@ -16,7 +16,7 @@ int64 ids of live rows passing the row filters) and ``all_vectors() -> (ids, vec
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def ivf_of(index):
         return None
 
 
-def _exact(source, q: np.ndarray, ids: Optional[np.ndarray], k: int) -> List[Tuple[int, float]]:
+def _exact(source, q: np.ndarray, ids: Optional[np.ndarray], k: int) -> list[tuple[int, float]]:
     if ids is None:
         ids, vecs = source.all_vectors()
     else:
@@ -69,7 +69,9 @@ def _exact(source, q: np.ndarray, ids: Optional[np.ndarray], k: int) -> List[Tup
     return [(int(ids[i]), float(scores[i])) for i in top]
 
 
-def _rerank(source, q: np.ndarray, cand: np.ndarray, allowed: Optional[np.ndarray]) -> List[Tuple[int, float]]:
+def _rerank(
+    source, q: np.ndarray, cand: np.ndarray, allowed: Optional[np.ndarray]
+) -> list[tuple[int, float]]:
     cand = cand[cand >= 0]
     if allowed is not None and len(cand):  # allowed is sorted: a binary search per candidate
         pos = np.minimum(np.searchsorted(allowed, cand), len(allowed) - 1)
@@ -91,8 +93,9 @@ def _selector(allowed: np.ndarray):
     return faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
 
 
-def search_vectors(source, index, q: np.ndarray, k: int, filters: Optional[Filters] = None,
-                   nprobe: Optional[int] = None) -> List[Tuple[int, float]]:
+def search_vectors(
+    source, index, q: np.ndarray, k: int, filters: Optional[Filters] = None, nprobe: Optional[int] = None
+) -> list[tuple[int, float]]:
     """Top-``k`` ``(id, score)`` for the unit query vector ``q``, best first (ties: lower id first)."""
     if k <= 0:
         raise PixdexError("k must be at least 1")
@@ -112,7 +115,7 @@ def search_vectors(source, index, q: np.ndarray, k: int, filters: Optional[Filte
     return _cut(_faiss_search(source, index, q, k, allowed, nprobe), filters, k)
 
 
-def _faiss_search(source, index, q, k, allowed, nprobe) -> List[Tuple[int, float]]:
+def _faiss_search(source, index, q, k, allowed, nprobe) -> list[tuple[int, float]]:
     import faiss
 
     ivf = ivf_of(index)
@@ -124,8 +127,11 @@ def _faiss_search(source, index, q, k, allowed, nprobe) -> List[Tuple[int, float
     qq = q.reshape(1, -1)
     while True:
         if ivf is not None:
-            params = faiss.SearchParametersIVF(nprobe=probe, sel=sel) if sel is not None else \
-                faiss.SearchParametersIVF(nprobe=probe)
+            params = (
+                faiss.SearchParametersIVF(nprobe=probe, sel=sel)
+                if sel is not None
+                else faiss.SearchParametersIVF(nprobe=probe)
+            )
         else:
             params = faiss.SearchParameters(sel=sel) if sel is not None else None
         _, labels = index.search(qq, kk, params=params) if params is not None else index.search(qq, kk)
@@ -146,7 +152,7 @@ def _faiss_search(source, index, q, k, allowed, nprobe) -> List[Tuple[int, float
     return _exact(source, q, allowed, k)
 
 
-def _cut(hits: List[Tuple[int, float]], filters: Filters, k: int) -> List[Tuple[int, float]]:
+def _cut(hits: list[tuple[int, float]], filters: Filters, k: int) -> list[tuple[int, float]]:
     hits = hits[:k]
     if filters.min_score is not None:
         hits = [h for h in hits if h[1] >= filters.min_score]

@@ -39,8 +39,10 @@ _STATIC = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
-_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 _ID_ROUTE = re.compile(r"^/api/(image|thumb|similar)/(\d{1,18})$")
 
@@ -188,17 +190,23 @@ class _Server(ThreadingHTTPServer):
             log.error("error serving %s", client_address, exc_info=True)
 
 
-def make_server(store_dir: Path, host: str = "127.0.0.1", port: int = 8765, engine=None) -> ThreadingHTTPServer:
+def make_server(
+    store_dir: Path, host: str = "127.0.0.1", port: int = 8765, engine=None
+) -> ThreadingHTTPServer:
     """Build (not start) the server; ``port=0`` picks a free port (``server.server_address``)."""
     from pixdex.search.engine import SearchEngine
     from pixdex.search.media import Media
 
     engine = engine or SearchEngine(Path(store_dir))
-    handler = type("PixdexHandler", (_Handler,), {
-        "engine": engine,
-        "media": Media(Path(store_dir)),
-        "check_host": _is_loopback(host),
-    })
+    handler = type(
+        "PixdexHandler",
+        (_Handler,),
+        {
+            "engine": engine,
+            "media": Media(Path(store_dir)),
+            "check_host": _is_loopback(host),
+        },
+    )
     try:
         server = _Server((host, port), handler)
     except OSError as e:
@@ -224,7 +232,9 @@ def serve(store_dir: Path, host: str = "127.0.0.1", port: int = 8765) -> None:
     server = make_server(store_dir, host, port)
     h, p = server.server_address[:2]
     shown = f"[{h}]" if ":" in h else h
-    sys.stdout.write(f"pixdex: serving {server.engine.count()} images at http://{shown}:{p}/ (Ctrl-C stops)\n")
+    sys.stdout.write(
+        f"pixdex: serving {server.engine.count()} images at http://{shown}:{p}/ (Ctrl-C stops)\n"
+    )
     sys.stdout.flush()
     try:
         server.serve_forever()

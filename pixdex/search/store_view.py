@@ -11,10 +11,11 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -46,8 +47,13 @@ class Row:
     taken_at: Optional[str]
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "id": self.id, "width": self.width, "height": self.height,
-                "taken_at": self.taken_at}
+        return {
+            "path": self.path,
+            "id": self.id,
+            "width": self.width,
+            "height": self.height,
+            "taken_at": self.taken_at,
+        }
 
 
 def _to_datetime(v) -> Optional[datetime]:
@@ -66,10 +72,10 @@ def _taken_str(v) -> Optional[str]:
     return d.isoformat() if d is not None else None
 
 
-def _chunks(ids: np.ndarray) -> Iterable[List[int]]:
+def _chunks(ids: np.ndarray) -> Iterable[list[int]]:
     ids = [int(i) for i in ids]
     for s in range(0, len(ids), _CHUNK):
-        yield ids[s:s + _CHUNK]
+        yield ids[s : s + _CHUNK]
 
 
 class StoreView:
@@ -92,7 +98,7 @@ class StoreView:
         except sqlite3.Error as e:
             raise PixdexError(f"cannot open {db}: {e}") from e
         self._lock = threading.RLock()
-        self._all: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        self._all: Optional[tuple[np.ndarray, np.ndarray]] = None
         self._dim: Optional[int] = None
 
     # ------------------------------------------------------------------ metadata
@@ -119,11 +125,13 @@ class StoreView:
 
     # ------------------------------------------------------------------ rows and vectors
 
-    def rows(self, ids: Iterable[int]) -> Dict[int, Row]:
-        out: Dict[int, Row] = {}
+    def rows(self, ids: Iterable[int]) -> dict[int, Row]:
+        out: dict[int, Row] = {}
         for chunk in _chunks(np.asarray(list(ids), dtype=np.int64)):
-            sql = (f"SELECT {C_ID}, {C_PATH}, {C_WIDTH}, {C_HEIGHT}, {C_TAKEN} FROM {T_IMAGES} "
-                   f"WHERE {LIVE_SQL} AND {C_ID} IN ({','.join('?' * len(chunk))})")
+            sql = (
+                f"SELECT {C_ID}, {C_PATH}, {C_WIDTH}, {C_HEIGHT}, {C_TAKEN} FROM {T_IMAGES} "
+                f"WHERE {LIVE_SQL} AND {C_ID} IN ({','.join('?' * len(chunk))})"
+            )
             for i, p, w, h, t in self._q(sql, chunk):
                 out[int(i)] = Row(int(i), p, w, h, _taken_str(t))
         return out
@@ -131,7 +139,7 @@ class StoreView:
     def row(self, image_id: int) -> Optional[Row]:
         return self.rows([image_id]).get(int(image_id))
 
-    def _decode(self, found: List[Tuple[int, bytes]]) -> Tuple[np.ndarray, np.ndarray]:
+    def _decode(self, found: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
         if not found:
             return np.zeros(0, np.int64), np.zeros((0, self._dim or 0), np.float32)
         ids = np.fromiter((f[0] for f in found), dtype=np.int64, count=len(found))
@@ -139,20 +147,24 @@ class StoreView:
         self._dim = vecs.shape[1]
         return ids, vecs
 
-    def vectors(self, ids) -> Tuple[np.ndarray, np.ndarray]:
+    def vectors(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of the live rows among ``ids``, in the order given."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        got: Dict[int, bytes] = {}
+        got: dict[int, bytes] = {}
         for chunk in _chunks(ids):
-            sql = (f"SELECT {C_VEC_ID}, {C_VEC} FROM {_VEC_JOIN} WHERE {LIVE_SQL} "
-                   f"AND {C_VEC_ID} IN ({','.join('?' * len(chunk))})")
+            sql = (
+                f"SELECT {C_VEC_ID}, {C_VEC} FROM {_VEC_JOIN} WHERE {LIVE_SQL} "
+                f"AND {C_VEC_ID} IN ({','.join('?' * len(chunk))})"
+            )
             got.update((int(i), v) for i, v in self._q(sql, chunk))
         return self._decode([(int(i), got[int(i)]) for i in ids if int(i) in got])
 
-    def all_vectors(self) -> Tuple[np.ndarray, np.ndarray]:
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Every live vector (cached: used for exact search of stores without a FAISS file)."""
         if self._all is None:
-            rows = self._q(f"SELECT {C_VEC_ID}, {C_VEC} FROM {_VEC_JOIN} WHERE {LIVE_SQL} ORDER BY {C_VEC_ID}")
+            rows = self._q(
+                f"SELECT {C_VEC_ID}, {C_VEC} FROM {_VEC_JOIN} WHERE {LIVE_SQL} ORDER BY {C_VEC_ID}"
+            )
             self._all = self._decode([(int(i), v) for i, v in rows])
         return self._all
 

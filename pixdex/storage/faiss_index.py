@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -90,13 +91,13 @@ class VectorIndex:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def flat(cls, dim: int) -> "VectorIndex":
+    def flat(cls, dim: int) -> VectorIndex:
         import faiss
 
         return cls(faiss.IndexIDMap(faiss.IndexFlatIP(int(dim))), "flat")
 
     @classmethod
-    def train_ivf(cls, sample: np.ndarray, nlist: int, trained_on: int, use_gpu: bool = True) -> "VectorIndex":
+    def train_ivf(cls, sample: np.ndarray, nlist: int, trained_on: int, use_gpu: bool = True) -> VectorIndex:
         import faiss
 
         sample = np.ascontiguousarray(sample, dtype=np.float32)
@@ -113,14 +114,16 @@ class VectorIndex:
                 return cls(index, "ivf", trained_on)
             except RuntimeError as e:  # no usable CUDA device after all: train on the CPU
                 log.warning("faiss GPU training failed (%s); training on the CPU", e)
-                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, int(nlist), faiss.METRIC_INNER_PRODUCT)
+                index = faiss.IndexIVFFlat(
+                    faiss.IndexFlatIP(dim), dim, int(nlist), faiss.METRIC_INNER_PRODUCT
+                )
                 index.cp.seed = 1234
         index.train(sample)
         log.info("trained IVF%d on the CPU with %d points", nlist, len(sample))
         return cls(index, "ivf", trained_on)
 
     @classmethod
-    def load(cls, path: Path, trained_on: int = 0) -> Optional["VectorIndex"]:
+    def load(cls, path: Path, trained_on: int = 0) -> Optional[VectorIndex]:
         """The index in ``path``, or None when it is missing or unreadable (it is rebuilt then)."""
         import faiss
 
@@ -130,7 +133,9 @@ class VectorIndex:
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as e:
-            log.warning("cannot read %s (%s); it will be rebuilt", path, str(e).splitlines()[0] if str(e) else e)
+            log.warning(
+                "cannot read %s (%s); it will be rebuilt", path, str(e).splitlines()[0] if str(e) else e
+            )
             return None
         if isinstance(index, faiss.IndexIVF):
             return cls(index, "ivf", trained_on)
@@ -169,13 +174,15 @@ class VectorIndex:
                 inv.release_ids(lst, ptr)
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def search(self, queries: np.ndarray, k: int, nprobe: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, nprobe: Optional[int] = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if self.kind == "ivf":
             self.index.nprobe = int(nprobe or default_nprobe(self.nlist))
         return self.index.search(q, int(k))
 
-    def describe(self) -> Dict:
+    def describe(self) -> dict:
         d = {"file": FAISS_FILE, "type": self.kind, "dim": self.dim, "ntotal": self.ntotal}
         if self.kind == "ivf":
             d.update(nlist=self.nlist, trained_on=self.trained_on, nprobe=default_nprobe(self.nlist))
@@ -236,10 +243,10 @@ def default_nprobe(nlist: Optional[int]) -> int:
 # ---------------------------------------------------------------------- keeping it in line with the db
 
 IdsFn = Callable[[], np.ndarray]
-VectorsFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
+VectorsFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def wanted_kind(n: int, current: Optional[VectorIndex], threshold: int) -> Tuple[str, bool]:
+def wanted_kind(n: int, current: Optional[VectorIndex], threshold: int) -> tuple[str, bool]:
     """(kind, rebuild): the index type a store of ``n`` vectors should have and whether to rebuild it."""
     if current is None:
         return ("ivf" if n >= threshold and nlist_for(n) > 1 else "flat"), True
@@ -254,8 +261,9 @@ def wanted_kind(n: int, current: Optional[VectorIndex], threshold: int) -> Tuple
     return "ivf", False
 
 
-def build(kind: str, dim: int, db_ids: np.ndarray, fetch: VectorsFn, seed: int = 0,
-          use_gpu: bool = True) -> VectorIndex:
+def build(
+    kind: str, dim: int, db_ids: np.ndarray, fetch: VectorsFn, seed: int = 0, use_gpu: bool = True
+) -> VectorIndex:
     """A fresh index of ``kind`` holding every vector of ``db_ids``."""
     n = int(db_ids.size)
     if kind == "ivf":
@@ -268,13 +276,19 @@ def build(kind: str, dim: int, db_ids: np.ndarray, fetch: VectorsFn, seed: int =
     else:
         vi = VectorIndex.flat(dim)
     for s in range(0, n, _CHUNK):
-        ids, vecs = fetch(db_ids[s:s + _CHUNK])
+        ids, vecs = fetch(db_ids[s : s + _CHUNK])
         vi.add(ids, vecs)
     return vi
 
 
-def reconcile(current: Optional[VectorIndex], dim: int, db_ids: np.ndarray, fetch: VectorsFn,
-              threshold: int, use_gpu: bool = True) -> Tuple[VectorIndex, Dict[str, int]]:
+def reconcile(
+    current: Optional[VectorIndex],
+    dim: int,
+    db_ids: np.ndarray,
+    fetch: VectorsFn,
+    threshold: int,
+    use_gpu: bool = True,
+) -> tuple[VectorIndex, dict[str, int]]:
     """Bring ``current`` in line with the database ids (rebuilding or changing type when due).
 
     Returns the index and counts ``{"added", "removed", "rebuilt"}``.
@@ -291,12 +305,16 @@ def reconcile(current: Optional[VectorIndex], dim: int, db_ids: np.ndarray, fetc
     if rebuild:
         if current is not None:
             log.info("building a %s FAISS index over %d vectors", kind, db_ids.size)
-        return build(kind, dim, db_ids, fetch, use_gpu=use_gpu), {"added": int(db_ids.size), "removed": 0, "rebuilt": 1}
+        return build(kind, dim, db_ids, fetch, use_gpu=use_gpu), {
+            "added": int(db_ids.size),
+            "removed": 0,
+            "rebuilt": 1,
+        }
     extra = np.setdiff1d(have, db_ids, assume_unique=True)
     missing = np.setdiff1d(db_ids, have, assume_unique=True)
     removed = current.remove(extra) if extra.size else 0
     for s in range(0, missing.size, _CHUNK):
-        ids, vecs = fetch(missing[s:s + _CHUNK])
+        ids, vecs = fetch(missing[s : s + _CHUNK])
         current.add(ids, vecs)
     if extra.size or missing.size:
         log.info("FAISS index repaired: %d added, %d removed", missing.size, removed)

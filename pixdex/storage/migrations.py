@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, List, Tuple
+from collections.abc import Callable
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
@@ -24,7 +24,7 @@ from pixdex.errors import PixdexError
 log = logging.getLogger(__name__)
 
 Migration = Callable[[Connection], None]
-MIGRATIONS: List[Tuple[str, Migration]] = []
+MIGRATIONS: list[tuple[str, Migration]] = []
 
 
 def migration(fn: Migration) -> Migration:
@@ -37,8 +37,9 @@ def migration(fn: Migration) -> Migration:
 
 @migration
 def m001_create_images_vectors_meta(conn: Connection) -> None:
-    conn.execute(text(
-        """
+    conn.execute(
+        text(
+            """
         CREATE TABLE images (
             id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
             path TEXT NOT NULL UNIQUE,
@@ -57,11 +58,14 @@ def m001_create_images_vectors_meta(conn: Connection) -> None:
             indexed_at FLOAT NOT NULL
         )
         """
-    ))
-    conn.execute(text(
-        "CREATE TABLE vectors (image_id INTEGER NOT NULL PRIMARY KEY "
-        "REFERENCES images (id) ON DELETE CASCADE, vector BLOB NOT NULL)"
-    ))
+        )
+    )
+    conn.execute(
+        text(
+            "CREATE TABLE vectors (image_id INTEGER NOT NULL PRIMARY KEY "
+            "REFERENCES images (id) ON DELETE CASCADE, vector BLOB NOT NULL)"
+        )
+    )
     conn.execute(text("CREATE TABLE meta (key VARCHAR(64) NOT NULL PRIMARY KEY, value TEXT NOT NULL)"))
 
 
@@ -72,29 +76,33 @@ def m002_index_hash_and_root(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_images_root ON images (root)"))
 
 
-def _applied(conn: Connection, create: bool = True) -> List[str]:
+def _applied(conn: Connection, create: bool = True) -> list[str]:
     if create:
-        conn.execute(text(
-            "CREATE TABLE IF NOT EXISTS migrations (name VARCHAR(128) NOT NULL PRIMARY KEY, applied_at FLOAT NOT NULL)"
-        ))
-    elif not conn.execute(text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='migrations'")).first():
+        conn.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS migrations (name VARCHAR(128) NOT NULL PRIMARY KEY, applied_at FLOAT NOT NULL)"
+            )
+        )
+    elif not conn.execute(
+        text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='migrations'")
+    ).first():
         return []
     return [r[0] for r in conn.execute(text("SELECT name FROM migrations ORDER BY applied_at, name"))]
 
 
-def pending(engine: Engine) -> List[str]:
+def pending(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         done = set(_applied(conn, create=False))
     return [n for n, _ in MIGRATIONS if n not in done]
 
 
-def apply_migrations(engine: Engine) -> List[str]:
+def apply_migrations(engine: Engine) -> list[str]:
     """Apply every migration not yet recorded, in order; return the names applied now.
 
     Raises PixdexError when the database records migrations this version does not know (a store
     written by a newer pixdex), rather than guessing at its schema.
     """
-    applied_now: List[str] = []
+    applied_now: list[str] = []
     with engine.connect() as conn:
         with conn.begin():
             done = set(_applied(conn))
@@ -113,8 +121,10 @@ def apply_migrations(engine: Engine) -> List[str]:
                     continue
                 log.info("applying schema migration %s", name)
                 fn(conn)
-                conn.execute(text("INSERT INTO migrations (name, applied_at) VALUES (:n, :t)"),
-                             {"n": name, "t": time.time()})
+                conn.execute(
+                    text("INSERT INTO migrations (name, applied_at) VALUES (:n, :t)"),
+                    {"n": name, "t": time.time()},
+                )
             applied_now.append(name)
     return applied_now
 

@@ -68,7 +68,9 @@ class VectorRow(Base):
 
     __tablename__ = "vectors"
 
-    image_id: Mapped[int] = mapped_column(Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 

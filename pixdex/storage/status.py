@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 
@@ -17,7 +16,7 @@ from pixdex.storage.store import Store
 log = logging.getLogger(__name__)
 
 
-def store_status(store_dir: Path) -> Dict:
+def store_status(store_dir: Path) -> dict:
     """Counts, model, FAISS type/ntotal and agreement with the database (read-only; safe while indexing)."""
     with Store.open_readonly(store_dir) as store:
         by_root = store.counts_by_root()
@@ -27,7 +26,7 @@ def store_status(store_dir: Path) -> Dict:
         sidecar = store.read_sidecar()
         recorded = sidecar.get("faiss") or {}
         live = store.live_ids()
-        faiss: Dict = {"file": str(store.faiss_path), "present": store.faiss_path.is_file()}
+        faiss: dict = {"file": str(store.faiss_path), "present": store.faiss_path.is_file()}
         index = store.load_faiss()
         if index is None:
             faiss.update(type=None, ntotal=0, agrees=live.size == 0, missing=int(live.size), extra=0)
@@ -38,12 +37,20 @@ def store_status(store_dir: Path) -> Dict:
             extra = int(np.setdiff1d(uniq, live, assume_unique=True).size)
             checksum = id_checksum(ids)
             faiss.update(
-                type=index.kind, ntotal=index.ntotal, dim=index.dim, nlist=index.nlist,
-                trained_on=recorded.get("trained_on"), missing=missing, extra=extra,
+                type=index.kind,
+                ntotal=index.ntotal,
+                dim=index.dim,
+                nlist=index.nlist,
+                trained_on=recorded.get("trained_on"),
+                missing=missing,
+                extra=extra,
                 duplicates=int(ids.size - uniq.size),
                 checksum_matches_sidecar=recorded.get("id_checksum") == checksum
                 and recorded.get("ntotal") == index.ntotal,
-                agrees=missing == 0 and extra == 0 and ids.size == uniq.size and index.dim == ident.get("dim", index.dim),
+                agrees=missing == 0
+                and extra == 0
+                and ids.size == uniq.size
+                and index.dim == ident.get("dim", index.dim),
             )
         return {
             "store": str(store.dir),
@@ -53,14 +60,16 @@ def store_status(store_dir: Path) -> Dict:
             "schema_version": migrations.schema_version(store.engine),
             "indexed": indexed,
             "failed": failed,
-            "roots": {root: {"indexed": v.get(STATUS_OK, 0), "failed": v.get(STATUS_FAILED, 0)}
-                      for root, v in sorted(by_root.items())},
+            "roots": {
+                root: {"indexed": v.get(STATUS_OK, 0), "failed": v.get(STATUS_FAILED, 0)}
+                for root, v in sorted(by_root.items())
+            },
             "failures": [{"reason": r, "count": n} for r, n in store.failure_reasons(5)],
             "faiss": faiss,
         }
 
 
-def print_status(info: Dict, stream=None) -> None:
+def print_status(info: dict, stream=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -76,9 +85,14 @@ def print_status(info: Dict, stream=None) -> None:
     for r in info["failures"]:
         console.print(f"  {r['count']:>6}  {r['reason']}")
     f = info["faiss"]
-    agree = "[green]agrees with the database[/]" if f["agrees"] else (
-        f"[red]does not agree with the database[/] ({f['missing']} missing, {f['extra']} extra; "
-        "the next pixdex index repairs it)")
+    agree = (
+        "[green]agrees with the database[/]"
+        if f["agrees"]
+        else (
+            f"[red]does not agree with the database[/] ({f['missing']} missing, {f['extra']} extra; "
+            "the next pixdex index repairs it)"
+        )
+    )
     kind = f["type"] or "none"
     if f.get("nlist"):
         kind += f" (nlist {f['nlist']})"

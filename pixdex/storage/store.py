@@ -19,9 +19,10 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 from sqlalchemy import create_engine, event, func, select
@@ -57,8 +58,13 @@ def make_engine(db: Path, readonly: bool) -> Engine:
 
     def connect():
         if readonly:
-            conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
-                                   check_same_thread=False, isolation_level=None)
+            conn = sqlite3.connect(
+                f"{db.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=30,
+                check_same_thread=False,
+                isolation_level=None,
+            )
         else:
             conn = sqlite3.connect(str(db), timeout=30, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -92,8 +98,11 @@ class StoreLock:
             _lock_fd(fd)
         except BlockingIOError as e:
             os.close(fd)
-            raise PixdexError(f"another pixdex index is already running on the store {self.path.parent}"
-                              " (wait for it to finish)", exit_code=3) from e
+            raise PixdexError(
+                f"another pixdex index is already running on the store {self.path.parent}"
+                " (wait for it to finish)",
+                exit_code=3,
+            ) from e
         except OSError as e:
             os.close(fd)
             raise PixdexError(f"cannot lock {self.path}: {e.strerror}") from e
@@ -162,10 +171,10 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def _chunks(seq: Sequence, n: int = _CHUNK) -> Iterator[Sequence]:
     for s in range(0, len(seq), n):
-        yield seq[s:s + n]
+        yield seq[s : s + n]
 
 
-def vectors_from_blobs(blobs: List[bytes], dim: Optional[int] = None) -> np.ndarray:
+def vectors_from_blobs(blobs: list[bytes], dim: Optional[int] = None) -> np.ndarray:
     if not blobs:
         return np.zeros((0, dim or 0), np.float32)
     return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1).astype(np.float32, copy=False)
@@ -187,11 +196,13 @@ class Store:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open_readonly(cls, store_dir: Path) -> "Store":
+    def open_readonly(cls, store_dir: Path) -> Store:
         store_dir = Path(store_dir).expanduser()
         db = store_dir / DB_FILE
         if not db.is_file():
-            raise PixdexError(f"no pixdex store at {store_dir} (create one with: pixdex index FOLDER --store {store_dir})")
+            raise PixdexError(
+                f"no pixdex store at {store_dir} (create one with: pixdex index FOLDER --store {store_dir})"
+            )
         engine = make_engine(db, readonly=True)
         try:
             with engine.connect() as c:
@@ -202,11 +213,13 @@ class Store:
         store = cls(store_dir, engine, readonly=True)
         if migrations.pending(engine):
             store.close()
-            raise PixdexError(f"the store at {store_dir} has an older schema; run pixdex index once to upgrade it")
+            raise PixdexError(
+                f"the store at {store_dir} has an older schema; run pixdex index once to upgrade it"
+            )
         return store
 
     @classmethod
-    def open_writer(cls, store_dir: Path) -> "Store":
+    def open_writer(cls, store_dir: Path) -> Store:
         """Create (if needed), lock and migrate the store. Raises PixdexError when it cannot."""
         store_dir = Path(store_dir).expanduser()
         if store_dir.exists() and not store_dir.is_dir():
@@ -232,7 +245,9 @@ class Store:
             lock.release()
             if engine is not None:
                 engine.dispose()
-            raise PixdexError(f"cannot open the store database {store_dir / DB_FILE}: {getattr(e, 'orig', e)}") from e
+            raise PixdexError(
+                f"cannot open the store database {store_dir / DB_FILE}: {getattr(e, 'orig', e)}"
+            ) from e
         return cls(store_dir, engine, readonly=False, lock=lock)
 
     def close(self) -> None:
@@ -241,7 +256,7 @@ class Store:
             self._lock.release()
             self._lock = None
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -277,7 +292,9 @@ class Store:
             "format": SIDECAR_FORMAT,
             "model": self.identity,
             "checkpoint": self.get_meta("checkpoint"),
-            "faiss": faiss_info if faiss_info is not None else old.get("faiss", {"file": FAISS_FILE, "type": None}),
+            "faiss": faiss_info
+            if faiss_info is not None
+            else old.get("faiss", {"file": FAISS_FILE, "type": None}),
             "schema_version": migrations.schema_version(self.engine),
             "updated_at": datetime.now().isoformat(timespec="seconds"),
         }
@@ -324,31 +341,40 @@ class Store:
                 q = q.where(ImageRow.status == status)
             return int(s.scalar(q))
 
-    def counts_by_root(self) -> Dict[str, Dict[str, int]]:
-        out: Dict[str, Dict[str, int]] = {}
+    def counts_by_root(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
         with self.session() as s:
             q = select(ImageRow.root, ImageRow.status, func.count()).group_by(ImageRow.root, ImageRow.status)
             for root, status, n in s.execute(q):
                 out.setdefault(root, {})[status] = int(n)
         return out
 
-    def failure_reasons(self, limit: int = 10) -> List[Tuple[str, int]]:
+    def failure_reasons(self, limit: int = 10) -> list[tuple[str, int]]:
         with self.session() as s:
-            q = (select(ImageRow.error, func.count().label("n")).where(ImageRow.status != STATUS_OK)
-                 .group_by(ImageRow.error).order_by(func.count().desc()).limit(limit))
+            q = (
+                select(ImageRow.error, func.count().label("n"))
+                .where(ImageRow.status != STATUS_OK)
+                .group_by(ImageRow.error)
+                .order_by(func.count().desc())
+                .limit(limit)
+            )
             return [(e or "unknown", int(n)) for e, n in s.execute(q)]
 
     def live_ids(self) -> np.ndarray:
         """Sorted ids of every searchable row (status ok, with a vector): what FAISS must hold."""
         with self.session() as s:
-            q = (select(ImageRow.id).join(VectorRow, VectorRow.image_id == ImageRow.id)
-                 .where(ImageRow.status == STATUS_OK).order_by(ImageRow.id))
+            q = (
+                select(ImageRow.id)
+                .join(VectorRow, VectorRow.image_id == ImageRow.id)
+                .where(ImageRow.status == STATUS_OK)
+                .order_by(ImageRow.id)
+            )
             return np.fromiter((r[0] for r in s.execute(q)), dtype=np.int64)
 
-    def rows(self, ids: Iterable[int]) -> Dict[int, ImageRow]:
+    def rows(self, ids: Iterable[int]) -> dict[int, ImageRow]:
         """Rows by id (any status), detached from the session; missing ids are left out."""
         ids = [int(i) for i in ids]
-        out: Dict[int, ImageRow] = {}
+        out: dict[int, ImageRow] = {}
         with self.session() as s:
             for chunk in _chunks(ids):
                 for r in s.scalars(select(ImageRow).where(ImageRow.id.in_(chunk))):
@@ -359,15 +385,17 @@ class Store:
         with self.session() as s:
             return s.scalar(select(ImageRow).where(ImageRow.path == str(path)))
 
-    def vectors(self, ids: Iterable[int]) -> Tuple[np.ndarray, np.ndarray]:
+    def vectors(self, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors (n, dim) float32) of the live rows among ``ids``, in the order given."""
         ids = [int(i) for i in np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).reshape(-1)]
-        got: Dict[int, bytes] = {}
+        got: dict[int, bytes] = {}
         with self.session() as s:
             for chunk in _chunks(ids):
-                q = (select(VectorRow.image_id, VectorRow.vector)
-                     .join(ImageRow, ImageRow.id == VectorRow.image_id)
-                     .where(VectorRow.image_id.in_(chunk), ImageRow.status == STATUS_OK))
+                q = (
+                    select(VectorRow.image_id, VectorRow.vector)
+                    .join(ImageRow, ImageRow.id == VectorRow.image_id)
+                    .where(VectorRow.image_id.in_(chunk), ImageRow.status == STATUS_OK)
+                )
                 got.update((int(i), v) for i, v in s.execute(q))
         keep = [i for i in ids if i in got]
         dim = (self.identity or {}).get("dim")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 from sqlalchemy import delete, insert, select, update
@@ -54,10 +54,10 @@ class Touch(NamedTuple):
 
 @dataclass
 class Batch:
-    deletes: List[int] = field(default_factory=list)
-    moves: List[Move] = field(default_factory=list)
-    touches: List[Touch] = field(default_factory=list)
-    inserts: List[NewRow] = field(default_factory=list)
+    deletes: list[int] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)
+    touches: list[Touch] = field(default_factory=list)
+    inserts: list[NewRow] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.deletes) + len(self.moves) + len(self.touches) + len(self.inserts)
@@ -70,8 +70,8 @@ class Applied:
     added_ids: np.ndarray  # int64
     added_vectors: np.ndarray  # (n, dim) float32
     removed_ids: np.ndarray  # int64: deleted rows that had vectors
-    new_ids: List[Optional[int]]  # id of each of batch.inserts, in order (None: left out, see below)
-    copies_missing: List[int] = field(default_factory=list)  # indices of inserts whose copy source vanished
+    new_ids: list[Optional[int]]  # id of each of batch.inserts, in order (None: left out, see below)
+    copies_missing: list[int] = field(default_factory=list)  # indices of inserts whose copy source vanished
 
 
 class KnownFile(NamedTuple):
@@ -82,11 +82,17 @@ class KnownFile(NamedTuple):
     status: str
 
 
-def known_files(store: Store) -> Dict[str, KnownFile]:
+def known_files(store: Store) -> dict[str, KnownFile]:
     """Every row's path and cheap columns (no blobs): what a run compares the scan with."""
     with store.session() as s:
-        q = select(ImageRow.path, ImageRow.id, ImageRow.size, ImageRow.mtime_ns, ImageRow.content_hash,
-                   ImageRow.status)
+        q = select(
+            ImageRow.path,
+            ImageRow.id,
+            ImageRow.size,
+            ImageRow.mtime_ns,
+            ImageRow.content_hash,
+            ImageRow.status,
+        )
         return {p: KnownFile(i, sz, mt, h, st) for p, i, sz, mt, h, st in s.execute(q)}
 
 
@@ -94,33 +100,49 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
     """Commit ``batch`` in one transaction. Inserts with ``copy_from`` whose source row no longer has
     a vector are left out (their indices are returned in ``copies_missing``; encode them instead)."""
     now = time.time()
-    removed: List[int] = []
-    new_ids: List[Optional[int]] = [None] * len(batch.inserts)
-    added_ids: List[int] = []
-    added_vecs: List[bytes] = []
-    missing: List[int] = []
+    removed: list[int] = []
+    new_ids: list[Optional[int]] = [None] * len(batch.inserts)
+    added_ids: list[int] = []
+    added_vecs: list[bytes] = []
+    missing: list[int] = []
     with store.session() as s, s.begin():
         if batch.deletes:
             for chunk in _chunks(sorted(set(batch.deletes))):
-                removed.extend(r[0] for r in s.execute(select(VectorRow.image_id).where(VectorRow.image_id.in_(chunk))))
+                removed.extend(
+                    r[0] for r in s.execute(select(VectorRow.image_id).where(VectorRow.image_id.in_(chunk)))
+                )
                 s.execute(delete(VectorRow).where(VectorRow.image_id.in_(chunk)))
                 s.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
         for m in batch.moves:
-            s.execute(update(ImageRow).where(ImageRow.id == m.id).values(
-                path=m.path, root=m.root, size=m.size, mtime_ns=m.mtime_ns, indexed_at=now))
+            s.execute(
+                update(ImageRow)
+                .where(ImageRow.id == m.id)
+                .values(path=m.path, root=m.root, size=m.size, mtime_ns=m.mtime_ns, indexed_at=now)
+            )
         for t in batch.touches:
             s.execute(update(ImageRow).where(ImageRow.id == t.id).values(size=t.size, mtime_ns=t.mtime_ns))
-        sources: Dict[int, bytes] = {}
-        meta: Dict[int, tuple] = {}
+        sources: dict[int, bytes] = {}
+        meta: dict[int, tuple] = {}
         copy_ids = sorted({r.copy_from for r in batch.inserts if r.copy_from is not None})
         for chunk in _chunks(copy_ids):
-            q = (select(VectorRow.image_id, VectorRow.vector, ImageRow.width, ImageRow.height, ImageRow.format,
-                        ImageRow.taken_at, ImageRow.camera_make, ImageRow.camera_model)
-                 .join(ImageRow, ImageRow.id == VectorRow.image_id).where(VectorRow.image_id.in_(chunk)))
+            q = (
+                select(
+                    VectorRow.image_id,
+                    VectorRow.vector,
+                    ImageRow.width,
+                    ImageRow.height,
+                    ImageRow.format,
+                    ImageRow.taken_at,
+                    ImageRow.camera_make,
+                    ImageRow.camera_model,
+                )
+                .join(ImageRow, ImageRow.id == VectorRow.image_id)
+                .where(VectorRow.image_id.in_(chunk))
+            )
             for i, v, *m in s.execute(q):
                 sources[i] = v
                 meta[i] = tuple(m)
-        rows: List[Tuple[int, dict, Optional[bytes]]] = []
+        rows: list[tuple[int, dict, Optional[bytes]]] = []
         for k, r in enumerate(batch.inserts):
             blob = None
             if r.status == STATUS_OK:
@@ -131,19 +153,40 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
                     blob = v.tobytes()
                 elif r.copy_from is not None and r.copy_from in sources:
                     blob = sources[r.copy_from]  # same bytes: same pixels, same EXIF
-                    (r.width, r.height, r.format, r.taken_at, r.camera_make, r.camera_model) = meta[r.copy_from]
+                    (r.width, r.height, r.format, r.taken_at, r.camera_make, r.camera_model) = meta[
+                        r.copy_from
+                    ]
                 else:
                     missing.append(k)
                     continue
-            rows.append((k, dict(
-                path=r.path, root=r.root, size=r.size, mtime_ns=r.mtime_ns, content_hash=r.content_hash,
-                width=r.width, height=r.height, format=r.format, taken_at=r.taken_at, camera_make=r.camera_make,
-                camera_model=r.camera_model, status=r.status, error=r.error, indexed_at=now), blob))
+            rows.append(
+                (
+                    k,
+                    dict(
+                        path=r.path,
+                        root=r.root,
+                        size=r.size,
+                        mtime_ns=r.mtime_ns,
+                        content_hash=r.content_hash,
+                        width=r.width,
+                        height=r.height,
+                        format=r.format,
+                        taken_at=r.taken_at,
+                        camera_make=r.camera_make,
+                        camera_model=r.camera_model,
+                        status=r.status,
+                        error=r.error,
+                        indexed_at=now,
+                    ),
+                    blob,
+                )
+            )
         if rows:
             # Core bulk insert (one statement per chunk, RETURNING ids in parameter order): the ORM's
             # unit of work costs more than SQLite itself at thousands of small rows.
-            ids = s.scalars(insert(ImageRow).returning(ImageRow.id, sort_by_parameter_order=True),
-                            [d for _, d, _ in rows]).all()
+            ids = s.scalars(
+                insert(ImageRow).returning(ImageRow.id, sort_by_parameter_order=True), [d for _, d, _ in rows]
+            ).all()
             vec_rows = []
             for (k, _, blob), image_id in zip(rows, ids):
                 new_ids[k] = image_id

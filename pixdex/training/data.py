@@ -13,8 +13,9 @@ run sees the same batches as an uninterrupted one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_BYTES = 2 << 30
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(train, val)`` row indices; deterministic in ``seed``. Validation gets ``round(n * fraction)``
     rows (at least 2 when the fraction is positive and the set allows it), training keeps at least 2."""
     if not 0.0 <= val_fraction < 1.0:
@@ -41,10 +42,10 @@ def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def group_by_image(samples: Sequence[Sample]) -> Tuple[List[Sample], List[np.ndarray]]:
+def group_by_image(samples: Sequence[Sample]) -> tuple[list[Sample], list[np.ndarray]]:
     """``(one sample per distinct image, in first-row order; per image the indices of its rows)``."""
     first: dict = {}
-    rows: List[List[int]] = []
+    rows: list[list[int]] = []
     for i, s in enumerate(samples):
         k = first.setdefault(s.path, len(rows))
         if k == len(rows):
@@ -57,8 +58,10 @@ def caption_draw(caption_rows: Sequence[np.ndarray], seed: int, epoch: int) -> n
     """The manifest row (caption) each image uses in ``epoch``: uniform among its rows, a pure function
     of seed and epoch."""
     counts = np.asarray([len(r) for r in caption_rows], dtype=np.int64)
-    pick = np.minimum((np.random.default_rng([seed, epoch, 15485863]).random(len(counts)) * counts).astype(np.int64),
-                      counts - 1)
+    pick = np.minimum(
+        (np.random.default_rng([seed, epoch, 15485863]).random(len(counts)) * counts).astype(np.int64),
+        counts - 1,
+    )
     return np.asarray([r[k] for r, k in zip(caption_rows, pick)], dtype=np.int64)
 
 
@@ -70,8 +73,14 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 class ImageSource:
     """Resized uint8 ``(S, S, 3)`` pixels of the manifest's images, cached or decoded on demand."""
 
-    def __init__(self, samples: Sequence[Sample], preprocessor, workers: int = 2,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, progress: Optional[Callable[[int], None]] = None):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        preprocessor,
+        workers: int = 2,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        progress: Optional[Callable[[int], None]] = None,
+    ):
         self.samples = list(samples)
         self.pre = preprocessor
         self.size = int(preprocessor.image_size)
@@ -90,8 +99,11 @@ class ImageSource:
                     progress(len(idx))
             log.info("cached %d images (%.1f MB)", len(self.samples), need / 1e6)
         else:
-            log.info("%d images need %.0f MB, more than the cache limit: decoding per batch",
-                     len(self.samples), need / 1e6)
+            log.info(
+                "%d images need %.0f MB, more than the cache limit: decoding per batch",
+                len(self.samples),
+                need / 1e6,
+            )
 
     def _map(self, fn, items):
         return list(self._pool.map(fn, items)) if self._pool is not None else [fn(i) for i in items]
@@ -126,19 +138,25 @@ class ImageSource:
             self._pool = None
 
 
-def tokenize_captions(tokenizer, captions: List[str], context_length: int) -> np.ndarray:
+def tokenize_captions(tokenizer, captions: list[str], context_length: int) -> np.ndarray:
     """Token ids ``(N, ctx)`` int64; warns once about captions cut at the context length."""
     ids = np.asarray(tokenizer(captions), dtype=np.int64)
     if ids.shape != (len(captions), context_length):
-        raise PixdexError(f"tokenizer gave ids of shape {ids.shape}, expected ({len(captions)}, {context_length})")
+        raise PixdexError(
+            f"tokenizer gave ids of shape {ids.shape}, expected ({len(captions)}, {context_length})"
+        )
     full = int((ids[:, -1] != 0).sum())
     if full:
-        log.warning("%d of %d captions fill the %d-token context (long ones are cut)", full, len(captions),
-                    context_length)
+        log.warning(
+            "%d of %d captions fill the %d-token context (long ones are cut)",
+            full,
+            len(captions),
+            context_length,
+        )
     return ids
 
 
-def micro_batches(order: np.ndarray, batch_size: int) -> List[np.ndarray]:
+def micro_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Full micro-batches of ``order`` (the remainder is dropped: contrastive losses want full batches)."""
     b = min(batch_size, len(order))
-    return [order[i:i + b] for i in range(0, len(order) - b + 1, b)]
+    return [order[i : i + b] for i in range(0, len(order) - b + 1, b)]

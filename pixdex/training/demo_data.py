@@ -34,9 +34,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -63,9 +63,14 @@ GRID = 4
 _ROW_WORD = ("top", "", "", "bottom")
 _COL_WORD = ("left", "", "", "right")
 PLACE_PHRASES = {
-    "top left": "in the top left corner", "top": "at the top", "top right": "in the top right corner",
-    "left": "on the left", "center": "in the center", "right": "on the right",
-    "bottom left": "in the bottom left corner", "bottom": "at the bottom",
+    "top left": "in the top left corner",
+    "top": "at the top",
+    "top right": "in the top right corner",
+    "left": "on the left",
+    "center": "in the center",
+    "right": "on the right",
+    "bottom left": "in the bottom left corner",
+    "bottom": "at the bottom",
     "bottom right": "in the bottom right corner",
 }
 OBJECT_COUNT_P = (0.4, 0.35, 0.25)  # 1, 2 or 3 objects
@@ -98,8 +103,16 @@ class DemoObject:
         return ("an " if words[0] in "aeiou" else "a ") + words
 
     def to_dict(self) -> dict:
-        return {"colour": self.colour, "shape": self.shape, "size": self.size, "position": self.position,
-                "cell": [self.row, self.col], "x": round(self.x, 4), "y": round(self.y, 4), "radius": round(self.radius, 4)}
+        return {
+            "colour": self.colour,
+            "shape": self.shape,
+            "size": self.size,
+            "position": self.position,
+            "cell": [self.row, self.col],
+            "x": round(self.x, 4),
+            "y": round(self.y, 4),
+            "radius": round(self.radius, 4),
+        }
 
 
 def generate(out_dir, n: int = 1000, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE) -> Path:
@@ -122,8 +135,15 @@ def generate(out_dir, n: int = 1000, seed: int = 0, image_size: int = DEFAULT_IM
         captions = make_captions(rng, background, objects)
         img = render(background, objects, image_size, rng)
         img.save(out / name, format="PNG", optimize=False)
-        records.append({"image": name, "caption": captions[0], "captions": captions, "background": background,
-                        "objects": [o.to_dict() for o in objects]})
+        records.append(
+            {
+                "image": name,
+                "caption": captions[0],
+                "captions": captions,
+                "background": background,
+                "objects": [o.to_dict() for o in objects],
+            }
+        )
     for stale in sorted(set(old_images) - set(names)):
         # only files an earlier demo set listed, inside this folder
         path = out / Path(stale).name
@@ -131,9 +151,17 @@ def generate(out_dir, n: int = 1000, seed: int = 0, image_size: int = DEFAULT_IM
             path.unlink()
     manifest = out / "manifest.csv"
     _write_atomic(manifest, _manifest_text(records))
-    meta = {"generator": GENERATOR, "seed": seed, "image_size": image_size, "n": n,
-            "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES),
-            "backgrounds": list(BACKGROUNDS), "images": records}
+    meta = {
+        "generator": GENERATOR,
+        "seed": seed,
+        "image_size": image_size,
+        "n": n,
+        "colours": list(COLOURS),
+        "shapes": list(SHAPES),
+        "sizes": list(SIZES),
+        "backgrounds": list(BACKGROUNDS),
+        "images": records,
+    }
     _write_atomic(out / "objects.json", json.dumps(meta, indent=1) + "\n")
     log.info("wrote %d demo images to %s", n, out)
     return manifest
@@ -151,7 +179,7 @@ def load_annotations(folder) -> dict:
     return meta
 
 
-def sample_scene(rng: np.random.Generator) -> Tuple[str, List[DemoObject]]:
+def sample_scene(rng: np.random.Generator) -> tuple[str, list[DemoObject]]:
     """A background and 1-3 objects with distinct (colour, shape) pairs in distinct grid cells."""
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     count = int(rng.choice(len(OBJECT_COUNT_P), p=OBJECT_COUNT_P)) + 1
@@ -185,7 +213,7 @@ def relation(a: DemoObject, b: DemoObject) -> str:
     return "to the left of" if dx < 0 else "to the right of"
 
 
-def make_captions(rng: np.random.Generator, background: str, objects: Sequence[DemoObject]) -> List[str]:
+def make_captions(rng: np.random.Generator, background: str, objects: Sequence[DemoObject]) -> list[str]:
     """The full caption, then one caption per object (and, for three objects, one naming two of them)."""
     captions = [make_caption(rng, background, objects)]
     if len(objects) > 1:
@@ -234,7 +262,9 @@ def _mention(rng: np.random.Generator, background: str, objects: Sequence[DemoOb
     return text
 
 
-def render(background: str, objects: Sequence[DemoObject], size: int, rng: np.random.Generator) -> Image.Image:
+def render(
+    background: str, objects: Sequence[DemoObject], size: int, rng: np.random.Generator
+) -> Image.Image:
     """Draw at ``SUPERSAMPLE`` x and downsample, for smooth edges; colours jitter slightly."""
     big = size * SUPERSAMPLE
     bg = _jitter(BACKGROUNDS[background], rng, 8)
@@ -254,8 +284,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         h = r * 0.92
         draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
     elif shape == "triangle":
-        pts = [(cx + r * math.cos(a), cy + 0.12 * r + r * math.sin(a))
-               for a in (-math.pi / 2, -math.pi / 2 + 2 * math.pi / 3, -math.pi / 2 + 4 * math.pi / 3)]
+        pts = [
+            (cx + r * math.cos(a), cy + 0.12 * r + r * math.sin(a))
+            for a in (-math.pi / 2, -math.pi / 2 + 2 * math.pi / 3, -math.pi / 2 + 4 * math.pi / 3)
+        ]
         draw.polygon(pts, fill=fill)
     elif shape == "star":
         pts = []
@@ -272,7 +304,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         raise ValueError(shape)
 
 
-def _jitter(rgb, rng: np.random.Generator, amount: int) -> Tuple[int, int, int]:
+def _jitter(rgb, rng: np.random.Generator, amount: int) -> tuple[int, int, int]:
     d = rng.integers(-amount, amount + 1, size=3)
     return tuple(int(np.clip(c + e, 0, 255)) for c, e in zip(rgb, d))
 
@@ -290,7 +322,7 @@ def _manifest_text(records) -> str:
     return buf.getvalue()
 
 
-def _check_out_dir(out: Path) -> List[str]:
+def _check_out_dir(out: Path) -> list[str]:
     """Image names of an earlier demo set in ``out`` (to replace), or [] for a new/empty folder."""
     if out.exists() and not out.is_dir():
         raise PixdexError(f"{out} exists and is not a folder")

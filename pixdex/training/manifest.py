@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Tuple
 
 from pixdex.errors import PixdexError
 
@@ -28,8 +28,9 @@ class Sample:
     row: int  # 1-based data row in the manifest
 
 
-def read_manifest(path, image_col: str = "image", caption_col: str = "caption",
-                  check_files: bool = True) -> List[Sample]:
+def read_manifest(
+    path, image_col: str = "image", caption_col: str = "caption", check_files: bool = True
+) -> list[Sample]:
     """All rows of the manifest as ``Sample``s, in file order."""
     path = Path(path).expanduser()
     if path.is_dir():
@@ -42,9 +43,11 @@ def read_manifest(path, image_col: str = "image", caption_col: str = "caption",
         raise PixdexError(f"manifest {path} does not exist")
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise PixdexError(f"manifest {path}: unknown format {path.suffix!r} (expected .csv, .jsonl or .parquet)")
+        raise PixdexError(
+            f"manifest {path}: unknown format {path.suffix!r} (expected .csv, .jsonl or .parquet)"
+        )
     root = path.parent.resolve()
-    samples: List[Sample] = []
+    samples: list[Sample] = []
     seen_columns = False
     for row, where, record in _rows(path, fmt):
         if not seen_columns:
@@ -83,7 +86,7 @@ def _sample(path, root, row, where, record, image_col, caption_col, check_files)
     return Sample(p, " ".join(caption.split()), row)
 
 
-def _rows(path: Path, fmt: str) -> Iterator[Tuple[int, str, dict]]:
+def _rows(path: Path, fmt: str) -> Iterator[tuple[int, str, dict]]:
     """``(data row, " (line L)" or "", record)`` for each row."""
     if fmt in ("csv", "tsv"):
         yield from _csv_rows(path, "\t" if fmt == "tsv" else ",")

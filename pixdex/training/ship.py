@@ -14,12 +14,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import json
 import logging
+import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Optional
 
 from pixdex.errors import PixdexError
 
@@ -36,7 +37,7 @@ def weights_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "encoders" / "weights"
 
 
-def ship(run_dir, dest: Optional[Path] = None, eval_sets: Sequence[Tuple[int, int]] = EVAL_SETS) -> dict:
+def ship(run_dir, dest: Optional[Path] = None, eval_sets: Sequence[tuple[int, int]] = EVAL_SETS) -> dict:
     import torch
 
     from pixdex.encoders.build import build_model
@@ -60,8 +61,10 @@ def ship(run_dir, dest: Optional[Path] = None, eval_sets: Sequence[Tuple[int, in
         path = st.write_model(Path(tmp), model, config, dtype=torch.float16)
         size = path.stat().st_size
         if size > MAX_BYTES:
-            raise PixdexError(f"the float16 weights take {size / 2**20:.1f} MiB, more than "
-                              f"{MAX_BYTES / 2**20:.0f} MiB: shrink the model config")
+            raise PixdexError(
+                f"the float16 weights take {size / 2**20:.1f} MiB, more than "
+                f"{MAX_BYTES / 2**20:.0f} MiB: shrink the model config"
+            )
         for f in Path(tmp).iterdir():
             f.chmod(0o644)
         path.replace(dest / f"{DEMO_NAME}.safetensors")
@@ -70,8 +73,13 @@ def ship(run_dir, dest: Optional[Path] = None, eval_sets: Sequence[Tuple[int, in
     if eval_sets:
         fresh = [evaluate_fresh(dest / f"{DEMO_NAME}.safetensors", n, seed) for n, seed in eval_sets]
         for res in fresh:
-            log.info("fresh set seed %d (%d images): colour x shape P@5 %.3f, caption t2i R@5 %.3f",
-                     res["seed"], res["n"], res["precision_at_k"], res["caption_t2i_r5"])
+            log.info(
+                "fresh set seed %d (%d images): colour x shape P@5 %.3f, caption t2i R@5 %.3f",
+                res["seed"],
+                res["n"],
+                res["precision_at_k"],
+                res["caption_t2i_r5"],
+            )
         p = [r["precision_at_k"] for r in fresh]
         summary["fresh_sets"] = fresh
         summary["precision_at_5_min"], summary["precision_at_5_mean"] = min(p), sum(p) / len(p)
@@ -97,8 +105,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m pixdex.training.ship", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="output folder of `pixdex train`")
     p.add_argument("--dest", default=None, help="where to write (default: pixdex/encoders/weights)")
-    p.add_argument("--eval", default=",".join(f"{n}:{seed}" for n, seed in EVAL_SETS),
-                   help="fresh evaluation sets as IMAGES:SEED,... ('none': skip)")
+    p.add_argument(
+        "--eval",
+        default=",".join(f"{n}:{seed}" for n, seed in EVAL_SETS),
+        help="fresh evaluation sets as IMAGES:SEED,... ('none': skip)",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -107,15 +118,17 @@ def main(argv=None) -> None:
         raise SystemExit(f"pixdex: error: {e}")
     line = f"shipped {DEMO_NAME} ({s['bytes'] / 2**20:.2f} MiB)"
     for fresh in s.get("fresh_sets", []):
-        line += (f"\n  fresh seed {fresh['seed']} ({fresh['n']} images): colour x shape precision@5 "
-                 f"{fresh['precision_at_k']:.3f}, caption t2i R@1 {fresh['caption_t2i_r1']:.3f} "
-                 f"R@5 {fresh['caption_t2i_r5']:.3f}")
+        line += (
+            f"\n  fresh seed {fresh['seed']} ({fresh['n']} images): colour x shape precision@5 "
+            f"{fresh['precision_at_k']:.3f}, caption t2i R@1 {fresh['caption_t2i_r1']:.3f} "
+            f"R@5 {fresh['caption_t2i_r5']:.3f}"
+        )
     if "precision_at_5_min" in s:
         line += f"\n  precision@5 worst {s['precision_at_5_min']:.3f}, mean {s['precision_at_5_mean']:.3f}"
     sys.stdout.write(line + "\n")
 
 
-def _parse_sets(text: str) -> Tuple[Tuple[int, int], ...]:
+def _parse_sets(text: str) -> tuple[tuple[int, int], ...]:
     if text.strip().lower() in ("", "none", "0"):
         return ()
     try:

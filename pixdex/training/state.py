@@ -75,10 +75,14 @@ def load_resume(out: Path) -> Optional[dict]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        raise PixdexError(f"cannot read the resume state {path} ({str(e).splitlines()[0] if str(e) else e}); "
-                          "delete it to start over") from e
+        raise PixdexError(
+            f"cannot read the resume state {path} ({str(e).splitlines()[0] if str(e) else e}); "
+            "delete it to start over"
+        ) from e
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise PixdexError(f"{path} is not a pixdex resume state of version {STATE_VERSION}; delete it to start over")
+        raise PixdexError(
+            f"{path} is not a pixdex resume state of version {STATE_VERSION}; delete it to start over"
+        )
     return state
 
 
@@ -90,5 +94,7 @@ def check_out_dir(out: Path) -> None:
         return
     ours = (out / RESUME_FILE).is_file()
     if not ours and ((out / MODEL_FILE).exists() or (out / CONFIG_FILE).exists()):
-        raise PixdexError(f"--out {out} already holds a model that this run did not write; "
-                          "choose another folder (nothing was changed)")
+        raise PixdexError(
+            f"--out {out} already holds a model that this run did not write; "
+            "choose another folder (nothing was changed)"
+        )

@@ -39,7 +39,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -50,8 +50,23 @@ log = logging.getLogger(__name__)
 
 NO_DECAY_NAME_PARTS = ("embedding", "logit_scale", "logit_bias")
 # options that change the training trajectory: a resumed run must use the same values
-TRAJECTORY_KEYS = ("model", "init", "loss", "epochs", "batch_size", "lr", "weight_decay", "warmup", "accum",
-                   "grad_clip", "image_col", "caption_col", "val_fraction", "seed", "max_steps")
+TRAJECTORY_KEYS = (
+    "model",
+    "init",
+    "loss",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "accum",
+    "grad_clip",
+    "image_col",
+    "caption_col",
+    "val_fraction",
+    "seed",
+    "max_steps",
+)
 
 
 @dataclass
@@ -127,7 +142,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
 
 
-def param_groups(named_params, weight_decay: float) -> List[dict]:
+def param_groups(named_params, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in named_params:
         if not p.requires_grad:
@@ -167,19 +182,30 @@ class _Reporter:
         if not enabled:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.console = Console(stderr=True)
         if self.console.is_terminal:
             self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]:.4f}  T {task.fields[temp]:.4f}"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
             )
             self.progress.start()
-            self.task = self.progress.add_task("train", total=total, completed=start, loss=float("nan"),
-                                               temp=float("nan"))
+            self.task = self.progress.add_task(
+                "train", total=total, completed=start, loss=float("nan"), temp=float("nan")
+            )
 
     def step(self, step: int, total: int, loss: float, temp: float, lr: float) -> None:
         if not self.enabled:
@@ -187,7 +213,9 @@ class _Reporter:
         if self.progress is not None:
             self.progress.update(self.task, completed=step, loss=loss, temp=temp)
         elif step % self.every == 0 or step == total:
-            self.console.print(f"step {step}/{total} loss {loss:.4f} T {temp:.4f} lr {lr:.2e}", soft_wrap=True)
+            self.console.print(
+                f"step {step}/{total} loss {loss:.4f} T {temp:.4f} lr {lr:.2e}", soft_wrap=True
+            )
 
     def line(self, text: str) -> None:
         log.info(text)
@@ -199,14 +227,14 @@ class _Reporter:
             self.progress.stop()
 
 
-def _encode_all(model, images, ids, idx, device, batch=256) -> Tuple[np.ndarray, np.ndarray]:
+def _encode_all(model, images, ids, idx, device, batch=256) -> tuple[np.ndarray, np.ndarray]:
     import torch
     import torch.nn.functional as F
 
     ie, te = [], []
     with torch.no_grad():
         for i in range(0, len(idx), batch):
-            b = idx[i:i + batch]
+            b = idx[i : i + batch]
             x = torch.from_numpy(images.batch(b)).to(device)
             t = torch.from_numpy(ids[b]).to(device)
             ie.append(F.normalize(model.encode_image(x).float(), dim=-1).cpu().numpy())
@@ -214,7 +242,7 @@ def _encode_all(model, images, ids, idx, device, batch=256) -> Tuple[np.ndarray,
     return np.concatenate(ie), np.concatenate(te)
 
 
-def evaluate_split(model, images, ids, captions, idx, device) -> Dict[str, float]:
+def evaluate_split(model, images, ids, captions, idx, device) -> dict[str, float]:
     from pixdex.training.evaluate import recall_at_k
 
     was_training = model.training
@@ -233,12 +261,18 @@ def train(o: TrainOptions) -> dict:
 
     from pixdex.encoders.build import build_model
     from pixdex.encoders.encoder import resolve_device
-    from pixdex.encoders.losses import make_loss
+    from pixdex.encoders.losses import make_loss, same_caption_matrix
     from pixdex.encoders.preprocess import Preprocessor
     from pixdex.encoders.tokenizer import get_tokenizer
-    from pixdex.encoders.losses import same_caption_matrix
-    from pixdex.training.data import (ImageSource, caption_draw, epoch_order, group_by_image, micro_batches,
-                                      split_indices, tokenize_captions)
+    from pixdex.training.data import (
+        ImageSource,
+        caption_draw,
+        epoch_order,
+        group_by_image,
+        micro_batches,
+        split_indices,
+        tokenize_captions,
+    )
     from pixdex.training.manifest import read_manifest
 
     _validate(o)
@@ -249,14 +283,23 @@ def train(o: TrainOptions) -> dict:
     key = _run_key(o, samples, config)
     saved = st.load_resume(out)
     if saved is not None:
-        differ = sorted(k for k in set(key) | set(saved.get("key", {})) if key.get(k) != saved.get("key", {}).get(k))
+        differ = sorted(
+            k for k in set(key) | set(saved.get("key", {})) if key.get(k) != saved.get("key", {}).get(k)
+        )
         if differ:
-            raise PixdexError(f"--out {out} holds a run with other options ({', '.join(differ)}); "
-                              "use the same command to resume, or another --out")
+            raise PixdexError(
+                f"--out {out} holds a run with other options ({', '.join(differ)}); "
+                "use the same command to resume, or another --out"
+            )
         if saved.get("done"):
             log.info("%s: this run already finished (%d steps)", out, saved["step"])
-            return {"out": str(out), "steps": saved["step"], "resumed": True, "done": True,
-                    "history": saved.get("history", [])}
+            return {
+                "out": str(out),
+                "steps": saved["step"],
+                "resumed": True,
+                "done": True,
+                "history": saved.get("history", []),
+            }
     device = resolve_device(o.device)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -278,8 +321,14 @@ def train(o: TrainOptions) -> dict:
     ids = row_ids[first_rows]
     t0 = time.time()
     images = ImageSource(image_samples, pre, workers=o.workers, cache_bytes=o.cache_bytes)
-    log.info("%d images with %d captions (%d train, %d held out) ready in %.1fs", len(image_samples),
-             len(samples), len(train_idx), len(val_idx), time.time() - t0)
+    log.info(
+        "%d images with %d captions (%d train, %d held out) ready in %.1fs",
+        len(image_samples),
+        len(samples),
+        len(train_idx),
+        len(val_idx),
+        time.time() - t0,
+    )
 
     torch.manual_seed(o.seed)
     model = build_model(config)
@@ -305,7 +354,7 @@ def train(o: TrainOptions) -> dict:
     opt = torch.optim.AdamW(param_groups(params, o.weight_decay), lr=o.lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o.warmup, total))
     use_cuda = device.startswith("cuda")
-    amp_dtype = (torch.bfloat16 if use_cuda and torch.cuda.is_bf16_supported() else torch.float16)
+    amp_dtype = torch.bfloat16 if use_cuda and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and amp_dtype == torch.float16)
 
     step, history = 0, []
@@ -328,25 +377,39 @@ def train(o: TrainOptions) -> dict:
                 model.logit_bias.copy_(loss_fn.logit_bias)
 
     def save_state(done: bool) -> None:
-        st.save_resume(out, {
-            "key": key, "step": step, "done": done, "history": history,
-            "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if use_cuda else None,
-        })
+        st.save_resume(
+            out,
+            {
+                "key": key,
+                "step": step,
+                "done": done,
+                "history": history,
+                "model": model.state_dict(),
+                "loss": loss_fn.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng_torch": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if use_cuda else None,
+            },
+        )
 
     def write_outputs(done: bool) -> None:
         sync_logits()
         st.write_model(out, model, config)
-        st.write_json(out / st.METRICS_FILE, {"key": key, "steps": step, "total_steps": total, "done": done,
-                                              "epochs": history})
+        st.write_json(
+            out / st.METRICS_FILE,
+            {"key": key, "steps": step, "total_steps": total, "done": done, "epochs": history},
+        )
         save_state(done)
 
     reporter = _Reporter(o.progress, total, step)
-    reporter.line(f"training {config.name} on {len(train_idx)} images ({len(val_idx)} held out, "
-                  f"{len(samples)} captions in all), "
-                  f"{total} steps of {o.batch_size}x{accum}, loss {kind}, device {device}"
-                  + (f", resuming at step {step}" if step else ""))
+    reporter.line(
+        f"training {config.name} on {len(train_idx)} images ({len(val_idx)} held out, "
+        f"{len(samples)} captions in all), "
+        f"{total} steps of {o.batch_size}x{accum}, loss {kind}, device {device}"
+        + (f", resuming at step {step}" if step else "")
+    )
     started, run_loss, run_n = time.time(), 0.0, 0
     mbs_epoch, mbs = -1, []
     try:
@@ -368,13 +431,19 @@ def train(o: TrainOptions) -> dict:
                 with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_cuda):
                     ie, te = model.encode_image(x), model.encode_text(t)
                 # the loss in fp32, outside autocast
-                loss = loss_fn(F.normalize(ie.float(), dim=-1), F.normalize(te.float(), dim=-1),
-                               positives=positives) / accum
+                loss = (
+                    loss_fn(
+                        F.normalize(ie.float(), dim=-1), F.normalize(te.float(), dim=-1), positives=positives
+                    )
+                    / accum
+                )
                 scaler.scale(loss).backward()
                 step_loss += float(loss.detach())
             if not math.isfinite(step_loss):
-                raise PixdexError(f"the loss became {step_loss} at step {step + 1}; lower --lr "
-                                  "(the last good state is in --out)")
+                raise PixdexError(
+                    f"the loss became {step_loss} at step {step + 1}; lower --lr "
+                    "(the last good state is in --out)"
+                )
             if o.grad_clip > 0:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_([p for _, p in params if p.requires_grad], o.grad_clip)
@@ -387,8 +456,13 @@ def train(o: TrainOptions) -> dict:
             reporter.step(step, total, step_loss, loss_fn.temperature(), sched.get_last_lr()[0])
             epoch_end = step % steps_per_epoch == 0 or step == total
             if epoch_end:
-                entry = {"epoch": epoch + 1, "step": step, "train_loss": run_loss / max(1, run_n),
-                         "temperature": loss_fn.temperature(), "seconds": round(time.time() - started, 1)}
+                entry = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "train_loss": run_loss / max(1, run_n),
+                    "temperature": loss_fn.temperature(),
+                    "seconds": round(time.time() - started, 1),
+                }
                 if len(val_idx):
                     entry["val"] = evaluate_split(model, images, ids, captions, val_idx, device)
                 history.append(entry)
@@ -400,14 +474,23 @@ def train(o: TrainOptions) -> dict:
     finally:
         reporter.close()
         images.close()
-    return {"out": str(out), "steps": step, "total_steps": total, "history": history, "done": True,
-            "model": str(out / st.MODEL_FILE), "seconds": round(time.time() - started, 1)}
+    return {
+        "out": str(out),
+        "steps": step,
+        "total_steps": total,
+        "history": history,
+        "done": True,
+        "model": str(out / st.MODEL_FILE),
+        "seconds": round(time.time() - started, 1),
+    }
 
 
 def _epoch_line(e: dict) -> str:
     text = f"epoch {e['epoch']} step {e['step']}: loss {e['train_loss']:.4f} T {e['temperature']:.4f}"
     v = e.get("val")
     if v:
-        text += (f" | held-out i2t R@1 {v['i2t_r1']:.3f} R@5 {v['i2t_r5']:.3f}"
-                 f" t2i R@1 {v['t2i_r1']:.3f} R@5 {v['t2i_r5']:.3f}")
+        text += (
+            f" | held-out i2t R@1 {v['i2t_r1']:.3f} R@5 {v['i2t_r5']:.3f}"
+            f" t2i R@1 {v['t2i_r1']:.3f} R@5 {v['t2i_r5']:.3f}"
+        )
     return text
