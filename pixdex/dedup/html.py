@@ -5,8 +5,9 @@
 - A strict Content-Security-Policy: ``default-src 'none'``, images only from ``data:``, the one style
   block allowed by its hash, no script at all (the page has none). Every path and name is escaped with
   :func:`html.escape` as well, so a file named ``<script>...`` is shown as text even without the CSP.
-- Bounded size: thumbnails for the first ``max_groups`` groups (at most ``max_members`` per group);
-  the page says how many groups and members were left out (the JSON and CSV outputs have them all).
+- Bounded size: the first ``max_groups`` groups (at most ``max_members`` thumbnails per group, and no
+  more groups once ``max_thumbnails`` are embedded); the page says how many groups and members were
+  left out (the JSON and CSV outputs have them all).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 THUMB_PX = 160
 HTML_MAX_GROUPS = 500
 HTML_MAX_MEMBERS = 24
+HTML_MAX_THUMBNAILS = 2000  # ~6.5 kB each: the page stays under ~15 MB
 JPEG_QUALITY = 75
 
 _CSS = """
@@ -95,6 +97,11 @@ def _e(s) -> str:
     return html.escape(str(s), quote=True)
 
 
+def _score_label(m: Member) -> str:
+    label = {"copy": "distance ", "semantic": "cosine "}.get(m.tier or "")
+    return label + score_text(m) if label and m.score is not None else ""
+
+
 def _figure(m: Member, kept: bool, thumb: str | None, reason: str | None) -> str:
     shown = display_path(m.path)
     name = os.path.basename(shown) or shown
@@ -106,7 +113,7 @@ def _figure(m: Member, kept: bool, thumb: str | None, reason: str | None) -> str
     badge = (
         '<span class="badge kept">KEPT</span>'
         if kept
-        else f'<span class="badge tier">{_e(m.tier or "?")}</span> <span class="score">{_e(score_text(m))}</span>'
+        else f'<span class="badge tier">{_e(m.tier or "?")}</span> <span class="score">{_e(_score_label(m))}</span>'
     )
     res = f"{m.width}&times;{m.height}" if m.width and m.height else "?&times;?"
     fmt = f" {_e(m.format)}" if m.format else ""
@@ -160,6 +167,7 @@ def write_html(
     *,
     max_groups: int = HTML_MAX_GROUPS,
     max_members: int = HTML_MAX_MEMBERS,
+    max_thumbnails: int = HTML_MAX_THUMBNAILS,
     thumb_px: int = THUMB_PX,
     workers: int | None = None,
     title: str = "pixdex dedup report",
@@ -167,7 +175,13 @@ def write_html(
     """Write the page to ``path`` (atomically). Returns ``{"groups_shown", "groups_left_out",
     "thumbnails", "thumbnails_failed"}``."""
     groups = report.groups
-    shown = groups[: max(0, max_groups)]
+    n_shown = budget = 0
+    for g in groups[: max(0, max_groups)]:
+        budget += min(len(g.members), max_members)
+        if n_shown and budget > max_thumbnails:
+            break
+        n_shown += 1
+    shown = groups[:n_shown]
     left_out = len(groups) - len(shown)
     workers = workers or min(8, os.cpu_count() or 1)
     made = failed = 0
