@@ -157,6 +157,18 @@ def test_changed_and_missing_files_are_skipped(tmp_path):
     assert lst.listed == 0 and len(lst.skipped) == 4
 
 
+def test_a_symlinked_duplicate_is_not_moved(tmp_path):
+    root = tmp_path / "photos"
+    a = write_png(root / "a.png", 1)
+    (root / "sub").mkdir()
+    link = root / "sub" / "a_link.png"
+    link.symlink_to("../a.png")  # relative: moving it elsewhere would break it
+    g = make_group(member(a, 1, root), [member(link, 2, root, "exact", 1.0)])
+    res = actions.move_duplicates(Report([g], {}), tmp_path / "dups")
+    assert res.moved == 0 and res.skipped[0]["reason"].startswith("a symbolic link")
+    assert link.is_symlink() and link.read_bytes() == a.read_bytes()
+
+
 def test_list_writes_exactly_the_non_kept_paths(tmp_path):
     root = tmp_path / "photos"
     report = build_report(root, ("dup/c copy, with spaces.png", "dup/ünïcode.png"))

@@ -9,7 +9,8 @@ Rules (every one of them tested):
   exclusive-create copy then the unlink of the source; when the destination name is taken the file
   gets a ``~N`` suffix (reported in ``renamed``).
 - A file that is missing, or whose size or mtime differs from the row indexed (``Member.bytes``,
-  ``Member.mtime_ns``), is skipped and reported, never moved, linked or listed.
+  ``Member.mtime_ns``), is skipped and reported, never moved, linked or listed; ``move`` also leaves
+  symbolic links in place (a relative link would break).
 - Relative paths are kept: the destination of ``/roots/a/2020/x.jpg`` is ``DIR/2020/x.jpg`` when
   ``/roots/a`` is the common folder of the members' indexed roots (``Member.root``; the file's folder
   when unknown), ``DIR/a/2020/x.jpg`` with a second root ``/roots/b``: distinct sources never map to the
@@ -207,6 +208,8 @@ def _place(report: Report, dest: str | Path, action: str) -> ActionResult:
     with open(res.undo_file, "a", encoding="utf-8") as undo_log:
         for m in members:
             reason = unchanged_reason(m)
+            if reason is None and action == "move" and os.path.islink(m.path):
+                reason = "a symbolic link (moving it could break it): left in place"
             if reason:
                 res.skipped.append({"path": m.path, "reason": reason})
                 continue
