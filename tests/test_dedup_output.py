@@ -153,3 +153,12 @@ def test_no_duplicates_says_so():
     out = io.StringIO()
     print_table(Report([], make_summary([], images=12)), out)
     assert out.getvalue() == "No duplicates among 12 images.\n"
+
+
+def test_members_from_two_stores_with_the_same_id_are_both_kept_apart():
+    # --against: ids come from two databases and may coincide; paths tell files apart
+    keep = Member(5, "/store_a/x.png", None, None, 10, 10, 100)
+    other = Member(5, "/store_b/x.png", "exact", 1.0, 10, 10, 100)
+    g = make_group(keep, [other])
+    assert g.duplicates() == [other]
+    assert make_summary([g], images=2)["duplicates"] == 1

@@ -53,8 +53,9 @@ class Group:
     members: list[Member]  # includes ``keep``, first
 
     def duplicates(self) -> list[Member]:
-        """The non-kept members (never the kept one, whatever its ``kept`` flag says)."""
-        return [m for m in self.members if m is not self.keep and m.id != self.keep.id]
+        """The non-kept members (never the kept one, whatever its ``kept`` flag says). Compared by path:
+        ids of two stores (``--against``) may coincide, paths of distinct files do not."""
+        return [m for m in self.members if m is not self.keep and m.path != self.keep.path]
 
     def best_tier(self) -> str | None:
         """The strongest tier linking any member to the kept item."""
@@ -81,7 +82,7 @@ def make_group(keep: Member, others: Iterable[Member]) -> Group:
     """A group in the canonical order: ``keep`` first (marked kept, no tier), then ``others`` by
     :func:`strength_key`."""
     keep.kept, keep.tier, keep.score = True, None, None
-    rest = [m for m in others if m is not keep and m.id != keep.id]
+    rest = [m for m in others if m is not keep and m.path != keep.path]
     for m in rest:
         m.kept = False
     rest.sort(key=strength_key)
