@@ -73,8 +73,7 @@ def main() -> None:
 
     from pixdex.encoders.encoder import load_encoder
     from pixdex.encoders.fast import is_quantized, speed_up
-    from pixdex.indexer.decode import decode, read_file
-    from pixdex.indexer.pipeline import draft_side
+    from pixdex.images import decode, draft_side, read_file
     from pixdex.indexer.run import index_paths
 
     folder = photo_folder(args.n, args.photos)

@@ -58,7 +58,7 @@ def bump_mtime(p: Path, seconds: int = 10) -> None:
 
 def test_first_index_stores_every_file_with_its_direct_embedding(tmp_path):
     from pixdex.encoders.encoder import load_encoder
-    from pixdex.indexer.decode import decode, read_file
+    from pixdex.images import decode, read_file
 
     photos = make_images(tmp_path / "photos", 20)
     store = tmp_path / "store"
