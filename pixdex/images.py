@@ -67,7 +67,7 @@ _heif_state: Optional[bool] = None  # None: not tried yet; False: pillow-heif un
 
 
 class DecodeError(Exception):
-    """A file that cannot be indexed; ``str(e)`` is the reason recorded in the store."""
+    """A file that cannot be decoded; ``str(e)`` is the one-line reason (the indexer records it in the store)."""
 
 
 @dataclass(frozen=True)
