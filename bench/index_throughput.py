@@ -73,8 +73,7 @@ def main() -> None:
 
     from pixdex.encoders.encoder import load_encoder
     from pixdex.encoders.fast import is_quantized, speed_up
-    from pixdex.indexer.decode import decode, read_file
-    from pixdex.indexer.pipeline import draft_side
+    from pixdex.images import load_for_model
     from pixdex.indexer.run import index_paths
 
     folder = photo_folder(args.n, args.photos)
@@ -90,12 +89,7 @@ def main() -> None:
     fp32 = load_encoder(MODEL, device="cpu", towers=("image",), random_init=True)
     swapped = speed_up(enc)
     # already-preprocessed tensors of real photos (decode cost excluded on purpose)
-    pre = np.stack(
-        [
-            enc.preprocess(decode(read_file(str(f)), draft_side(enc.preprocess))[0])
-            for f in files[: args.batch_size]
-        ]
-    )
+    pre = np.stack([enc.preprocess(load_for_model(f, enc.preprocess)) for f in files[: args.batch_size]])
     enc.encode_images(pre)  # the first batch is where the int8 tower checks itself against float32
     qv = enc.model.visual
     check = f"min cosine vs float32 {qv.min_cosine:.5f}, kept: {qv.checked}" if is_quantized(qv) else "off"

@@ -139,7 +139,7 @@ def test_kill_9_at_random_moments_then_complete(tmp_path):
     assert all(rows[str(p)]["status"] == "failed" for p in on_disk if p.stat().st_size == 0)
     # vectors belong to their files: compare a sample with direct encoding
     from pixdex.encoders.encoder import load_encoder
-    from pixdex.indexer.decode import decode, read_file
+    from pixdex.images import decode, read_file
 
     enc = load_encoder("tiny-vit", towers=("image",))
     ok = [p for p in on_disk if rows[str(p)]["status"] == "ok"]

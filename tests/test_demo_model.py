@@ -74,12 +74,12 @@ def test_colour_shape_queries_precision_at_5(encoder, fresh):
 def test_lone_objects_are_classified_zero_shot(encoder, fresh):
     """Each single-object image, scored against all colour x shape queries, picks its own pair; changing
     only the colour or only the shape of the query retrieves other images."""
-    from pixdex.encoders.encoder import decode_image_file
+    from pixdex.images import load_for_model
     from pixdex.training.demo_data import load_annotations
 
     recs = load_annotations(fresh)["images"]
     lone = [r for r in recs if len(r["objects"]) == 1]
-    x = np.stack([encoder.preprocess(decode_image_file(fresh / r["image"])) for r in lone])
+    x = np.stack([encoder.preprocess(load_for_model(fresh / r["image"], encoder.preprocess)) for r in lone])
     emb = encoder.encode_images(x)
     pairs = [(c, s) for c in COLOURS for s in SHAPES]
     q = encoder.encode_texts([f"a {c} {s}" for c, s in pairs])

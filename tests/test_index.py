@@ -58,7 +58,7 @@ def bump_mtime(p: Path, seconds: int = 10) -> None:
 
 def test_first_index_stores_every_file_with_its_direct_embedding(tmp_path):
     from pixdex.encoders.encoder import load_encoder
-    from pixdex.indexer.decode import decode, read_file
+    from pixdex.images import decode, read_file
 
     photos = make_images(tmp_path / "photos", 20)
     store = tmp_path / "store"
@@ -279,7 +279,7 @@ def _bad_folder(root: Path) -> dict:
     Image.new("RGB", (300, 200), (10, 20, 30)).save(root / "big.jpg", quality=95)
     big = (root / "big.jpg").read_bytes()
     (root / "cut.jpg").write_bytes(big[: len(big) // 3])
-    from test_decode import _png_header
+    from test_images import _png_header
 
     (root / "bomb.png").write_bytes(_png_header(30000, 30000))
     (root / "café ☕ 日本.png").write_bytes(good[1].read_bytes()[:-1] + b"\x00")  # unicode name, odd bytes

@@ -22,7 +22,7 @@ def photos(tmp_path, n=12) -> np.ndarray:
     """Preprocessed real photos (synthetic ones when the shared data is absent)."""
     from pixdex.encoders.config import PreprocessConfig
     from pixdex.encoders.preprocess import Preprocessor
-    from pixdex.indexer.decode import decode, read_file
+    from pixdex.images import decode, read_file
 
     files = sorted((SHARED_DATA / "photos").glob("*.jpg"))[:n] if SHARED_DATA.is_dir() else []
     if len(files) < n:

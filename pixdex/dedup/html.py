@@ -57,12 +57,10 @@ figcaption { font-size: 12px; overflow-wrap: anywhere; }
 
 
 def _load_image(path: str, draft_size: int):
-    """Decode ``path`` to an RGB Pillow image through the project's decoder (the one import to switch
-    when the decoder moves)."""
-    from pixdex.indexer.decode import decode, read_file
+    """Decode ``path`` to an RGB Pillow image through the project's one decoder."""
+    from pixdex.images import load_image
 
-    im, _info = decode(read_file(path), draft_size, name=path)
-    return im
+    return load_image(path, draft_size)[0]
 
 
 def thumbnail_data_uri(path: str, size: int = THUMB_PX) -> str:
@@ -76,7 +74,7 @@ def thumbnail_data_uri(path: str, size: int = THUMB_PX) -> str:
 
 
 def _thumb_or_reason(path: str, size: int) -> tuple[str | None, str | None]:
-    from pixdex.indexer.decode import DecodeError
+    from pixdex.images import DecodeError
 
     try:
         return thumbnail_data_uri(path, size), None

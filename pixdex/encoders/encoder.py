@@ -339,25 +339,6 @@ def load_encoder(
     return Encoder(model, resolved, dev, towers)
 
 
-def decode_image_file(path: Union[str, Path]):
-    """A PIL RGB image with EXIF orientation applied; PixdexError for missing or undecodable files."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise PixdexError(f"no such image file: {path}")
-    try:
-        with Image.open(p) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise PixdexError(f"cannot decode image {path}: {e}") from e
-
-
 def embed_one(
     model: str, checkpoint=None, text: Optional[str] = None, image=None, device: str = "auto"
 ) -> dict:
@@ -365,8 +346,15 @@ def embed_one(
     if (text is None) == (image is None):
         raise PixdexError("give exactly one of text or image")
     if image is not None:
-        img = decode_image_file(image)  # fail on a bad file before loading any weights
-        enc = load_encoder(model, checkpoint=checkpoint, device=device, towers=("image",))
+        from pixdex.images import DecodeError, decode, draft_side, read_file
+
+        path = os.path.expanduser(os.fspath(image))
+        try:  # decoded as the indexer decodes it; a missing or unreadable file fails before any weights load
+            data = read_file(path)
+            enc = load_encoder(model, checkpoint=checkpoint, device=device, towers=("image",))
+            img = decode(data, draft_side(enc.preprocess), name=path)[0]
+        except DecodeError as e:
+            raise PixdexError(f"cannot decode image {image}: {e}") from e
         vec = enc.encode_images(enc.preprocess(img)[None])[0]
     else:
         enc = load_encoder(model, checkpoint=checkpoint, device=device, towers=("text",))

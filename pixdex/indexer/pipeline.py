@@ -23,7 +23,7 @@ from typing import Optional, TypeVar
 
 import numpy as np
 
-from pixdex.indexer.decode import DecodeError, ImageInfo, content_hash, decode, read_file
+from pixdex.images import DecodeError, ImageInfo, content_hash, decode, draft_side, read_file
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,6 @@ class Loaded:
     @property
     def ok(self) -> bool:
         return self.pixels is not None
-
-
-def draft_side(preprocess) -> Optional[int]:
-    d = getattr(preprocess, "draft_size", None)
-    if d is None:
-        d = getattr(preprocess, "image_size", None)
-    if d is None:
-        return None
-    return int(max(d)) if isinstance(d, (tuple, list)) else int(d)
 
 
 class DecodeGate:

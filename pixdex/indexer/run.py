@@ -451,7 +451,7 @@ def index_paths(
     ok = False
     try:
         with warnings.catch_warnings():
-            # Pillow warns for images over MAX_IMAGE_PIXELS; decode.py records those as failures.
+            # Pillow warns for images over MAX_IMAGE_PIXELS; pixdex.images records those as failures.
             from PIL import Image
 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

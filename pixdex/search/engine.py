@@ -143,7 +143,7 @@ class SearchEngine:
 
     def encode_image_files(self, files: list[str]) -> np.ndarray:
         """Embed image files outside the store, loaded exactly as the indexer loads them (torch)."""
-        from pixdex.indexer.pipeline import load_candidate
+        from pixdex.images import DecodeError, load_for_model
 
         for f in files:
             if not Path(f).expanduser().is_file():
@@ -151,10 +151,10 @@ class SearchEngine:
         enc = self.image_encoder()
         batch = []
         for f in files:
-            loaded = load_candidate(str(Path(f).expanduser()), enc.preprocess)
-            if not loaded.ok:
-                raise PixdexError(f"--image: cannot read {f}: {loaded.error}")
-            batch.append(loaded.pixels)
+            try:
+                batch.append(np.asarray(enc.preprocess(load_for_model(f, enc.preprocess)), dtype=np.float32))
+            except (DecodeError, ValueError, OSError) as e:
+                raise PixdexError(f"--image: cannot read {f}: {e}") from e
         return enc.encode_images(np.stack(batch))
 
     def stored_vectors(self, ids: list[int]) -> np.ndarray:

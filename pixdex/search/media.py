@@ -4,7 +4,7 @@ Callers pass a stored row (never a path from a request). Thumbnails are JPEGs ca
 ``STORE/thumbs/`` (one line "mtime_ns:size" of the source, then the JPEG bytes), keyed by image id and
 rebuilt when the source file changes.
 Formats that browsers cannot show (HEIC, TIFF, ...) are converted to JPEG on the fly. Decoding is the
-indexer's (:mod:`pixdex.indexer.decode`), so the UI shows what was indexed, the same way.
+indexer's (:mod:`pixdex.images`), so the UI shows what was indexed, the same way.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ MAX_ORIGINAL_BYTES = 512 * 1024 * 1024
 
 def _open_image(path: Path, draft_size=None):
     """RGB image through the indexer's decoder (every mode, EXIF orientation, HEIC, bomb guard)."""
-    from pixdex.indexer.decode import DecodeError, decode, read_file
+    from pixdex.images import DecodeError, load_image
 
     try:
-        return decode(read_file(str(path)), draft_size=draft_size, name=path.name)[0]
+        return load_image(path, draft_size)[0]
     except DecodeError as e:
         raise PixdexError(f"cannot read image {path.name}: {e}") from e
 

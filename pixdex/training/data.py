@@ -1,7 +1,7 @@
 """Training data: manifest rows -> resized images + token ids, split, shuffled and batched.
 
-Images are decoded (EXIF orientation, alpha on white) and resized/cropped by the model's own numpy
-``Preprocessor``; the resized uint8 pixels are kept in memory when they fit in ``cache_bytes`` (the demo
+Images are decoded by :mod:`pixdex.images` exactly as the indexer decodes them (same draft size, EXIF
+orientation, alpha on white) and resized/cropped by the model's own numpy ``Preprocessor``; the resized uint8 pixels are kept in memory when they fit in ``cache_bytes`` (the demo
 set easily does), otherwise decoded again per batch by a thread pool. Captions are tokenised once with
 the model's tokenizer. Rows naming the same image are that image's alternative captions (COCO-style):
 the image is one training item, split as a whole (nothing of a held-out image is trained on), and each
@@ -109,16 +109,13 @@ class ImageSource:
         return list(self._pool.map(fn, items)) if self._pool is not None else [fn(i) for i in items]
 
     def _load(self, i: int) -> np.ndarray:
-        from pixdex.encoders.encoder import decode_image_file
+        from pixdex.images import DecodeError, load_for_model
 
         s = self.samples[i]
         try:
-            img = decode_image_file(s.path)
-            arr = np.asarray(self.pre.resize(img), dtype=np.uint8)
-        except PixdexError as e:
-            raise PixdexError(f"manifest row {s.row}: {e}") from e
-        except (OSError, ValueError) as e:
-            raise PixdexError(f"manifest row {s.row}: cannot read image {s.path}: {e}") from e
+            arr = np.asarray(self.pre.resize(load_for_model(s.path, self.pre)), dtype=np.uint8)
+        except (DecodeError, OSError, ValueError) as e:
+            raise PixdexError(f"manifest row {s.row}: cannot decode image {s.path}: {e}") from e
         if arr.shape != (self.size, self.size, 3):
             raise PixdexError(f"manifest row {s.row}: image {s.path} gave pixels of shape {arr.shape}")
         return arr

@@ -42,7 +42,7 @@ def colour_shape_precision(encoder, folder, k: int = 5, batch_size: int = 256) -
     text->image recall@1/5 (the query's own image, or one with the identical caption)."""
     from pathlib import Path
 
-    from pixdex.encoders.encoder import decode_image_file
+    from pixdex.images import load_for_model
     from pixdex.training.demo_data import COLOURS, SHAPES, load_annotations
 
     meta = load_annotations(folder)
@@ -51,7 +51,9 @@ def colour_shape_precision(encoder, folder, k: int = 5, batch_size: int = 256) -
     embs = []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        x = np.stack([encoder.preprocess(decode_image_file(folder / r["image"])) for r in chunk])
+        x = np.stack(
+            [encoder.preprocess(load_for_model(folder / r["image"], encoder.preprocess)) for r in chunk]
+        )
         embs.append(encoder.encode_images(x))
     image_emb = np.concatenate(embs)
     contains = {

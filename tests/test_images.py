@@ -1,18 +1,23 @@
-"""Decoding: every Pillow mode to RGB, transparency on white, EXIF, JPEG draft, bad files, HEIC/AVIF."""
+"""pixdex.images: every Pillow mode to RGB, transparency on white, EXIF, JPEG draft, bad files, HEIC/AVIF
+(also without pillow-heif), and `pixdex embed --image F` equal to the vector `pixdex index` stored for F."""
 
 from __future__ import annotations
 
 import io
+import json
 import struct
+import sys
 import zlib
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
 from index_support import SHARED_DATA
 from PIL import Image
 
-from pixdex.indexer.decode import DecodeError, content_hash, decode, parse_exif_datetime, read_file, to_rgb
+from pixdex import images
+from pixdex.images import DecodeError, content_hash, decode, parse_exif_datetime, read_file, to_rgb
 
 FORMATS = SHARED_DATA / "formats"
 EXIF = SHARED_DATA / "exif"
@@ -235,7 +240,7 @@ def test_truncated_and_empty_files(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(DecodeError, match="empty file"):
         read_file(str(empty))
-    with pytest.raises(DecodeError, match="vanished"):
+    with pytest.raises(DecodeError, match="not found"):
         read_file(str(tmp_path / "missing.jpg"))
 
 
@@ -264,3 +269,126 @@ def test_heic_and_avif(tmp_path):
 def test_content_hash_is_of_the_bytes():
     assert content_hash(b"abc") == content_hash(b"abc") != content_hash(b"abd")
     assert len(content_hash(b"")) == 32
+
+
+# ---------------------------------------------------------------------- HEIC without pillow-heif
+
+# a HEIC file's first box as pillow-heif writes it; the rest is what an unreadable HEIC looks like to Pillow
+HEIC_HEADER = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+
+
+@pytest.fixture
+def no_pillow_heif(monkeypatch):
+    """pillow-heif unimportable, and its opener (if an earlier test registered it) gone from Pillow."""
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # `import pillow_heif` raises ImportError
+    monkeypatch.setattr(Image, "ID", [f for f in Image.ID if f not in ("HEIF", "HEIC")])
+    monkeypatch.setattr(images, "_heif_state", None)
+
+
+def _heic_bytes() -> bytes:
+    try:
+        import pillow_heif
+    except ImportError:
+        return HEIC_HEADER + bytes(200)
+    b = io.BytesIO()
+    pillow_heif.from_pillow(Image.new("RGB", (64, 48), (200, 30, 40))).save(b, format="HEIF", quality=90)
+    assert b.getvalue()[4:12] == b"ftypheic"
+    return b.getvalue()
+
+
+def test_heic_without_pillow_heif_is_one_clean_failure(tmp_path, no_pillow_heif):
+    data = _heic_bytes()
+    for name in ("x.heic", "x.HEIF", "no-extension", ""):  # by extension, and by content sniffing
+        with pytest.raises(DecodeError) as e:
+            decode(data, 64, name)
+        assert str(e.value) == images.HEIF_UNAVAILABLE
+    assert images._heif_state is False  # import tried once, not per file
+    with pytest.raises(DecodeError, match="not an image"):  # other unidentifiable bytes keep their reason
+        decode(b"\x00\x00\x00\x18ftypjunk" + bytes(100), 64, "y.heic")
+
+    # the indexer records it as a failed file and carries on
+    from index_support import db_rows, make_images
+
+    from pixdex.indexer.run import index_paths
+
+    folder = tmp_path / "photos"
+    good = make_images(folder, 2)
+    (folder / "phone.heic").write_bytes(data)
+    s = index_paths([folder], store_dir=tmp_path / "store", model="tiny-vit", json_mode=True)
+    assert (s["encoded"], s["failed"]) == (2, 1)
+    rows = db_rows(tmp_path / "store")
+    heic = rows[str(folder / "phone.heic")]
+    assert (heic["status"], heic["error"], heic["has_vector"]) == ("failed", images.HEIF_UNAVAILABLE, 0)
+    assert all(rows[str(p)]["has_vector"] for p in good)
+
+
+# ---------------------------------------------------------------------- embed == index
+
+
+def _extra_files(folder: Path) -> list[Path]:
+    """Files where decoders tend to disagree: 16-bit grey (clipped by a plain convert("RGB")), a large
+    JPEG (decoded at a draft scale), EXIF rotation, a HEIC, and a corrupt file (must fail in both)."""
+    folder.mkdir()
+    ramp = (np.arange(90 * 120, dtype=np.uint32).reshape(90, 120) * 6).astype(np.uint16)
+    Image.fromarray(ramp).save(folder / "grey16.png")  # I;16
+    rng = np.random.default_rng(3)
+    big = Image.fromarray(rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)).resize((1600, 1200))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    big.save(folder / "big-rot6.jpg", quality=90, exif=exif)
+    (folder / "truncated.jpg").write_bytes(saved(big, "JPEG")[:3000])
+    try:
+        import pillow_heif
+    except ImportError:
+        pass
+    else:
+        pillow_heif.from_pillow(big.resize((400, 300))).save(str(folder / "phone.heic"), quality=90)
+    return sorted(folder.iterdir())
+
+
+def test_embed_image_is_the_stored_vector(tmp_path):
+    """`pixdex embed --image F` (the real CLI) gives the vector `pixdex index` stored for F, for every
+    file in the shared formats and EXIF sets (and a few made here); files that fail, fail in both with
+    the same reason."""
+    from index_support import db_rows, db_vector
+    from typer.testing import CliRunner
+
+    from pixdex.cli import app
+    from pixdex.errors import PixdexError
+
+    folders = [d for d in (FORMATS, EXIF) if d.is_dir()]
+    files = [f for d in folders for f in sorted(d.iterdir()) if f.is_file()]
+    files += _extra_files(tmp_path / "made")
+    store = tmp_path / "store"
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        [
+            "index",
+            *map(str, folders),
+            str(tmp_path / "made"),
+            "--store",
+            str(store),
+            "--model",
+            "pixdex-demo",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    rows = db_rows(store)
+    failed = 0
+    for f in files:
+        row = rows[str(f)]
+        res = runner.invoke(app, ["embed", "--image", str(f), "--model", "pixdex-demo"])
+        if row["status"] == "failed":
+            failed += 1
+            assert isinstance(res.exception, PixdexError), (f, res.output)
+            assert str(res.exception) == f"cannot decode image {f}: {row['error']}"
+            continue
+        assert res.exit_code == 0, (f, res.output, row["error"])
+        got = np.asarray(json.loads(res.stdout)["embedding"], dtype=np.float64)
+        stored = db_vector(store, row["id"]).astype(np.float64)
+        cos = float(got @ stored / (np.linalg.norm(got) * np.linalg.norm(stored)))
+        assert cos >= 0.9999, (f.name, cos)
+    assert failed >= 1  # the truncated JPEG: the failure path was exercised
+    assert len(files) - failed >= 3

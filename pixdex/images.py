@@ -1,4 +1,10 @@
-"""Decode one image file to an RGB Pillow image plus its metadata, or say clearly why not.
+"""The one image decoder: a file to the RGB Pillow image pixdex sees, plus its metadata, or why not.
+
+The indexer, search (``--image`` queries, thumbnails), ``pixdex embed --image``, training and evaluation
+all decode through this module, so a file gives the same pixels everywhere. :func:`load_image` is the
+entry point for a path; :func:`draft_side` is the decode size a model's preprocessing asks for, and
+:func:`load_for_model` combines both (the pixels the indexer feeds to the model). No torch here: the
+search path imports this module.
 
 - every Pillow mode becomes RGB correctly: 1, L, P, RGB, CMYK, YCbCr, LAB, HSV, 16-bit and 32-bit
   integer (I, I;16*) and float (F) greys scaled to 0..255, transparency (LA, PA, RGBA, P/L/RGB with a
@@ -9,7 +15,8 @@
   factor to at least twice ``draft_size``;
 - Pillow's decompression-bomb guard kept (over ``Image.MAX_IMAGE_PIXELS`` is a failure);
 - animated images: the first frame;
-- HEIC/HEIF through pillow-heif, registered lazily on the first such file; AVIF through Pillow.
+- HEIC/HEIF through pillow-heif, registered lazily on the first such file (without pillow-heif: a
+  :class:`DecodeError`); AVIF through Pillow.
 
 Everything that can go wrong with a file becomes a :class:`DecodeError` with a one-line reason.
 """
@@ -23,7 +30,7 @@ import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -51,12 +58,16 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 
+_HEIF_BRANDS = (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftyphevc")
+HEIF_UNAVAILABLE = "HEIC support unavailable: pillow-heif not installed"
+_UNIDENTIFIED = "not an image, or a truncated or corrupt one (cannot identify it)"
+
 _heif_lock = threading.Lock()
-_heif_registered = False
+_heif_state: Optional[bool] = None  # None: not tried yet; False: pillow-heif unavailable
 
 
 class DecodeError(Exception):
-    """A file that cannot be indexed; ``str(e)`` is the reason recorded in the store."""
+    """A file that cannot be decoded; ``str(e)`` is the one-line reason (the indexer records it in the store)."""
 
 
 @dataclass(frozen=True)
@@ -70,18 +81,20 @@ class ImageInfo:
 
 
 def register_heif() -> bool:
-    """Register pillow-heif's HEIC/HEIF opener once (thread-safe). False when it is not installed."""
-    global _heif_registered
+    """Register pillow-heif's HEIC/HEIF opener once (thread-safe). False when pillow-heif cannot be
+    imported (tried once per process; the warning is logged once)."""
+    global _heif_state
     with _heif_lock:
-        if not _heif_registered:
+        if _heif_state is None:
             try:
                 from pillow_heif import register_heif_opener
-            except ImportError:
-                log.warning("pillow-heif is not installed: HEIC/HEIF files cannot be decoded")
-                return False
-            register_heif_opener()
-            _heif_registered = True
-    return True
+
+                register_heif_opener()
+                _heif_state = True
+            except (ImportError, OSError) as e:  # not installed, or its libheif fails to load
+                log.warning("pillow-heif cannot be imported (%s): HEIC/HEIF files cannot be decoded", e)
+                _heif_state = False
+        return _heif_state
 
 
 def read_file(path: str) -> bytes:
@@ -96,7 +109,7 @@ def read_file(path: str) -> bytes:
     except PermissionError as e:
         raise DecodeError("permission denied") from e
     except FileNotFoundError as e:
-        raise DecodeError("file vanished while indexing") from e
+        raise DecodeError("file not found (deleted or moved)") from e
     except IsADirectoryError as e:
         raise DecodeError("not a regular file") from e
     except OSError as e:
@@ -218,25 +231,29 @@ def _bomb_check(w: int, h: int) -> None:
         raise DecodeError(f"decompression bomb guard: {w}x{h} pixels is over Pillow's limit of {limit}")
 
 
-def decode(data: bytes, draft_size: Optional[int] = None, name: str = "") -> tuple[Image.Image, ImageInfo]:
-    """Decode ``data`` → (RGB image, info). ``draft_size``: the smallest short side needed (None: full size)."""
+def _open(data: bytes, name: str) -> Image.Image:
     if name.lower().endswith((".heic", ".heif")):
         register_heif()
+    heif_ready = _heif_state is True  # pillow-heif was registered before this attempt
     try:
-        im = Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:
+        if data[4:12] not in _HEIF_BRANDS or heif_ready:
+            raise DecodeError(_UNIDENTIFIED) from e
+        if not register_heif():  # a HEIC file (with or without the extension) and no pillow-heif
+            raise DecodeError(HEIF_UNAVAILABLE) from e
+    try:
+        return Image.open(io.BytesIO(data))  # once more, now that pillow-heif is registered
+    except UnidentifiedImageError as e:
+        raise DecodeError(_UNIDENTIFIED) from e
+
+
+def decode(data: bytes, draft_size: Optional[int] = None, name: str = "") -> tuple[Image.Image, ImageInfo]:
+    """Decode ``data`` → (RGB image, info). ``draft_size``: the smallest short side needed (None: full size)."""
+    try:
+        im = _open(data, name)
     except Image.DecompressionBombError as e:
         raise DecodeError(f"decompression bomb guard: {e}") from e
-    except UnidentifiedImageError as e:
-        if not _heif_registered and data[4:12] in (
-            b"ftypheic",
-            b"ftypheix",
-            b"ftypmif1",
-            b"ftypmsf1",
-            b"ftyphevc",
-        ):
-            register_heif()  # a HEIC file without the extension
-            return decode(data, draft_size, name + ".heic")
-        raise DecodeError("not an image, or a truncated or corrupt one (cannot identify it)") from e
     except (OSError, ValueError, SyntaxError) as e:
         raise DecodeError(f"truncated or corrupt image header: {_short(e)}") from e
     try:
@@ -282,3 +299,30 @@ def _decode_open(im: Image.Image, draft_size: Optional[int]) -> tuple[Image.Imag
     if out is im:
         out = im.copy()  # detach from the file object closed by the caller
     return out, ImageInfo(width=w, height=h, format=fmt, taken_at=taken, camera_make=make, camera_model=model)
+
+
+# ---------------------------------------------------------------------- entry points
+
+
+def draft_side(preprocess) -> Optional[int]:
+    """The short side a model's preprocessing needs decoded (its ``draft_size``, else ``image_size``);
+    None: full size. The indexer and every other caller decode at this size, so they see the same pixels."""
+    d = getattr(preprocess, "draft_size", None)
+    if d is None:
+        d = getattr(preprocess, "image_size", None)
+    if d is None:
+        return None
+    return int(max(d)) if isinstance(d, (tuple, list)) else int(d)
+
+
+def load_image(
+    path: Union[str, os.PathLike], draft_size: Optional[int] = None
+) -> tuple[Image.Image, ImageInfo]:
+    """Read and decode the file at ``path`` (``~`` expanded) → (RGB image, info); :class:`DecodeError` if not."""
+    p = os.path.expanduser(os.fspath(path))
+    return decode(read_file(p), draft_size, name=p)
+
+
+def load_for_model(path: Union[str, os.PathLike], preprocess) -> Image.Image:
+    """The RGB image of ``path`` that the indexer feeds to ``preprocess`` (decoded at its :func:`draft_side`)."""
+    return load_image(path, draft_side(preprocess))[0]
