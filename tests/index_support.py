@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import struct
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +28,20 @@ def make_images(
         im.save(p, quality=95) if ext in ("jpg", "jpeg") else im.save(p)
         out.append(p)
     return out
+
+
+def png_header(w: int, h: int) -> bytes:
+    """A PNG that declares ``w`` x ``h`` pixels but holds almost no data (decompression-bomb probes)."""
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def db_rows(store: Path) -> dict[str, dict]:

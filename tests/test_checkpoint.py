@@ -237,15 +237,23 @@ def test_file_sha256_cache_follows_the_file(tmp_path):
     assert file_sha256(p) == hashlib.sha256(b"abcd").hexdigest()
 
 
-def test_bundled_demo_weights_load_when_present():
+def test_bundled_demo_weights_load():
     from pixdex.encoders.registry import demo_weights_path
 
-    if not demo_weights_path().is_file():
-        with pytest.raises(PixdexError, match="bundled demo weights are missing"):
-            load_encoder("pixdex-demo")
-        return
+    assert demo_weights_path().is_file()  # shipped in the repository (README "Reproducing pixdex-demo")
     enc = load_encoder("pixdex-demo", device="cpu")
     out = enc.encode_texts(["a red circle", "a blue square"])
     assert out.shape == (2, enc.dim) and enc.identity()["checkpoint_sha256"] == file_sha256(
         demo_weights_path()
     )
+
+
+def test_missing_demo_weights_is_one_clear_error(tmp_path, monkeypatch):
+    from pixdex.encoders import registry
+
+    gone = tmp_path / "weights" / f"{registry.DEMO_MODEL}.safetensors"
+    monkeypatch.setattr(registry, "demo_weights_path", lambda: gone)
+    with pytest.raises(PixdexError, match="bundled demo weights are missing") as e:
+        load_encoder("pixdex-demo")
+    assert str(gone) in str(e.value) and "--checkpoint" in str(e.value) and "\n" not in str(e.value)
+    assert not any(r["cached"] for r in registry.describe_models() if r["name"] == registry.DEMO_MODEL)

@@ -91,3 +91,34 @@ def test_embed_errors_are_one_line(run, tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("pixdex: error: ") and expected in lines[0], r.stderr
         assert r.stdout == ""
+
+
+def test_version_is_single_sourced_and_loads_no_model_code():
+    """`pixdex --version` prints the package's one version string, in a fresh interpreter that imports
+    neither torch nor the storage or index libraries; pyproject.toml reads that same string."""
+    tomllib = pytest.importorskip("tomllib")
+    import pixdex
+
+    code = (
+        "import sys\n"
+        "sys.argv = ['pixdex', '--version']\n"
+        "from pixdex.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "heavy = sorted(m for m in ('torch', 'sqlalchemy', 'faiss', 'open_clip') if m in sys.modules)\n"
+        "print('heavy:', heavy)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"pixdex {pixdex.__version__}", "heavy: []"]
+    project = tomllib.loads((Path(pixdex.__file__).parents[1] / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "pixdex.__version__"}

@@ -97,50 +97,54 @@ def test_cli_json_matches_the_search_function(demo):
         assert q.split()[0] in colours[os.path.basename(hits[0]["path"])], (q, hits)
 
 
-def test_api_and_browser_return_the_search_results(demo):
+@pytest.fixture(scope="module")
+def served(demo):
+    """The demo store served on 127.0.0.1 (ephemeral port) for this module: its base URL."""
     from pixdex.search.serve import make_server, start_in_thread
 
     photos, store, truth, queries = demo
     srv = make_server(store, "127.0.0.1", 0)
     start_in_thread(srv)
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
     try:
-        from pixdex.search.cli_search import run_search
-
-        for q in queries[:5]:  # the API answers exactly what the search function answers
-            url = f"{base}/api/search?q={urllib.parse.quote('a ' + q)}&k={K}"
-            with urllib.request.urlopen(url, timeout=30) as r:
-                api = [h["id"] for h in json.loads(r.read())["results"]]
-            assert api == [h["id"] for h in run_search(store, f"a {q}", k=K)]
-
-        sync_api = pytest.importorskip("playwright.sync_api")
-        from test_ui import CHROMIUM
-
-        if not CHROMIUM:
-            pytest.skip("no chromium binary")
-        q = queries[0]
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            try:
-                page = browser.new_page()
-                page.set_default_timeout(20_000)
-                page.goto(base + "/")
-                page.fill("#q", f"a {q}")
-                page.press("#q", "Enter")
-                page.wait_for_selector("#grid .card")
-                titles = [page.locator("#grid .card").nth(i).get_attribute("title") for i in range(K)]
-                expected = [os.path.basename(h["path"]) for h in run_search(store, f"a {q}", k=K)]
-                assert [os.path.basename(t.split("  (")[0]) for t in titles] == expected, (q, titles)
-                page.locator("#grid .card").nth(0).click()
-                page.wait_for_selector("#viewer:not([hidden])")
-                page.wait_for_function("() => document.querySelector('#viewer-img').naturalWidth > 0")
-                page.click("#viewer-like")
-                page.wait_for_function("() => location.hash.startsWith('#like=')")
-                page.wait_for_function("() => document.querySelector('#status').textContent.includes('like')")
-                assert page.locator("#grid .card").count() > 0
-            finally:
-                browser.close()
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
     finally:
         srv.shutdown()
         srv.server_close()
         srv.engine.close()
+
+
+def test_api_returns_the_search_results(demo, served):
+    from pixdex.search.cli_search import run_search
+
+    photos, store, truth, queries = demo
+    for q in queries[:5]:  # the API answers exactly what the search function answers
+        url = f"{served}/api/search?q={urllib.parse.quote('a ' + q)}&k={K}"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            api = [h["id"] for h in json.loads(r.read())["results"]]
+        assert api == [h["id"] for h in run_search(store, f"a {q}", k=K)]
+
+
+def test_browser_shows_the_search_results(demo, served, browser):
+    from pixdex.search.cli_search import run_search
+
+    photos, store, truth, queries = demo
+    q = queries[0]
+    page = browser.new_page()
+    try:
+        page.set_default_timeout(20_000)
+        page.goto(served + "/")
+        page.fill("#q", f"a {q}")
+        page.press("#q", "Enter")
+        page.wait_for_selector("#grid .card")
+        titles = [page.locator("#grid .card").nth(i).get_attribute("title") for i in range(K)]
+        expected = [os.path.basename(h["path"]) for h in run_search(store, f"a {q}", k=K)]
+        assert [os.path.basename(t.split("  (")[0]) for t in titles] == expected, (q, titles)
+        page.locator("#grid .card").nth(0).click()
+        page.wait_for_selector("#viewer:not([hidden])")
+        page.wait_for_function("() => document.querySelector('#viewer-img').naturalWidth > 0")
+        page.click("#viewer-like")
+        page.wait_for_function("() => location.hash.startsWith('#like=')")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('like')")
+        assert page.locator("#grid .card").count() > 0
+    finally:
+        page.close()

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import sys
-import zlib
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from index_support import SHARED_DATA
+from index_support import SHARED_DATA, png_header
 from PIL import Image
 
 from pixdex import images
@@ -204,25 +202,13 @@ def test_jpeg_draft_decodes_small_and_close_to_full(tmp_path):
 # ---------------------------------------------------------------------- bad input
 
 
-def _png_header(w: int, h: int) -> bytes:
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize(
     "data,reason",
     [
         (b"this is a text file, not an image\n", "cannot identify"),
-        (_png_header(30000, 30000), "decompression bomb"),  # over 2x the limit: Pillow's error
-        (_png_header(10000, 10000), "decompression bomb"),  # over the limit: Pillow only warns
+        (png_header(30000, 30000), "decompression bomb"),  # over 2x the limit: Pillow's error
+        (png_header(10000, 10000), "decompression bomb"),  # over the limit: Pillow only warns
     ],
 )
 def test_bad_data_raises_decode_error(data, reason):

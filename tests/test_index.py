@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_support import SHARED_DATA, assert_consistent, db_rows, db_vector, faiss_ids, make_images
+from index_support import (
+    SHARED_DATA,
+    assert_consistent,
+    db_rows,
+    db_vector,
+    faiss_ids,
+    make_images,
+    png_header,
+)
 from PIL import Image
 
 from pixdex.errors import PixdexError
@@ -279,9 +287,7 @@ def _bad_folder(root: Path) -> dict:
     Image.new("RGB", (300, 200), (10, 20, 30)).save(root / "big.jpg", quality=95)
     big = (root / "big.jpg").read_bytes()
     (root / "cut.jpg").write_bytes(big[: len(big) // 3])
-    from test_images import _png_header
-
-    (root / "bomb.png").write_bytes(_png_header(30000, 30000))
+    (root / "bomb.png").write_bytes(png_header(30000, 30000))
     (root / "café ☕ 日本.png").write_bytes(good[1].read_bytes()[:-1] + b"\x00")  # unicode name, odd bytes
     (root / "new\nline.png").write_bytes(data)  # a newline in the name (a copy of a good file)
     expect = {

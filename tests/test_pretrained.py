@@ -2,18 +2,23 @@
 
 The HTTP layer of huggingface_hub (its httpx client) is replaced by a transport that serves bytes held
 here, or fails like an unreachable network. huggingface_hub itself, its cache layout and open_clip's
-registry are real; the cache lives in tmp_path.
+registry are real; the cache lives in tmp_path. Works with every huggingface_hub that pyproject.toml
+allows (>= 1.0, where ``set_client_factory`` appeared): 1.x runs on httpx, 2.x on httpx2.
 """
 
 import hashlib
+import importlib
 
 import pytest
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 pytest.importorskip("open_clip")
-httpx = pytest.importorskip("httpx2")
 
 from huggingface_hub import constants  # noqa: E402
+from huggingface_hub.errors import HTTPError as _HubHTTPError  # noqa: E402
+
+# the HTTP library this huggingface_hub is built on: the package its base HTTP error comes from
+httpx = importlib.import_module(_HubHTTPError.__module__.partition(".")[0])
 from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook  # noqa: E402
 
 from pixdex.encoders.encoder import load_encoder, resolve_spec  # noqa: E402

@@ -26,9 +26,8 @@ def store(tmp_path_factory):
     vecs = unit(rng.normal(size=(N, 24)))
     paths = [f"/photos/{'beach' if i % 4 == 0 else 'city'}/IMG_{i:04d}.jpg" for i in range(N)]
     status = ["ok"] * N
-    for i in (10, 11, 12):
-        status[i] = "deleted"
-    status[13] = "failed"
+    for i in (10, 11, 12, 13):
+        status[i] = "failed"  # could not be decoded: the row stays, without a vector
     taken = [None if i % 7 == 0 else f"2023-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00" for i in range(N)]
     # IVF with 2 lists: every list is probed, so results must equal exact search (approximation is
     # measured in test_search_retrieval.py and bench/search_latency.py)
@@ -46,7 +45,7 @@ def exact(vecs, status, q, keep=None):
 
 def test_like_search_ranks_by_stored_vectors_and_skips_dead_rows(store):
     d, vecs, paths, status, _ = store
-    # query like an image whose nearest neighbours include the deleted/failed rows
+    # query like an image whose nearest neighbours include the failed rows
     q_id = 1
     hits = run_search(d, like=[q_id], k=30)
     assert [h["id"] for h in hits] == exact(vecs, status, vecs[q_id - 1])[:30]
@@ -96,7 +95,7 @@ def test_bad_input_is_one_clear_error(store, tmp_path):
     with pytest.raises(PixdexError, match="not a pixdex store"):
         run_search(tmp_path, like=[1])
     with pytest.raises(PixdexError, match="no indexed image with id 11"):
-        run_search(d, like=[11])  # deleted
+        run_search(d, like=[11])  # failed
     with pytest.raises(PixdexError, match="-k"):
         run_search(d, like=[1], k=0)
     empty = make_store(tmp_path / "empty", np.zeros((0, 24), np.float32), [], faiss_kind=None)
@@ -111,7 +110,7 @@ def test_similar_leaves_the_source_out(store):
         src, hits = e.similar(3, 10)
         assert src.id == 3 and 3 not in [h.id for h in hits]
         assert [h.id for h in hits] == exact(vecs, status, vecs[2])[1:11]
-        assert e.similar(11, 10) == (None, [])  # deleted
+        assert e.similar(11, 10) == (None, [])  # failed
         assert e.similar(10_000, 10) == (None, [])
     finally:
         e.close()

@@ -426,7 +426,48 @@ def test_text_tower_exports_to_numpy_tower():
     assert _max_diff(tower.features(ids), ref) < ATOL
 
 
-def test_half_precision_keeps_layernorm_in_float32():
+def _layernorm_calls(model, run) -> list:
+    """(module, input, output) of every LayerNorm call made while ``run()`` runs."""
+    calls = []
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: calls.append((mod, args[0], out)))
+        for m in model.modules()
+        if isinstance(m, torch.nn.LayerNorm)
+    ]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _normalised_in_float32(mod, x):
+    """The reference: the input and parameters in float32, normalised, rounded once to the input dtype."""
+    w = None if mod.weight is None else mod.weight.float()
+    b = None if mod.bias is None else mod.bias.float()
+    return torch.nn.functional.layer_norm(x.float(), mod.normalized_shape, w, b, mod.eps).to(x.dtype)
+
+
+def _with_plain_layernorms(model):
+    """A copy of ``model`` whose LayerNorms are torch's own, computing in the input's dtype."""
+    import copy
+
+    plain = copy.deepcopy(model)
+    for name, m in list(plain.named_modules()):
+        if isinstance(m, torch.nn.LayerNorm) and type(m) is not torch.nn.LayerNorm:
+            ln = torch.nn.LayerNorm(m.normalized_shape, eps=m.eps, elementwise_affine=m.weight is not None)
+            ln.load_state_dict(m.state_dict())
+            parent, _, attr = name.rpartition(".")
+            setattr(plain.get_submodule(parent) if parent else plain, attr, ln.to(m.weight.dtype))
+    return plain
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_keeps_layernorm_in_float32(dtype):
+    """Under fp16/bf16 every LayerNorm of the model normalises in float32 and rounds once: its output is
+    bit-identical to float32 layer_norm cast back, which torch's own half-precision LayerNorm is not
+    (checked here on the same model, so this test cannot pass with plain LayerNorms)."""
     config = SIGLIP_CONFIGS["tiny-siglip"]
     model = SigLIP(config).eval()
     _randomize(model, seed=14)
@@ -434,8 +475,23 @@ def test_half_precision_keeps_layernorm_in_float32():
     ids = torch.randint(0, config.text.vocab_size, (2, config.text.context_length))
     with torch.no_grad():
         ref_img, ref_txt = model.encode_image(x), model.encode_text(ids)
-        model = model.to(torch.bfloat16)
-        img, txt = model.encode_image(x.to(torch.bfloat16)), model.encode_text(ids)
-    assert img.dtype == txt.dtype == torch.bfloat16
+        model = model.to(dtype)
+        out = {}
+
+        def run(m):
+            out["img"], out["txt"] = m.encode_image(x.to(dtype)), m.encode_text(ids)
+
+        calls = _layernorm_calls(model, lambda: run(model))
+        img, txt = out["img"], out["txt"]
+        plain = _with_plain_layernorms(model)
+        plain_calls = _layernorm_calls(plain, lambda: run(plain))
+    norms = {id(m) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert norms and {id(mod) for mod, _, _ in calls} == norms  # every LayerNorm ran, and was checked
+    for mod, inp, got in calls:
+        assert inp.dtype == got.dtype == dtype
+        assert torch.equal(got, _normalised_in_float32(mod, inp)), mod
+    assert len(plain_calls) == len(calls)
+    assert any(not torch.equal(got, _normalised_in_float32(mod, inp)) for mod, inp, got in plain_calls)
+    assert img.dtype == txt.dtype == dtype
     cos = torch.nn.functional.cosine_similarity
     assert float(cos(img.float(), ref_img).min()) > 0.99 and float(cos(txt.float(), ref_txt).min()) > 0.99

@@ -1,42 +1,35 @@
-"""The web UI in headless Chromium: type a query, see the right thumbnails, open one, "more like this".
+"""The web UI in headless Chromium: type a query, see the right thumbnails, open one, "more like this";
+a file name made of HTML stays text.
 
-Skips cleanly when playwright or a Chromium binary is missing.
+Skips when playwright or a Chromium binary is missing, and fails instead under CI=true (the ``browser``
+fixture in conftest.py).
 """
-
-import os
-import shutil
 
 import pytest
 
 pytest.importorskip("faiss")
-sync_api = pytest.importorskip("playwright.sync_api")
 
-from test_serve_api import gallery_server
-
-CHROMIUM = os.environ.get("PIXDEX_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(not CHROMIUM, reason="no chromium binary (apt-get install chromium)")
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    with gallery_server(tmp_path_factory.mktemp("ui")) as (srv, store, names, status):
-        yield f"http://127.0.0.1:{srv.server_address[1]}/", names
+# Waits until an image pointing at "x" (the src of the hostile file name's <img>) has failed to load:
+# had the name been parsed as HTML, its own <img src=x> would have failed, and run its handler, by then.
+SETTLE = "() => new Promise(done => { const i = new Image(); i.onerror = i.onload = done; i.src = 'x'; })"
+PWNED = "() => window.__pwned"
 
 
-@pytest.fixture(scope="module")
-def page():
-    with sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        except sync_api.Error as e:
-            pytest.skip(f"chromium does not start: {str(e).splitlines()[0]}")
-        pg = browser.new_page()
-        pg.set_default_timeout(15_000)
-        errors = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.on("dialog", lambda d: (errors.append("dialog: " + d.message), d.dismiss()))
-        yield pg, errors
-        browser.close()
+@pytest.fixture
+def page(browser):
+    pg = browser.new_page()
+    pg.set_default_timeout(15_000)
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("dialog", lambda d: (errors.append("dialog: " + d.message), d.dismiss()))
+    yield pg, errors
+    pg.close()
+
+
+@pytest.fixture
+def site(gallery):
+    srv, store, names, status = gallery
+    return f"http://127.0.0.1:{srv.server_address[1]}/", names
 
 
 def test_search_click_and_more_like_this(site, page):
@@ -72,18 +65,53 @@ def test_search_click_and_more_like_this(site, page):
     assert not errors
 
 
-def test_script_file_name_is_shown_as_text(site, page):
+def test_the_hostile_file_name_runs_script_when_parsed_as_html(site, page):
+    """Control for the next two tests: in a page without a Content-Security-Policy, the gallery's hostile
+    file name put in with innerHTML does set window.__pwned, so their __pwned checks can fail."""
+    url, names = site
+    pg, _ = page
+    pg.set_content("<!doctype html><div id=out></div>")
+    assert pg.evaluate(PWNED) is None
+    pg.evaluate("name => { document.getElementById('out').innerHTML = name; }", names[0].name)
+    pg.wait_for_function("() => window.__pwned === 1")
+
+
+def test_markup_file_name_is_shown_as_text(site, page):
     url, names = site
     pg, errors = page
     pg.goto(url + "#q=red")
     pg.wait_for_selector("#grid .card")
     odd = pg.locator('#grid .card[data-id="1"]')
+    assert names[0].name in odd.text_content()  # the grid label
     odd.click()
     pg.wait_for_selector("#viewer:not([hidden])")
     assert pg.text_content("#viewer-name") == str(names[0])
-    assert "<script>" in pg.text_content("#viewer-name")
-    assert pg.evaluate("() => document.querySelectorAll('script').length") == 1  # only app.js
-    assert pg.evaluate("() => window.__pwned === undefined")
+    assert pg.get_attribute("#viewer-img", "alt") == names[0].name
+    assert pg.evaluate("() => document.querySelector('[onerror]')") is None  # no element made from it
+    pg.evaluate(SETTLE)
+    assert pg.evaluate(PWNED) is None
     pg.keyboard.press("Escape")
     assert pg.is_hidden("#viewer")
     assert not errors
+
+
+def test_csp_blocks_inline_handlers_even_if_markup_got_in(site, page):
+    """The second line of defence: were a file name ever put into the page as HTML, the server's
+    Content-Security-Policy (script-src 'self') stops its inline handler from running."""
+    url, names = site
+    pg, _ = page
+    pg.goto(url)
+    violations = pg.evaluate(
+        """name => new Promise(done => {
+            document.addEventListener('securitypolicyviolation', e => done(e.violatedDirective));
+            setTimeout(() => done('no violation reported'), 5000);
+            const div = document.createElement('div');
+            div.innerHTML = name;
+            document.body.append(div);
+        })""",
+        names[0].name,
+    )
+    assert violations.startswith("script-src")
+    assert pg.evaluate("() => document.querySelector('[onerror]') !== null")  # the markup did get in
+    pg.evaluate(SETTLE)
+    assert pg.evaluate(PWNED) is None
