@@ -112,7 +112,7 @@ def test_image_query_matches_its_stored_vector(indexed):
 def test_missing_text_tower_is_exported_once_through_torch(indexed, tmp_path):
     import shutil
 
-    from pixdex.encoders.textexport import TEXT_TOWER_FILE, TEXT_TOWER_META
+    from pixdex.storage.contract import TEXT_TOWER_FILE, TEXT_TOWER_META
 
     store, enc, ids, vecs, _ = indexed
     copy = tmp_path / "store"

@@ -15,7 +15,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 
-from pixdex.storage.schema import STATUS_OK, ImageRow, VectorRow
+from pixdex.storage.contract import STATUS_OK
+from pixdex.storage.schema import ImageRow, VectorRow
 from pixdex.storage.store import Store, _chunks, vectors_from_blobs
 
 
