@@ -196,9 +196,9 @@ def test_matching_ids_sql_and_python_agree(tmp_path):
 
 
 def test_engine_maps_a_replaced_faiss_file(tmp_path):
-    import faiss
-
     from pixdex.search.retrieval import ivf_of
+    from pixdex.storage.contract import FAISS_FILE
+    from pixdex.storage.faiss_index import VectorIndex
 
     vecs = unit(np.random.default_rng(3).normal(size=(300, 16)))
     d = make_store(tmp_path / "s", vecs, [f"/p/{i}.jpg" for i in range(300)], faiss_kind="flat")
@@ -206,15 +206,13 @@ def test_engine_maps_a_replaced_faiss_file(tmp_path):
     try:
         first = e.index()
         assert ivf_of(first) is None and e.index() is first  # unchanged file: the same mapping
-        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 4, faiss.METRIC_INNER_PRODUCT)
-        ivf.train(vecs)
-        ivf.add_with_ids(vecs, np.arange(1, 301, dtype=np.int64))
-        faiss.write_index(ivf, str(d / "index.faiss.tmp"))
-        os.replace(d / "index.faiss.tmp", d / "index.faiss")  # what storage does
+        ivf = VectorIndex.train_ivf(vecs, 4, trained_on=300, use_gpu=False)
+        ivf.add(np.arange(1, 301, dtype=np.int64), vecs)
+        ivf.save(d / FAISS_FILE)  # storage replaces the file atomically
         assert ivf_of(e.index()) is not None
         hits = e.search(vecs[7], 5)
         assert hits[0].id == 8 and hits[0].score == pytest.approx(1.0, abs=1e-5)
-        (d / "index.faiss").unlink()  # no FAISS file: exact search over the stored vectors
+        (d / FAISS_FILE).unlink()  # no FAISS file: exact search over the stored vectors
         assert e.index() is None and e.search(vecs[7], 1)[0].id == 8
     finally:
         e.close()
