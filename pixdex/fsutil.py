@@ -86,9 +86,12 @@ def atomic_write(
         if callable(content):
             content(tmp)
         else:
-            data = content.encode(encoding) if isinstance(content, str) else bytes(content)
+            if isinstance(content, str):
+                content = content.encode(encoding)
+            elif not isinstance(content, (bytes, bytearray, memoryview)):
+                raise TypeError(f"atomic_write needs bytes, str or a writer, not {type(content).__name__}")
             with open(tmp, "wb") as f:
-                f.write(data)
+                f.write(content)
         if mode is not None:
             os.chmod(tmp, mode)
         if durable:
