@@ -10,12 +10,13 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from search_support import make_store, unit
+from search_support import DELETED, make_store, unit
 
 from pixdex.errors import PixdexError
 from pixdex.search.cli_search import run_search
 from pixdex.search.engine import SearchEngine
 from pixdex.search.filters import make_filters
+from pixdex.storage.contract import STATUS_FAILED, STATUS_OK
 
 N = 400
 
@@ -25,10 +26,10 @@ def store(tmp_path_factory):
     rng = np.random.default_rng(0)
     vecs = unit(rng.normal(size=(N, 24)))
     paths = [f"/photos/{'beach' if i % 4 == 0 else 'city'}/IMG_{i:04d}.jpg" for i in range(N)]
-    status = ["ok"] * N
+    status = [STATUS_OK] * N
     for i in (10, 11, 12):
-        status[i] = "deleted"
-    status[13] = "failed"
+        status[i] = DELETED  # indexed, then deleted after FAISS was written
+    status[13] = STATUS_FAILED
     taken = [None if i % 7 == 0 else f"2023-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00" for i in range(N)]
     # IVF with 2 lists: every list is probed, so results must equal exact search (approximation is
     # measured in test_search_retrieval.py and bench/search_latency.py)
@@ -40,7 +41,7 @@ def store(tmp_path_factory):
 
 def exact(vecs, status, q, keep=None):
     s = vecs @ q
-    ids = [i for i in np.lexsort((np.arange(N), -s)) if status[i] == "ok" and (keep is None or keep(i))]
+    ids = [i for i in np.lexsort((np.arange(N), -s)) if status[i] == STATUS_OK and (keep is None or keep(i))]
     return [int(i) + 1 for i in ids]
 
 
@@ -54,7 +55,7 @@ def test_like_search_ranks_by_stored_vectors_and_skips_dead_rows(store):
     assert set(hits[0]) == {"rank", "score", "path", "id", "width", "height", "taken_at"}
     assert [h["rank"] for h in hits] == list(range(1, 31))
     assert all(paths[h["id"] - 1] == h["path"] for h in hits)
-    dead = {i + 1 for i, s in enumerate(status) if s != "ok"}
+    dead = {i + 1 for i, s in enumerate(status) if s != STATUS_OK}
     for dead_id in dead:  # even asking for a dead image's own neighbours never returns dead rows
         q = vecs[dead_id - 1]
         e = SearchEngine(d)

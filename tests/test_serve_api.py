@@ -11,9 +11,10 @@ import pytest
 
 pytest.importorskip("faiss")
 from PIL import Image
-from search_support import make_store
+from search_support import DELETED, make_store
 
 from pixdex.search.serve import make_server, start_in_thread
+from pixdex.storage.contract import STATUS_OK
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
@@ -47,7 +48,7 @@ def build_gallery(root):
         Image.new("RGB", (200 + i, 120), tuple(int(c) for c in rgb)).save(names[-1], quality=90)
         v = np.eye(3)[i % 3] + 0.05 * rng.normal(size=3)
         vecs.append(v / np.linalg.norm(v))
-        status.append("deleted" if i == 3 else "ok")
+        status.append(DELETED if i == 3 else STATUS_OK)
     store = make_store(
         root / "store",
         np.array(vecs, np.float32),
