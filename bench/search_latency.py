@@ -14,8 +14,10 @@ Prints:
 
 Synthetic data shaped like CLIP embeddings: image vectors share a common direction and cluster around
 hierarchical concepts (1000 of them, broad and overlapping); queries are "text" vectors across a
-modality gap (cosine ~0.23 with their best image, ~0.09 with a typical one). Stores are written directly in the schema search reads
-(docs/ARCHITECTURE.md) and cached under --work between runs.
+modality gap (cosine ~0.23 with their best image, ~0.09 with a typical one). Stores are written by the
+real storage writer (Store.open_writer + apply_batch + save_faiss; the text tower through
+export_text_tower) and cached under --work between runs; only the IVF training is cut short (10
+k-means iterations on 64 points per list) to keep the 1M store's build time reasonable.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import argparse
 import json
 import os
 import re
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -38,7 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pixdex.encoders.config import ModelConfig, TextConfig  # noqa: E402
-from pixdex.search import store_view as sv  # noqa: E402
 
 QUERY = "a dog on a beach"
 
@@ -68,25 +68,22 @@ def synth(n: int, dim: int, seed: int = 0, topics: int = 50, subs: int = 20):
     return vecs, queries.astype(np.float32)
 
 
-def nlist_for(n: int) -> int:
-    return int(2 ** round(np.log2(4 * np.sqrt(n))))
-
-
 def text_tower_tensors(rng, dim: int, cfg: TextConfig):
+    """Random text-tower weights under the OpenAI/open_clip names a real encoder's text_state_dict has."""
     W, L, H = cfg.width, cfg.layers, int(cfg.width * cfg.mlp_ratio)
 
     def r(*shape, s=0.02):
         return (s * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
 
     t = {
-        "token_embedding": r(cfg.vocab_size, W),
+        "token_embedding.weight": r(cfg.vocab_size, W),
         "positional_embedding": r(cfg.context_length, W, s=0.01),
         "ln_final.weight": np.ones(W, np.float32),
         "ln_final.bias": np.zeros(W, np.float32),
-        "proj": r(W, dim, s=W**-0.5),
+        "text_projection": r(W, dim, s=W**-0.5),
     }
     for i in range(L):
-        p = f"blocks.{i}."
+        p = f"transformer.resblocks.{i}."
         t.update(
             {
                 p + "ln_1.weight": np.ones(W, np.float32),
@@ -106,61 +103,60 @@ def text_tower_tensors(rng, dim: int, cfg: TextConfig):
     return t
 
 
+class SyntheticTextEncoder:
+    """What export_text_tower needs of an encoder (identity, config, text weights), without torch."""
+
+    tokenizer = None
+
+    def __init__(self, config: ModelConfig, identity: dict, tensors: dict):
+        self.config, self._identity, self._tensors = config, identity, tensors
+
+    def identity(self) -> dict:
+        return dict(self._identity)
+
+    def text_state_dict(self) -> dict:
+        return self._tensors
+
+
+def synthetic_row(i: int, vec: np.ndarray):
+    from datetime import datetime
+
+    from pixdex.storage.writes import NewRow
+
+    year = 2000 + i % 25
+    return NewRow(
+        path=f"/photos/{year}/{i % 97:02d}/IMG_{i:07d}.jpg",
+        root="/photos",
+        size=2_000_000 + i,
+        mtime_ns=i,
+        content_hash=f"{i:032x}",
+        width=4032,
+        height=3024,
+        format="JPEG",
+        taken_at=datetime(year, 1 + i % 12, 1 + i % 28, 12),
+        vector=vec,
+    )
+
+
 def build_store(path: Path, n: int, dim: int):
     """Write (or reuse) a synthetic store of n images; returns (vectors, queries)."""
     import faiss
 
-    from pixdex.encoders.numpy_text import write_safetensors
-    from pixdex.encoders.textexport import FORMAT_VERSION, TEXT_TOWER_FILE, TEXT_TOWER_META
+    from pixdex.encoders.textexport import export_text_tower
+    from pixdex.storage.faiss_index import VectorIndex, nlist_for
+    from pixdex.storage.store import Store
+    from pixdex.storage.writes import Batch, apply_batch
 
     vecs, queries = synth(n, dim)
     marker = path / "bench.json"
     nlist = nlist_for(n)
-    want = {"n": n, "dim": dim, "nlist": nlist, "version": 3}
+    want = {"n": n, "dim": dim, "nlist": nlist, "version": 4}
     if marker.exists() and json.loads(marker.read_text()) == want:
         return vecs, queries
     path.mkdir(parents=True, exist_ok=True)
     for f in path.iterdir():
         if f.is_file():
             f.unlink()
-    t0 = time.time()
-    con = sqlite3.connect(path / sv.DB_FILE)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute(
-        f"CREATE TABLE {sv.T_IMAGES} ({sv.C_ID} INTEGER PRIMARY KEY, {sv.C_PATH} TEXT NOT NULL UNIQUE, "
-        f"{sv.C_WIDTH} INTEGER, {sv.C_HEIGHT} INTEGER, {sv.C_TAKEN} TEXT, {sv.C_STATUS} TEXT NOT NULL)"
-    )
-    con.execute(f"CREATE TABLE {sv.T_VECTORS} ({sv.C_VEC_ID} INTEGER PRIMARY KEY, {sv.C_VEC} BLOB NOT NULL)")
-    for s in range(0, n, 50_000):
-        e = min(n, s + 50_000)
-        con.executemany(
-            f"INSERT INTO {sv.T_IMAGES} VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                (
-                    i + 1,
-                    f"/photos/{2000 + i % 25}/{i % 97:02d}/IMG_{i:07d}.jpg",
-                    4032,
-                    3024,
-                    f"{2000 + i % 25}-{1 + i % 12:02d}-{1 + i % 28:02d}T12:00:00",
-                    "ok",
-                )
-                for i in range(s, e)
-            ),
-        )
-        con.executemany(
-            f"INSERT INTO {sv.T_VECTORS} VALUES (?, ?)", ((i + 1, vecs[i].tobytes()) for i in range(s, e))
-        )
-        con.commit()
-    con.close()
-    print(f"  wrote {n} rows in {time.time() - t0:.0f} s; training IVF{nlist} ...", flush=True)
-    t0 = time.time()
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(1)
-    index.cp.niter = 10
-    index.train(vecs[rng.choice(n, min(n, 64 * nlist), replace=False)])
-    index.add_with_ids(vecs, np.arange(1, n + 1, dtype=np.int64))
-    faiss.write_index(index, str(path / sv.FAISS_FILE))
-    print(f"  IVF built in {time.time() - t0:.0f} s", flush=True)
     cfg = ModelConfig(
         name="bench-ViT-B-32",
         family="clip",
@@ -168,20 +164,25 @@ def build_store(path: Path, n: int, dim: int):
         text=TextConfig(width=512, heads=8, layers=12, context_length=77),
     )
     identity = {"model": cfg.name, "checkpoint_sha256": "synthetic", "dim": dim}
-    write_safetensors(path / TEXT_TOWER_FILE, text_tower_tensors(np.random.default_rng(2), dim, cfg.text))
-    (path / TEXT_TOWER_META).write_text(
-        json.dumps(
-            {
-                "format": FORMAT_VERSION,
-                "identity": identity,
-                "config": cfg.to_dict(),
-                "tower": {"kind": "clip", "heads": 8, "act": "gelu", "ln_eps": 1e-5, "dim": dim},
-            }
-        )
-    )
-    (path / sv.SIDECAR_FILE).write_text(
-        json.dumps({"model": identity, "faiss": {"file": sv.FAISS_FILE, "type": f"IVF{nlist},Flat"}})
-    )
+    t0 = time.time()
+    with Store.open_writer(path) as st:
+        st.bind_model(identity)
+        for s in range(0, n, 50_000):
+            e = min(n, s + 50_000)
+            applied = apply_batch(st, Batch(inserts=[synthetic_row(i, vecs[i]) for i in range(s, e)]), dim)
+            assert applied.new_ids == list(range(s + 1, e + 1))  # ids 1..n: the ground truth below
+        print(f"  wrote {n} rows in {time.time() - t0:.0f} s; training IVF{nlist} ...", flush=True)
+        t0 = time.time()
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(1)
+        index.cp.niter = 10
+        index.train(vecs[rng.choice(n, min(n, 64 * nlist), replace=False)])
+        vi = VectorIndex(index, "ivf", trained_on=n)
+        vi.add(np.arange(1, n + 1, dtype=np.int64), vecs)
+        st.save_faiss(vi)
+        print(f"  IVF built in {time.time() - t0:.0f} s", flush=True)
+    tensors = text_tower_tensors(np.random.default_rng(2), dim, cfg.text)
+    export_text_tower(SyntheticTextEncoder(cfg, identity, tensors), path)
     marker.write_text(json.dumps(want))
     return vecs, queries
 

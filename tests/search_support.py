@@ -1,20 +1,24 @@
-"""Helpers for the search tests: a store written directly in the storage schema that search reads.
+"""Helpers for the search tests: a store written by the real storage writer, without running a model.
 
-Used where a test needs exact control over rows (deleted/failed rows, dates, odd file names) without
-running a model. The schema constants come from pixdex.search.store_view, the single place that names them.
+Used where a test needs exact control over rows (failed or deleted rows, dates, odd file names) and
+vectors. The store is built exactly as `pixdex index` builds one (``Store.open_writer``, ``bind_model``,
+``apply_batch``, ``Store.save_faiss``), so search is tested against what storage really writes.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from pixdex.search import store_view as sv
+from pixdex.storage.contract import STATUS_FAILED, STATUS_OK
+
+# Not a storage status: a row that was indexed (its vector went into the FAISS file) and then deleted
+# from the database, as when a file disappears and FAISS has not been rewritten yet.
+DELETED = "deleted"
 
 
 def make_store(
@@ -28,48 +32,60 @@ def make_store(
     identity: Optional[dict] = None,
     nlist: int = 16,
 ) -> Path:
-    store = Path(store)
-    store.mkdir(parents=True, exist_ok=True)
+    """A store whose row ``i`` has id ``i + 1``, ``paths[i]``, ``vecs[i]`` and ``status[i]``.
+
+    ``status`` values: STATUS_OK, STATUS_FAILED (no vector) or DELETED. ``taken``: ISO-8601 text.
+    ``faiss_kind``: "flat", "ivf" (``nlist`` lists) or None (no FAISS file: exact search); the FAISS
+    file holds the vectors of the ok and the deleted rows.
+    """
+    from pixdex.storage import faiss_index
+    from pixdex.storage.store import Store
+    from pixdex.storage.writes import Batch, NewRow, apply_batch
+
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-    n = len(vecs)
-    status = list(status or ["ok"] * n)
+    n, dim = vecs.shape
+    status = list(status or [STATUS_OK] * n)
     taken = list(taken or [None] * n)
     sizes = list(sizes or [(64, 64)] * n)
-    con = sqlite3.connect(store / sv.DB_FILE)
-    con.execute(
-        f"CREATE TABLE {sv.T_IMAGES} ({sv.C_ID} INTEGER PRIMARY KEY, {sv.C_PATH} TEXT NOT NULL UNIQUE, "
-        f"{sv.C_WIDTH} INTEGER, {sv.C_HEIGHT} INTEGER, {sv.C_TAKEN} TEXT, {sv.C_STATUS} TEXT NOT NULL)"
-    )
-    con.execute(f"CREATE TABLE {sv.T_VECTORS} ({sv.C_VEC_ID} INTEGER PRIMARY KEY, {sv.C_VEC} BLOB NOT NULL)")
-    con.executemany(
-        f"INSERT INTO {sv.T_IMAGES} VALUES (?, ?, ?, ?, ?, ?)",
-        [(i + 1, str(paths[i]), sizes[i][0], sizes[i][1], taken[i], status[i]) for i in range(n)],
-    )
-    con.executemany(
-        f"INSERT INTO {sv.T_VECTORS} VALUES (?, ?)",
-        [(i + 1, vecs[i].tobytes()) for i in range(n) if status[i] == "ok"],
-    )
-    con.commit()
-    con.close()
-    ids = np.arange(1, n + 1, dtype=np.int64)
-    if faiss_kind is not None:
-        import faiss
-
-        d = vecs.shape[1]
-        if faiss_kind == "ivf":
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(vecs)
-            index.add_with_ids(vecs, ids)
-        else:
-            index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
-            index.add_with_ids(vecs, ids)
-        faiss.write_index(index, str(store / sv.FAISS_FILE))
-    sidecar = {
-        "model": identity or {"model": "test-model", "checkpoint_sha256": None, "dim": vecs.shape[1]},
-        "faiss": {"file": sv.FAISS_FILE, "type": faiss_kind},
-    }
-    (store / sv.SIDECAR_FILE).write_text(json.dumps(sidecar))
-    return store
+    unknown = set(status) - {STATUS_OK, STATUS_FAILED, DELETED}
+    if unknown:
+        raise ValueError(f"unknown status values {sorted(unknown)}")
+    rows = [
+        NewRow(
+            path=str(paths[i]),
+            root=str(Path(str(paths[i])).parent),
+            size=1000 + i,
+            mtime_ns=i,
+            content_hash=f"{i:032x}",
+            status=STATUS_FAILED if status[i] == STATUS_FAILED else STATUS_OK,
+            error="cannot decode" if status[i] == STATUS_FAILED else None,
+            width=sizes[i][0],
+            height=sizes[i][1],
+            format="JPEG",
+            taken_at=None if taken[i] is None else datetime.fromisoformat(taken[i]),
+            vector=None if status[i] == STATUS_FAILED else vecs[i],
+        )
+        for i in range(n)
+    ]
+    with Store.open_writer(store) as st:
+        st.bind_model(identity or {"model": "test-model", "checkpoint_sha256": None, "dim": dim})
+        applied = apply_batch(st, Batch(inserts=rows), dim)
+        ids = np.arange(1, n + 1, dtype=np.int64)
+        assert applied.new_ids == ids.tolist(), "a fresh store numbers its rows from 1"
+        if faiss_kind is not None:
+            with_vec = ids[[s != STATUS_FAILED for s in status]] if n else ids
+            if faiss_kind == "ivf":
+                vi = faiss_index.VectorIndex.train_ivf(
+                    vecs[with_vec - 1], nlist, len(with_vec), use_gpu=False
+                )
+            else:
+                vi = faiss_index.VectorIndex.flat(dim)
+            vi.add(with_vec, vecs[with_vec - 1])
+            st.save_faiss(vi)
+        deleted = ids[[s == DELETED for s in status]] if n else ids
+        if deleted.size:
+            apply_batch(st, Batch(deletes=deleted.tolist()), dim)
+    return Path(store)
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -129,12 +129,8 @@ def test_bad_weights_and_ids_are_clear_errors():
 def test_export_and_load_through_a_store(tmp_path, name):
     enc_mod = pytest.importorskip("pixdex.encoders.encoder")
     from pixdex.encoders.registry import demo_weights_path
-    from pixdex.encoders.textexport import (
-        TEXT_TOWER_FILE,
-        TEXT_TOWER_META,
-        export_text_tower,
-        load_text_encoder,
-    )
+    from pixdex.encoders.textexport import export_text_tower, load_text_encoder
+    from pixdex.storage.contract import TEXT_TOWER_FILE, TEXT_TOWER_META
 
     if name == "pixdex-demo" and not demo_weights_path().is_file():
         pytest.skip("pixdex-demo weights are not shipped yet")

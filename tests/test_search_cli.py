@@ -112,7 +112,7 @@ def test_image_query_matches_its_stored_vector(indexed):
 def test_missing_text_tower_is_exported_once_through_torch(indexed, tmp_path):
     import shutil
 
-    from pixdex.encoders.textexport import TEXT_TOWER_FILE, TEXT_TOWER_META
+    from pixdex.storage.contract import TEXT_TOWER_FILE, TEXT_TOWER_META
 
     store, enc, ids, vecs, _ = indexed
     copy = tmp_path / "store"
@@ -122,3 +122,37 @@ def test_missing_text_tower_is_exported_once_through_torch(indexed, tmp_path):
     hits = run_search(copy, "a red circle", k=4)
     assert [h["id"] for h in hits] == _expected(enc.encode_texts(["a red circle"])[0], ids, vecs, 4)[0]
     assert (copy / TEXT_TOWER_FILE).is_file() and (copy / TEXT_TOWER_META).is_file()
+
+
+def test_two_searches_exporting_the_missing_text_tower_at_once(indexed, tmp_path):
+    """Both processes find no text tower and export it through torch at the same time: both answer, and
+    the tower left in the store is whole (it loads and equals a fresh export, byte for byte)."""
+    import os
+    import shutil
+
+    from pixdex.encoders.textexport import export_text_tower, load_text_encoder
+    from pixdex.storage.contract import TEXT_TOWER_FILE, TEXT_TOWER_META
+
+    store, enc, ids, vecs, _ = indexed
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    (copy / TEXT_TOWER_FILE).unlink()
+    (copy / TEXT_TOWER_META).unlink()
+    query = "a blue square"
+    cmd = [sys.executable, "-m", "pixdex", "search", query, "--store", str(copy), "-k", "5", "--json"]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    want = _expected(enc.encode_texts([query])[0], ids, vecs, 5)[0]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert [h["id"] for h in json.loads(out)] == want
+    fresh = tmp_path / "fresh"
+    export_text_tower(enc, fresh)
+    for name in (TEXT_TOWER_FILE, TEXT_TOWER_META):
+        assert (copy / name).read_bytes() == (fresh / name).read_bytes(), name
+    te = load_text_encoder(copy, enc.identity())
+    np.testing.assert_allclose(te.encode_texts([query]), enc.encode_texts([query]), atol=1e-5)
+    leftovers = [n for n in os.listdir(copy) if n.endswith(".tmp")]
+    assert leftovers == []

@@ -10,12 +10,13 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from search_support import make_store, unit
+from search_support import DELETED, make_store, unit
 
 from pixdex.errors import PixdexError
 from pixdex.search.cli_search import run_search
 from pixdex.search.engine import SearchEngine
 from pixdex.search.filters import make_filters
+from pixdex.storage.contract import STATUS_FAILED, STATUS_OK
 
 N = 400
 
@@ -25,9 +26,10 @@ def store(tmp_path_factory):
     rng = np.random.default_rng(0)
     vecs = unit(rng.normal(size=(N, 24)))
     paths = [f"/photos/{'beach' if i % 4 == 0 else 'city'}/IMG_{i:04d}.jpg" for i in range(N)]
-    status = ["ok"] * N
-    for i in (10, 11, 12, 13):
-        status[i] = "failed"  # could not be decoded: the row stays, without a vector
+    status = [STATUS_OK] * N
+    for i in (10, 11, 12):
+        status[i] = DELETED  # indexed, then deleted after FAISS was written
+    status[13] = STATUS_FAILED
     taken = [None if i % 7 == 0 else f"2023-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00" for i in range(N)]
     # IVF with 2 lists: every list is probed, so results must equal exact search (approximation is
     # measured in test_search_retrieval.py and bench/search_latency.py)
@@ -39,7 +41,7 @@ def store(tmp_path_factory):
 
 def exact(vecs, status, q, keep=None):
     s = vecs @ q
-    ids = [i for i in np.lexsort((np.arange(N), -s)) if status[i] == "ok" and (keep is None or keep(i))]
+    ids = [i for i in np.lexsort((np.arange(N), -s)) if status[i] == STATUS_OK and (keep is None or keep(i))]
     return [int(i) + 1 for i in ids]
 
 
@@ -53,7 +55,7 @@ def test_like_search_ranks_by_stored_vectors_and_skips_dead_rows(store):
     assert set(hits[0]) == {"rank", "score", "path", "id", "width", "height", "taken_at"}
     assert [h["rank"] for h in hits] == list(range(1, 31))
     assert all(paths[h["id"] - 1] == h["path"] for h in hits)
-    dead = {i + 1 for i, s in enumerate(status) if s != "ok"}
+    dead = {i + 1 for i, s in enumerate(status) if s != STATUS_OK}
     for dead_id in dead:  # even asking for a dead image's own neighbours never returns dead rows
         q = vecs[dead_id - 1]
         e = SearchEngine(d)
@@ -195,9 +197,9 @@ def test_matching_ids_sql_and_python_agree(tmp_path):
 
 
 def test_engine_maps_a_replaced_faiss_file(tmp_path):
-    import faiss
-
     from pixdex.search.retrieval import ivf_of
+    from pixdex.storage.contract import FAISS_FILE
+    from pixdex.storage.faiss_index import VectorIndex
 
     vecs = unit(np.random.default_rng(3).normal(size=(300, 16)))
     d = make_store(tmp_path / "s", vecs, [f"/p/{i}.jpg" for i in range(300)], faiss_kind="flat")
@@ -205,15 +207,13 @@ def test_engine_maps_a_replaced_faiss_file(tmp_path):
     try:
         first = e.index()
         assert ivf_of(first) is None and e.index() is first  # unchanged file: the same mapping
-        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 4, faiss.METRIC_INNER_PRODUCT)
-        ivf.train(vecs)
-        ivf.add_with_ids(vecs, np.arange(1, 301, dtype=np.int64))
-        faiss.write_index(ivf, str(d / "index.faiss.tmp"))
-        os.replace(d / "index.faiss.tmp", d / "index.faiss")  # what storage does
+        ivf = VectorIndex.train_ivf(vecs, 4, trained_on=300, use_gpu=False)
+        ivf.add(np.arange(1, 301, dtype=np.int64), vecs)
+        ivf.save(d / FAISS_FILE)  # storage replaces the file atomically
         assert ivf_of(e.index()) is not None
         hits = e.search(vecs[7], 5)
         assert hits[0].id == 8 and hits[0].score == pytest.approx(1.0, abs=1e-5)
-        (d / "index.faiss").unlink()  # no FAISS file: exact search over the stored vectors
+        (d / FAISS_FILE).unlink()  # no FAISS file: exact search over the stored vectors
         assert e.index() is None and e.search(vecs[7], 1)[0].id == 8
     finally:
         e.close()

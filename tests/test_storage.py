@@ -12,9 +12,10 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from pixdex.errors import PixdexError
-from pixdex.storage import migrations
+from pixdex.storage import contract, migrations
+from pixdex.storage.contract import DB_FILE, SIDECAR_FILE, STATUS_FAILED, same_model
 from pixdex.storage.schema import Base
-from pixdex.storage.store import Store, same_model
+from pixdex.storage.store import Store
 from pixdex.storage.writes import Batch, Move, NewRow, Touch, apply_batch, known_files
 
 DIM = 8
@@ -61,6 +62,30 @@ def test_migrations_are_named_applied_once_and_match_the_orm(tmp_path):
         s.close()
 
 
+def test_orm_and_migrated_database_use_the_contract_names(tmp_path):
+    """The ORM, the DDL the migrations ran and store_view's SQL all spell the store as contract.py does."""
+    Store.open_writer(tmp_path / "st").close()
+    con = sqlite3.connect(tmp_path / "st" / contract.DB_FILE)
+    try:
+        db_tables = {
+            r[0]
+            for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            if not r[0].startswith("sqlite_")
+        }
+        db_cols = {t: tuple(r[1] for r in con.execute(f"PRAGMA table_info({t})")) for t in db_tables}
+        db_index = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    finally:
+        con.close()
+    assert db_cols == contract.TABLES  # names and column order, as the migrations created them
+    orm = {t.name: tuple(t.columns.keys()) for t in Base.metadata.sorted_tables}
+    assert orm == contract.TABLES
+    for mapper in Base.registry.mappers:  # attribute names are the column names (Core inserts use them)
+        assert [a.key for a in mapper.column_attrs] == [col.name for col in mapper.local_table.columns]
+    orm_index = {i.name for t in Base.metadata.sorted_tables for i in t.indexes}
+    assert orm_index == {contract.IX_CONTENT_HASH, contract.IX_ROOT} <= db_index
+    assert set(contract.STATUSES) == {contract.STATUS_OK, contract.STATUS_FAILED}
+
+
 def test_a_new_migration_is_applied_and_recorded_once(tmp_path, monkeypatch):
     Store.open_writer(tmp_path / "st").close()
     calls = []
@@ -88,7 +113,7 @@ def test_failed_migration_leaves_the_old_schema(tmp_path, monkeypatch):
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + [("m998_broken", m998_broken)])
     with pytest.raises(PixdexError, match="boom"):
         Store.open_writer(tmp_path / "st")
-    con = sqlite3.connect(tmp_path / "st" / "pixdex.db")
+    con = sqlite3.connect(tmp_path / "st" / DB_FILE)
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     applied = {r[0] for r in con.execute("SELECT name FROM migrations")}
     con.close()
@@ -119,7 +144,7 @@ def test_readonly_open_of_a_missing_store(tmp_path):
         Store.open_writer(tmp_path / "file")
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "pixdex.db").write_bytes(b"not a database" * 100)
+    (bad / DB_FILE).write_bytes(b"not a database" * 100)
     with pytest.raises(PixdexError, match="cannot open the store database"):
         Store.open_writer(bad)
 
@@ -130,7 +155,7 @@ def test_model_binding(store):
         store.bind_model({**IDENT, "checkpoint_sha256": "other"})
     with pytest.raises(PixdexError, match="cannot be indexed"):
         store.bind_model({**IDENT, "dim": 16})
-    side = json.loads((store.dir / "store.json").read_text())
+    side = json.loads((store.dir / SIDECAR_FILE).read_text())
     assert side["model"]["checkpoint_sha256"] == "abc"
     assert same_model({"model": "tiny", "checkpoint_sha256": None, "dim": 4}, {"model": "tiny", "dim": 4})
     assert not same_model({"model": "a", "dim": 4}, {"model": "b", "dim": 4})
@@ -145,14 +170,14 @@ def test_batches_insert_move_touch_delete_and_copy(store):
     v = unit(rng, 3)
     a = apply_batch(
         store,
-        Batch(inserts=[new_row(1, v[0]), new_row(2, v[1]), new_row(3, status="failed", error="bad")]),
+        Batch(inserts=[new_row(1, v[0]), new_row(2, v[1]), new_row(3, status=STATUS_FAILED, error="bad")]),
         DIM,
     )
     i1, i2, i3 = a.new_ids
     assert a.added_ids.tolist() == [i1, i2] and np.allclose(a.added_vectors, v[:2])
     # copy: a new row reusing row 1's vector (and metadata); move row 2; touch row 3; delete row 1
     known = known_files(store)
-    assert known["/p/3.jpg"].status == "failed" and known["/p/1.jpg"].content_hash == "h1"
+    assert known["/p/3.jpg"].status == STATUS_FAILED and known["/p/1.jpg"].content_hash == "h1"
     b = apply_batch(
         store,
         Batch(
@@ -201,7 +226,7 @@ def test_read_api(store):
             "/photos/2021/b.JPG", "/photos", 1, 1, "b", vector=v[1], taken_at=datetime(2021, 1, 2, 3, 4, 5)
         ),
         NewRow("/photos/misc/c.png", "/photos", 1, 1, "c", vector=v[2]),
-        NewRow("/photos/2021/d.jpg", "/photos", 1, 1, "d", status="failed", error="x"),
+        NewRow("/photos/2021/d.jpg", "/photos", 1, 1, "d", status=STATUS_FAILED, error="x"),
     ]
     ids = apply_batch(store, Batch(inserts=rows), DIM).new_ids
     store.close()
@@ -213,7 +238,7 @@ def test_read_api(store):
         assert got.tolist() == ids[:3] and np.allclose(vecs, v[:3], atol=1e-6)
     finally:
         r.close()
-    con = sqlite3.connect(store.dir / "pixdex.db")  # taken_at is ISO text for search's SQL filters
+    con = sqlite3.connect(store.dir / DB_FILE)  # taken_at is ISO text for search's SQL filters
     assert (
         con.execute("SELECT taken_at FROM images WHERE id=?", (ids[1],)).fetchone()[0]
         == "2021-01-02 03:04:05"

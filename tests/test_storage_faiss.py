@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pixdex.storage import faiss_index as fi
+from pixdex.storage.contract import FAISS_FILE
 from pixdex.storage.faiss_index import VectorIndex, id_checksum, nlist_for, reconcile
 
 DIM = 16
@@ -93,9 +94,9 @@ def test_save_is_atomic_and_load_checks_the_layout(tmp_path):
 
     db = Db(30)
     vi, _ = reconcile(None, DIM, db.ids(), db.fetch, threshold=1000)
-    path = tmp_path / fi.FAISS_FILE
+    path = tmp_path / FAISS_FILE
     vi.save(path)
-    assert [p.name for p in tmp_path.iterdir()] == [fi.FAISS_FILE]  # no temp file left behind
+    assert [p.name for p in tmp_path.iterdir()] == [FAISS_FILE]  # no temp file left behind
     back = VectorIndex.load(path)
     assert back.kind == "flat" and np.sort(back.ids()).tolist() == db.ids().tolist()
     path.write_bytes(path.read_bytes()[:100])  # torn or corrupt: treated as absent, then rebuilt

@@ -24,6 +24,7 @@ import numpy as np
 
 from pixdex.encoders.config import ModelConfig
 from pixdex.errors import PixdexError
+from pixdex.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +173,7 @@ def file_sha256(path: Union[str, Path]) -> str:
             disk = {k: v for k, v in disk.items() if not k.startswith(key[0] + "|")}
             disk[disk_key] = digest
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(disk))
-            os.replace(tmp, cache_file)
+            atomic_write(cache_file, json.dumps(disk), durable=False)  # a cache: never torn
         except OSError as e:
             log.debug("cannot write the hash cache %s: %s", cache_file, e)
     return digest

@@ -35,6 +35,7 @@ from typing import Optional
 import numpy as np
 
 from pixdex.errors import PixdexError
+from pixdex.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def read_safetensors(path: Path, mmap: bool = True) -> dict[str, np.ndarray]:
 
 
 def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: Optional[dict] = None) -> None:
-    """Write numpy arrays as a safetensors file (readable by `safetensors.numpy.load_file`)."""
+    """Write numpy arrays as a safetensors file (readable by `safetensors.numpy.load_file`), atomically."""
     names = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
     header: dict = {}
     if metadata:
@@ -115,14 +116,15 @@ def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: O
         arrays.append(a)
     hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
     hb += b" " * ((8 - len(hb) % 8) % 8)  # keep the data 8-byte aligned
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(len(hb).to_bytes(8, "little"))
-        f.write(hb)
-        for a in arrays:
-            f.write(a.tobytes())
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(len(hb).to_bytes(8, "little"))
+            f.write(hb)
+            for a in arrays:
+                f.write(a.tobytes())
+
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- numerics

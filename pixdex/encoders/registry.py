@@ -17,7 +17,7 @@ from pixdex.errors import PixdexError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "ViT-B-32-256"
+DEFAULT_MODEL = "ViT-B-32-256:datacomp_s34b_b86k"  # what `pixdex index` uses for a new store
 # the pretrained tag used when a spec names a model without one (and no --checkpoint is given)
 DEFAULT_TAGS: dict[str, str] = {
     "ViT-B-32-256": "datacomp_s34b_b86k",

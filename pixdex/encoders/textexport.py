@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -27,13 +26,10 @@ from typing import Optional
 import numpy as np
 
 from pixdex.errors import PixdexError
+from pixdex.fsutil import atomic_write
+from pixdex.storage.contract import TEXT_TOWER_FILE, TEXT_TOWER_FORMAT, TEXT_TOWER_META, same_model
 
 log = logging.getLogger(__name__)
-
-TEXT_TOWER_FILE = "text_tower.safetensors"
-TEXT_TOWER_META = "text_tower.json"
-FORMAT_VERSION = 1
-IDENTITY_KEYS = ("model", "checkpoint_sha256", "dim")
 
 _BLOCK_KEYS = (
     "ln_1.weight",
@@ -100,12 +96,6 @@ def canonical_text_weights(state: Mapping[str, object]) -> dict[str, np.ndarray]
     return out
 
 
-def _identity_matches(a: Optional[dict], b: Optional[dict]) -> bool:
-    if not a or not b:
-        return False
-    return all(a.get(k) == b.get(k) for k in IDENTITY_KEYS if k in a or k in b)
-
-
 def export_text_tower(encoder, store_dir: Path) -> Path:
     """Write the encoder's text tower into ``store_dir``; returns the weights path.
 
@@ -118,8 +108,8 @@ def export_text_tower(encoder, store_dir: Path) -> Path:
     try:
         old = json.loads(meta_path.read_text())
         if (
-            old.get("format") == FORMAT_VERSION
-            and _identity_matches(old.get("identity"), identity)
+            old.get("format") == TEXT_TOWER_FORMAT
+            and same_model(old.get("identity"), identity)
             and weights_path.exists()
         ):
             return weights_path
@@ -133,17 +123,15 @@ def export_text_tower(encoder, store_dir: Path) -> Path:
     from pixdex.encoders.numpy_text import write_safetensors
 
     write_safetensors(
-        weights_path, tensors, metadata={"format": FORMAT_VERSION, "model": identity.get("model")}
+        weights_path, tensors, metadata={"format": TEXT_TOWER_FORMAT, "model": identity.get("model")}
     )
     # A SentencePiece model file (SigLIP) travels with the tower: the store must work offline.
     sp_file = getattr(getattr(encoder, "tokenizer", None), "model_file", None)
     if config.tokenizer.kind == "sentencepiece" and sp_file:
         dst = store_dir / Path(config.tokenizer.sp_model_file).name
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(sp_file, tmp)
-        os.replace(tmp, dst)
+        atomic_write(dst, lambda tmp: shutil.copyfile(sp_file, tmp))
     meta = {
-        "format": FORMAT_VERSION,
+        "format": TEXT_TOWER_FORMAT,
         "identity": identity,
         "config": config.to_dict(),
         "tower": {
@@ -154,9 +142,7 @@ def export_text_tower(encoder, store_dir: Path) -> Path:
             "dim": int(tensors["proj"].shape[1]),
         },
     }
-    tmp = meta_path.with_name(meta_path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1, default=str))
-    os.replace(tmp, meta_path)
+    atomic_write(meta_path, json.dumps(meta, indent=1, default=str))
     log.info("exported the text tower of %s to %s", identity.get("model"), weights_path)
     return weights_path
 
@@ -182,9 +168,9 @@ def load_text_encoder(store_dir: Path, identity: Optional[dict] = None) -> Optio
         meta = json.loads((store_dir / TEXT_TOWER_META).read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("format") != FORMAT_VERSION:
+    if meta.get("format") != TEXT_TOWER_FORMAT:
         return None
-    if identity is not None and not _identity_matches(meta.get("identity"), identity):
+    if identity is not None and not same_model(meta.get("identity"), identity):
         log.info("the store's exported text tower belongs to another model; ignoring it")
         return None
     weights = store_dir / TEXT_TOWER_FILE

@@ -29,19 +29,26 @@ from typing import Optional
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
+from pixdex.encoders.registry import DEFAULT_MODEL
 from pixdex.errors import PixdexError
 from pixdex.indexer.pipeline import DecodeGate, Loaded, default_workers, load_candidate, ordered_map
 from pixdex.indexer.plan import Candidate, make_plan
 from pixdex.indexer.report import Progress, Tally, Timings, print_summary
 from pixdex.indexer.scan import normalise_roots, scan
 from pixdex.storage import faiss_index
-from pixdex.storage.schema import STATUS_FAILED, STATUS_OK
-from pixdex.storage.store import DB_FILE, LOCK_FILE, SIDECAR_FILE, Store
+from pixdex.storage.contract import (
+    DB_FILE,
+    LOCK_FILE,
+    RANDOM_INIT_PREFIX,
+    SIDECAR_FILE,
+    STATUS_FAILED,
+    STATUS_OK,
+)
+from pixdex.storage.store import Store
 from pixdex.storage.writes import Batch, KnownFile, Move, NewRow, Touch, apply_batch, known_files
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "ViT-B-32-256:datacomp_s34b_b86k"
 FAISS_SAVE_EVERY_S = 120.0  # also saved at the end; FAISS is derived, so this only helps concurrent search
 MAX_PENDING_OPS = 256  # commit non-encoding changes (moves, failures, ...) at least this often
 
@@ -206,7 +213,7 @@ def _model_choice(
         return model or DEFAULT_MODEL, ckpt, True
     if (model is None or model == bound.get("model")) and ckpt is None:
         bound_ckpt = bound.get("checkpoint") or store.get_meta("checkpoint")
-        if str(bound.get("checkpoint_sha256") or "").startswith("random-init"):
+        if str(bound.get("checkpoint_sha256") or "").startswith(RANDOM_INIT_PREFIX):
             bound_ckpt = "random"
         return bound["model"], bound_ckpt, False
     # An explicit model or checkpoint on a bound store: load it now, so a mismatch fails before any work.
@@ -280,10 +287,7 @@ class _Run:
 
     def save_faiss(self) -> dict:
         assert self.index is not None
-        self.index.save(self.store.faiss_path)
-        info = self.index.describe()
-        info["id_checksum"] = faiss_index.id_checksum(self.index.ids())
-        self.store.write_sidecar(info)
+        info = self.store.save_faiss(self.index)
         self.last_save = time.monotonic()
         return info
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 
 from pixdex.errors import PixdexError
+from pixdex.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,7 @@ class Media:
         body = _jpeg(im)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=out.parent, delete=False, suffix=".tmp") as f:
-                f.write(stamp + b"\n" + body)
-            os.replace(f.name, out)
+            atomic_write(out, stamp + b"\n" + body, durable=False)  # a cache: never torn, may be lost
         except OSError as e:
             log.warning("cannot cache thumbnail %s: %s", out, e)
         return body, "image/jpeg"

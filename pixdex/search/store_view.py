@@ -1,7 +1,7 @@
 """A read-only view of a store for search, on stdlib sqlite3 (no SQLAlchemy: it costs ~0.5 s to import).
 
-It reads what docs/ARCHITECTURE.md lists as the storage contract: ``pixdex.db`` (rows and float32
-vector blobs), ``store.json`` (model identity) and the FAISS file. The database is opened read-only
+It reads the store under the names of :mod:`pixdex.storage.contract` (plain constants, no SQLAlchemy):
+``pixdex.db`` (rows and float32 vector blobs), ``store.json`` (model identity) and the FAISS file. The database is opened read-only
 (``mode=ro``), so searching never takes a write lock and works while `pixdex index` runs.
 """
 
@@ -21,21 +21,28 @@ import numpy as np
 
 from pixdex.errors import PixdexError
 from pixdex.search.filters import Filters
+from pixdex.storage.contract import (
+    C_HEIGHT,
+    C_ID,
+    C_PATH,
+    C_STATUS,
+    C_TAKEN,
+    C_VEC,
+    C_VEC_ID,
+    C_WIDTH,
+    DB_FILE,
+    FAISS_FILE,
+    SIDECAR_FILE,
+    SQL_CHUNK,
+    STATUS_OK,
+    T_IMAGES,
+    T_VECTORS,
+)
 
 log = logging.getLogger(__name__)
 
-DB_FILE = "pixdex.db"
-SIDECAR_FILE = "store.json"
-FAISS_FILE = "index.faiss"
-
-# The storage schema as search reads it (see docs/ARCHITECTURE.md, storage section).
-T_IMAGES = "images"
-C_ID, C_PATH, C_WIDTH, C_HEIGHT, C_TAKEN, C_STATUS = "id", "path", "width", "height", "taken_at", "status"
-T_VECTORS, C_VEC_ID, C_VEC = "vectors", "image_id", "vector"
-LIVE_SQL = f"{T_IMAGES}.{C_STATUS} = 'ok'"
+LIVE_SQL = f"{T_IMAGES}.{C_STATUS} = '{STATUS_OK}'"
 _VEC_JOIN = f"{T_VECTORS} JOIN {T_IMAGES} ON {T_IMAGES}.{C_ID} = {T_VECTORS}.{C_VEC_ID}"
-
-_CHUNK = 900  # bound parameters per statement (SQLite's default limit is 999 on old builds)
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,8 @@ def _taken_str(v) -> Optional[str]:
 
 def _chunks(ids: np.ndarray) -> Iterable[list[int]]:
     ids = [int(i) for i in ids]
-    for s in range(0, len(ids), _CHUNK):
-        yield ids[s : s + _CHUNK]
+    for s in range(0, len(ids), SQL_CHUNK):
+        yield ids[s : s + SQL_CHUNK]
 
 
 class StoreView:

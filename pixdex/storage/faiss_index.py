@@ -23,9 +23,11 @@ from typing import Optional
 
 import numpy as np
 
+from pixdex.fsutil import atomic_write
+from pixdex.storage.contract import FAISS_FILE
+
 log = logging.getLogger(__name__)
 
-FAISS_FILE = "index.faiss"
 DEFAULT_IVF_THRESHOLD = 50_000
 MIN_POINTS_PER_LIST = 39
 MAX_POINTS_PER_LIST = 256
@@ -204,36 +206,10 @@ class VectorIndex:
         return int(self.index.remove_ids(faiss.IDSelectorBatch(ids.size, faiss.swig_ptr(ids))))
 
     def save(self, path: Path) -> None:
-        """Write atomically: temp file in the same folder, fsync, rename, fsync the folder."""
+        """Write atomically (:func:`pixdex.fsutil.atomic_write`): readers see the old file or the new one."""
         import faiss
 
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            faiss.write_index(self.index, str(tmp))
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        atomic_write(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
 
 
 def default_nprobe(nlist: Optional[int]) -> int:

@@ -6,8 +6,9 @@ new one. Each runs in its own transaction together with the row that records it 
 transactional), so a crash leaves either the old schema or the new one, never half of it.
 
 The DDL is written out here rather than derived from the ORM models, so that a later change to
-``schema.py`` cannot silently change what an old migration did; a test checks that the migrated
-database matches the ORM.
+``schema.py`` cannot silently change what an old migration did; the names come from
+:mod:`pixdex.storage.contract` (stable: existing stores use them), and a test checks that the migrated
+database matches the ORM and the contract.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from pixdex.errors import PixdexError
+from pixdex.storage import contract as c
 
 log = logging.getLogger(__name__)
 
@@ -39,55 +41,65 @@ def migration(fn: Migration) -> Migration:
 def m001_create_images_vectors_meta(conn: Connection) -> None:
     conn.execute(
         text(
-            """
-        CREATE TABLE images (
-            id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
-            path TEXT NOT NULL UNIQUE,
-            root TEXT NOT NULL,
-            size INTEGER NOT NULL,
-            mtime_ns INTEGER NOT NULL,
-            content_hash VARCHAR(64),
-            width INTEGER,
-            height INTEGER,
-            format VARCHAR(16),
-            taken_at DATETIME,
-            camera_make TEXT,
-            camera_model TEXT,
-            status VARCHAR(16) NOT NULL,
-            error TEXT,
-            indexed_at FLOAT NOT NULL
+            f"""
+        CREATE TABLE {c.T_IMAGES} (
+            {c.C_ID} INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+            {c.C_PATH} TEXT NOT NULL UNIQUE,
+            {c.C_ROOT} TEXT NOT NULL,
+            {c.C_SIZE} INTEGER NOT NULL,
+            {c.C_MTIME_NS} INTEGER NOT NULL,
+            {c.C_CONTENT_HASH} VARCHAR(64),
+            {c.C_WIDTH} INTEGER,
+            {c.C_HEIGHT} INTEGER,
+            {c.C_FORMAT} VARCHAR(16),
+            {c.C_TAKEN} DATETIME,
+            {c.C_CAMERA_MAKE} TEXT,
+            {c.C_CAMERA_MODEL} TEXT,
+            {c.C_STATUS} VARCHAR(16) NOT NULL,
+            {c.C_ERROR} TEXT,
+            {c.C_INDEXED_AT} FLOAT NOT NULL
         )
         """
         )
     )
     conn.execute(
         text(
-            "CREATE TABLE vectors (image_id INTEGER NOT NULL PRIMARY KEY "
-            "REFERENCES images (id) ON DELETE CASCADE, vector BLOB NOT NULL)"
+            f"CREATE TABLE {c.T_VECTORS} ({c.C_VEC_ID} INTEGER NOT NULL PRIMARY KEY "
+            f"REFERENCES {c.T_IMAGES} ({c.C_ID}) ON DELETE CASCADE, {c.C_VEC} BLOB NOT NULL)"
         )
     )
-    conn.execute(text("CREATE TABLE meta (key VARCHAR(64) NOT NULL PRIMARY KEY, value TEXT NOT NULL)"))
+    conn.execute(
+        text(
+            f"CREATE TABLE {c.T_META} ({c.C_META_KEY} VARCHAR(64) NOT NULL PRIMARY KEY, "
+            f"{c.C_META_VALUE} TEXT NOT NULL)"
+        )
+    )
 
 
 @migration
 def m002_index_hash_and_root(conn: Connection) -> None:
     # content_hash: moved/renamed/copied files find their vector; root: per-root counts and deletions.
-    conn.execute(text("CREATE INDEX ix_images_content_hash ON images (content_hash)"))
-    conn.execute(text("CREATE INDEX ix_images_root ON images (root)"))
+    conn.execute(text(f"CREATE INDEX {c.IX_CONTENT_HASH} ON {c.T_IMAGES} ({c.C_CONTENT_HASH})"))
+    conn.execute(text(f"CREATE INDEX {c.IX_ROOT} ON {c.T_IMAGES} ({c.C_ROOT})"))
+
+
+_M = c.T_MIGRATIONS
+_M_NAME, _M_AT = c.C_MIGRATION_NAME, c.C_MIGRATION_APPLIED_AT
 
 
 def _applied(conn: Connection, create: bool = True) -> list[str]:
     if create:
         conn.execute(
             text(
-                "CREATE TABLE IF NOT EXISTS migrations (name VARCHAR(128) NOT NULL PRIMARY KEY, applied_at FLOAT NOT NULL)"
+                f"CREATE TABLE IF NOT EXISTS {_M} ({_M_NAME} VARCHAR(128) NOT NULL PRIMARY KEY, "
+                f"{_M_AT} FLOAT NOT NULL)"
             )
         )
     elif not conn.execute(
-        text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='migrations'")
+        text("SELECT 1 FROM sqlite_master WHERE type='table' AND name=:t"), {"t": _M}
     ).first():
         return []
-    return [r[0] for r in conn.execute(text("SELECT name FROM migrations ORDER BY applied_at, name"))]
+    return [r[0] for r in conn.execute(text(f"SELECT {_M_NAME} FROM {_M} ORDER BY {_M_AT}, {_M_NAME}"))]
 
 
 def pending(engine: Engine) -> list[str]:
@@ -116,13 +128,13 @@ def apply_migrations(engine: Engine) -> list[str]:
                 continue
             with conn.begin():
                 # Re-check inside the transaction: another process may have applied it meanwhile.
-                already = conn.execute(text("SELECT 1 FROM migrations WHERE name = :n"), {"n": name}).first()
+                already = conn.execute(text(f"SELECT 1 FROM {_M} WHERE {_M_NAME} = :n"), {"n": name}).first()
                 if already:
                     continue
                 log.info("applying schema migration %s", name)
                 fn(conn)
                 conn.execute(
-                    text("INSERT INTO migrations (name, applied_at) VALUES (:n, :t)"),
+                    text(f"INSERT INTO {_M} ({_M_NAME}, {_M_AT}) VALUES (:n, :t)"),
                     {"n": name, "t": time.time()},
                 )
             applied_now.append(name)

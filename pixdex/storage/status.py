@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from pixdex.storage import migrations
+from pixdex.storage.contract import STATUS_FAILED, STATUS_OK
 from pixdex.storage.faiss_index import id_checksum
-from pixdex.storage.schema import STATUS_FAILED, STATUS_OK
 from pixdex.storage.store import Store
 
 log = logging.getLogger(__name__)

@@ -30,19 +30,26 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from pixdex.errors import PixdexError
+from pixdex.fsutil import atomic_write
 from pixdex.storage import migrations
-from pixdex.storage.faiss_index import FAISS_FILE, VectorIndex, fsync_dir
-from pixdex.storage.schema import STATUS_OK, ImageRow, MetaRow, VectorRow
+from pixdex.storage.contract import (
+    DB_FILE,
+    FAISS_FILE,
+    IDENTITY_KEYS,
+    LOCK_FILE,
+    META_BOUND_AT,
+    META_CHECKPOINT,
+    META_MODEL,
+    SIDECAR_FILE,
+    SIDECAR_FORMAT,
+    SQL_CHUNK,
+    STATUS_OK,
+    same_model,
+)
+from pixdex.storage.faiss_index import VectorIndex, id_checksum
+from pixdex.storage.schema import ImageRow, MetaRow, VectorRow
 
 log = logging.getLogger(__name__)
-
-DB_FILE = "pixdex.db"
-SIDECAR_FILE = "store.json"
-LOCK_FILE = "index.lock"
-SIDECAR_FORMAT = 1
-_CHUNK = 900  # bound parameters per statement
-
-IDENTITY_KEYS = ("model", "checkpoint_sha256", "dim", "preprocess")
 
 
 # ---------------------------------------------------------------------- engine and lock
@@ -142,34 +149,7 @@ def _unlock_fd(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def same_model(a: Optional[dict], b: Optional[dict]) -> bool:
-    """Whether two encoder identities describe the same embedding space."""
-    if not a or not b:
-        return False
-    if a.get("dim") != b.get("dim"):
-        return False
-    if (a.get("preprocess") or None) != (b.get("preprocess") or None):
-        return False
-    ha, hb = a.get("checkpoint_sha256"), b.get("checkpoint_sha256")
-    if ha != hb:
-        return False
-    if ha and not str(ha).startswith("random-init"):
-        return True  # the same weights, whatever the spec was called
-    return a.get("model") == b.get("model")  # random init (tests): the name is all there is
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def _chunks(seq: Sequence, n: int = _CHUNK) -> Iterator[Sequence]:
+def _chunks(seq: Sequence, n: int = SQL_CHUNK) -> Iterator[Sequence]:
     for s in range(0, len(seq), n):
         yield seq[s : s + n]
 
@@ -291,20 +271,20 @@ class Store:
         d = {
             "format": SIDECAR_FORMAT,
             "model": self.identity,
-            "checkpoint": self.get_meta("checkpoint"),
+            "checkpoint": self.get_meta(META_CHECKPOINT),
             "faiss": faiss_info
             if faiss_info is not None
             else old.get("faiss", {"file": FAISS_FILE, "type": None}),
             "schema_version": migrations.schema_version(self.engine),
             "updated_at": datetime.now().isoformat(timespec="seconds"),
         }
-        write_json_atomic(self.dir / SIDECAR_FILE, d)
+        atomic_write(self.dir / SIDECAR_FILE, json.dumps(d, indent=1, sort_keys=True, ensure_ascii=False))
         return d
 
     @property
     def identity(self) -> Optional[dict]:
         """The identity of the encoder the store is bound to (None for a new store)."""
-        ident = self.get_meta("model")
+        ident = self.get_meta(META_MODEL)
         if ident is None:
             ident = self.read_sidecar().get("model")
         return ident or None
@@ -326,9 +306,9 @@ class Store:
         for k, v in identity.items():
             ident.setdefault(k, v)
         with self.session() as s, s.begin():
-            self.set_meta(s, "model", ident)
-            self.set_meta(s, "checkpoint", checkpoint)
-            self.set_meta(s, "bound_at", time.time())
+            self.set_meta(s, META_MODEL, ident)
+            self.set_meta(s, META_CHECKPOINT, checkpoint)
+            self.set_meta(s, META_BOUND_AT, time.time())
         self.write_sidecar()
         return True
 
@@ -410,3 +390,11 @@ class Store:
     def load_faiss(self) -> Optional[VectorIndex]:
         info = self.read_sidecar().get("faiss") or {}
         return VectorIndex.load(self.faiss_path, trained_on=int(info.get("trained_on") or 0))
+
+    def save_faiss(self, index: VectorIndex) -> dict:
+        """Write ``index`` to the store's FAISS file and describe it in ``store.json``; returns that."""
+        index.save(self.faiss_path)
+        info = index.describe()
+        info["id_checksum"] = id_checksum(index.ids())
+        self.write_sidecar(info)
+        return info

@@ -15,7 +15,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 
-from pixdex.storage.schema import STATUS_OK, ImageRow, VectorRow
+from pixdex.storage.contract import C_VEC, C_VEC_ID, STATUS_OK
+from pixdex.storage.schema import ImageRow, VectorRow
 from pixdex.storage.store import Store, _chunks, vectors_from_blobs
 
 
@@ -182,20 +183,28 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
                 )
             )
         if rows:
-            # Core bulk insert (one statement per chunk, RETURNING ids in parameter order): the ORM's
-            # unit of work costs more than SQLite itself at thousands of small rows.
-            ids = s.scalars(
-                insert(ImageRow).returning(ImageRow.id, sort_by_parameter_order=True), [d for _, d, _ in rows]
-            ).all()
+            # One executemany per table (no RETURNING: SQLite would then insert row by row), then the
+            # new ids looked up by path (UNIQUE). The ORM's unit of work would cost more than SQLite
+            # itself at thousands of small rows.
+            images, vectors = ImageRow.__table__, VectorRow.__table__
+            s.execute(insert(images), [d for _, d, _ in rows])
+            paths = [d["path"] for _, d, _ in rows]
+            id_of: dict[str, int] = {}
+            for chunk in _chunks(paths):
+                id_of.update(
+                    (p, i)
+                    for i, p in s.execute(select(ImageRow.id, ImageRow.path).where(ImageRow.path.in_(chunk)))
+                )
             vec_rows = []
-            for (k, _, blob), image_id in zip(rows, ids):
+            for k, d, blob in rows:
+                image_id = id_of[d["path"]]
                 new_ids[k] = image_id
                 if blob is not None:
-                    vec_rows.append({"image_id": image_id, "vector": blob})
+                    vec_rows.append({C_VEC_ID: image_id, C_VEC: blob})
                     added_ids.append(image_id)
                     added_vecs.append(blob)
             if vec_rows:
-                s.execute(insert(VectorRow), vec_rows)
+                s.execute(insert(vectors), vec_rows)
     return Applied(
         added_ids=np.asarray(added_ids, dtype=np.int64),
         added_vectors=vectors_from_blobs(added_vecs, dim),

@@ -33,7 +33,6 @@ import csv
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pixdex.errors import PixdexError
+from pixdex.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def generate(out_dir, n: int = 1000, seed: int = 0, image_size: int = DEFAULT_IM
         if path.is_file():
             path.unlink()
     manifest = out / "manifest.csv"
-    _write_atomic(manifest, _manifest_text(records))
+    atomic_write(manifest, _manifest_text(records))
     meta = {
         "generator": GENERATOR,
         "seed": seed,
@@ -162,7 +162,7 @@ def generate(out_dir, n: int = 1000, seed: int = 0, image_size: int = DEFAULT_IM
         "backgrounds": list(BACKGROUNDS),
         "images": records,
     }
-    _write_atomic(out / "objects.json", json.dumps(meta, indent=1) + "\n")
+    atomic_write(out / "objects.json", json.dumps(meta, indent=1) + "\n")
     log.info("wrote %d demo images to %s", n, out)
     return manifest
 
@@ -335,9 +335,3 @@ def _check_out_dir(out: Path) -> list[str]:
     if not isinstance(meta, dict) or meta.get("generator") != GENERATOR:
         raise PixdexError(f"{out} is not empty and holds no earlier demo set; choose a new or empty folder")
     return [r.get("image", "") for r in meta.get("images", []) if isinstance(r, dict)]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

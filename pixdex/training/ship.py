@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from pixdex.errors import PixdexError
+from pixdex.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def ship(run_dir, dest: Optional[Path] = None, eval_sets: Sequence[tuple[int, in
     load_checkpoint(model, run / st.MODEL_FILE, config)
     dest = Path(dest) if dest else weights_dir()
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         path = st.write_model(Path(tmp), model, config, dtype=torch.float16)
         size = path.stat().st_size
         if size > MAX_BYTES:
@@ -65,10 +66,9 @@ def ship(run_dir, dest: Optional[Path] = None, eval_sets: Sequence[tuple[int, in
                 f"the float16 weights take {size / 2**20:.1f} MiB, more than "
                 f"{MAX_BYTES / 2**20:.0f} MiB: shrink the model config"
             )
-        for f in Path(tmp).iterdir():
-            f.chmod(0o644)
-        path.replace(dest / f"{DEMO_NAME}.safetensors")
-        (Path(tmp) / st.CONFIG_FILE).replace(dest / f"{DEMO_NAME}.json")
+        # world-readable: the files ship inside the package
+        atomic_write(dest / f"{DEMO_NAME}.safetensors", path.read_bytes(), mode=0o644)
+        atomic_write(dest / f"{DEMO_NAME}.json", (Path(tmp) / st.CONFIG_FILE).read_bytes(), mode=0o644)
     summary = {"source_run": metrics, "bytes": size}
     if eval_sets:
         fresh = [evaluate_fresh(dest / f"{DEMO_NAME}.safetensors", n, seed) for n, seed in eval_sets]

@@ -1,18 +1,18 @@
 """What a training run writes: the model (``model.safetensors`` + ``config.json``), its metrics, and the
 resume state (``resume.pt``: model, loss, optimizer, scheduler, grad scaler, RNG, step; read back with
-``torch.load(weights_only=True)``). Every file is written to a temporary name and renamed, so a run
-killed at any moment leaves the previous complete version behind.
+``torch.load(weights_only=True)``). Every file is written with :func:`pixdex.fsutil.atomic_write`, so a
+run killed at any moment leaves the previous complete version behind.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
 from pixdex.errors import PixdexError
+from pixdex.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,8 @@ METRICS_FILE = "metrics.json"
 STATE_VERSION = 1
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def write_json(path: Path, obj) -> None:
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
 
 
 def write_model(out: Path, model, config, dtype=None) -> Path:
@@ -47,9 +41,8 @@ def write_model(out: Path, model, config, dtype=None) -> Path:
             t = t.to(dtype)
         sd[k] = t.contiguous().clone()
     path = out / MODEL_FILE
-    tmp = _tmp(path)
-    save_file(sd, str(tmp), metadata={"format": "pt", "producer": "pixdex train", "model": config.name})
-    os.replace(tmp, path)
+    meta = {"format": "pt", "producer": "pixdex train", "model": config.name}
+    atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))
     write_json(out / CONFIG_FILE, config.to_dict())
     return path
 
@@ -57,10 +50,7 @@ def write_model(out: Path, model, config, dtype=None) -> Path:
 def save_resume(out: Path, state: dict) -> None:
     import torch
 
-    path = out / RESUME_FILE
-    tmp = _tmp(path)
-    torch.save({"version": STATE_VERSION, **state}, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(out / RESUME_FILE, lambda tmp: torch.save({"version": STATE_VERSION, **state}, str(tmp)))
 
 
 def load_resume(out: Path) -> Optional[dict]:
