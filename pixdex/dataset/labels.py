@@ -388,10 +388,13 @@ def _mismatch(img, cap, clip, o: LabelOptions, finder: PairFinder):
 
 
 def _histogram(x: np.ndarray, bins: int = 40) -> dict:
-    finite = x[np.isfinite(x)]
+    finite = x[np.isfinite(x)].astype(np.float64)
     if not len(finite):
         return {"edges": [], "counts": []}
-    counts, edges = np.histogram(finite, bins=bins)
+    lo, hi = float(finite.min()), float(finite.max())
+    counts, edges = np.histogram(
+        finite, bins=bins, range=(lo, hi) if hi - lo > 1e-6 else (lo - 0.5, lo + 0.5)
+    )
     return {"edges": [round(float(e), 5) for e in edges], "counts": counts.tolist()}
 
 
