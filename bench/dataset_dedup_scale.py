@@ -178,6 +178,10 @@ class PlantedFinder:
             self.kinds[kind] = (first, np.array(canon, np.int64))
         names = ("duplicate_pair", "duplicate_image", "duplicate_caption", "mismatch")
         rows = [(j, i) for name in names for j, i in truth[name].items() if i >= 0]
+        by_item = {}  # rows planted on one against item are copies of each other too
+        for j, a in truth["contaminated"].items():
+            by_item.setdefault(a, []).append(j)
+        rows += [(j, js[0]) for js in by_item.values() for j in js[1:]]
         self.edges = np.array(rows, np.int64).reshape(-1, 2)
         self.against = np.array(list(truth["contaminated"].items()), np.int64).reshape(-1, 2)
 
