@@ -35,7 +35,7 @@ from pixdex.dedup.transforms import GOAL_KINDS, TRANSFORMS, names_of_kind  # noq
 from pixdex.indexer.decode import DecodeError, decode, read_file  # noqa: E402
 
 SWEEP = {
-    "pdq": [8, 12, 16, 20, 24, 28, 31, 36, 40, 44, 48, 56, 64],
+    "pdq": [8, 12, 15, 20, 24, 28, 31, 36, 40, 44, 48, 56, 64],
     "phash": [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 24],
 }
 NEARDUP_ORIGINALS = (

@@ -15,7 +15,8 @@ of ``g(A)`` is found by comparing A's variants against B's canonical hash.
 
 Images are hashed as decoded (RGB). PDQ is given the image already resized to its 64 x 64 working grid
 (Lanczos, symmetric): then PDQ's own tent filter and decimation do nothing, its 8 dihedral hashes
-(computed from one DCT) equal the hashes of the really rotated/mirrored image, a downscaled copy hashes
+(computed from one DCT) equal the hashes of the really rotated/mirrored image (up to a few bits whose
+coefficient ties with the median), a downscaled copy hashes
 like its original, and a 12 MP image costs what a 500 px one does. This is PDQ's algorithm with
 Pillow's resampling instead of PDQ's Jarosz filter, so hashes are not bit-identical to ThreatExchange's
 reference hasher (``bench/dedup_quality.py`` measured the reference path too: mirror recall 0.88 vs
@@ -47,9 +48,11 @@ DIHEDRAL = (
 # Chosen by bench/dedup_quality.py (see ARCHITECTURE.md, copy tier): the hash stored at index time
 # and the Hamming distance at or under which two images are copies.
 DEFAULT_ALGORITHM = "pdq"
-DEFAULT_DISTANCE = {"pdq": 31, "phash": 10}
+DEFAULT_DISTANCE = {"pdq": 31, "phash": 6}
 
 _PDQ_GRID = 64  # PDQ's own working resolution: given 64 x 64, its filter and decimation are the identity
+# pdqhash's variant order: identity, rot 90, rot 180, rot 270, flip top-bottom, mirror, transpose, transverse
+_PDQ_ORDER = [0, 1, 2, 3, 5, 4, 6, 7]
 _PHASH_SIZE = 8
 _PHASH_THUMB = 32  # imagehash's hash_size * highfreq_factor
 
@@ -72,12 +75,12 @@ def _grid(img: Image.Image, side: int, mode: str, gap: float) -> Image.Image:
 
 
 def _pdq_bits(img: Image.Image) -> np.ndarray:
-    """(8, 256) 0/1 bits of the 8 dihedral PDQ hashes (pdqhash's order is DIHEDRAL's)."""
+    """(8, 256) 0/1 bits of the 8 dihedral PDQ hashes, in DIHEDRAL order."""
     import pdqhash
 
     a = np.ascontiguousarray(np.asarray(_grid(img, _PDQ_GRID, "RGB", 2.0), dtype=np.uint8))
     hashes, _quality = pdqhash.compute_dihedral(a)
-    return np.asarray(hashes, dtype=np.uint8).reshape(8, 256)
+    return np.asarray(hashes, dtype=np.uint8).reshape(8, 256)[_PDQ_ORDER]
 
 
 # ---------------------------------------------------------------------- pHash
