@@ -1,0 +1,222 @@
+"""Copy-tier quality: PDQ vs pHash on ../shared/data plus generated copies, with a distance sweep.
+
+    python bench/dedup_quality.py [--data ../shared/data] [--draft 224] [--no-speed]
+
+Images are decoded as the indexer decodes them (JPEG draft for a 224 px model). Every transform of
+``pixdex.dedup.transforms`` is applied to each photos/ image and to each neardup/ group's original;
+copies are saved as JPEG q95 and decoded again. Ground truth (../shared/data/README.md): a neardup/
+folder is one scene; formats/mode-* are the bridge photo; exif/ are four different shots (not copies);
+photos/ and the other formats/ files are distinct. Three corrections, measured here and checked by eye:
+neardup/bridge-dih is the same photo as neardup/bridge (distance 0), formats/ukbench09380.webp is
+photos/ukbench09380.jpg re-encoded (distance 0 pHash, 14 PDQ) and formats/alpha_channel.png is the
+ukbench00120 photo mirrored, with an alpha channel (distance 0-2 pHash, 14-20 PDQ).
+
+Prints, per hash: recall per transform for each distance D of the sweep, precision per transform,
+overall precision/recall, pairs that merge different original scenes, then the recommendation
+(hash, D) with its figures, and the hashing speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pixdex.dedup import perceptual  # noqa: E402
+from pixdex.dedup.copyeval import Labels, evaluate, kind_score, make_copy  # noqa: E402
+from pixdex.dedup.hamming import copy_pairs  # noqa: E402
+from pixdex.dedup.transforms import GOAL_KINDS, TRANSFORMS, names_of_kind  # noqa: E402
+from pixdex.images import DecodeError, decode, read_file  # noqa: E402
+
+SWEEP = {
+    "pdq": [8, 12, 15, 20, 24, 28, 31, 36, 40, 44, 48, 56, 64],
+    "phash": [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 24],
+}
+NEARDUP_ORIGINALS = (
+    "bridge/aaa-orig.jpg",
+    "bridge-dih/bridge-1-original.jpg",
+    "ukbench00120/ukbench00120.jpg",
+)
+SAME_PHOTO = {  # ground-truth corrections, see the module docstring
+    "neardup/bridge-dih": "neardup/bridge",
+    "formats/ukbench09380.webp": "photos/ukbench09380.jpg",
+    "formats/alpha_channel.png": "neardup/ukbench00120",
+}
+
+
+def scene_of(rel: str) -> str:
+    parts = rel.split("/")
+    if parts[0] == "neardup":
+        group = "/".join(parts[:2])
+        return SAME_PHOTO.get(group, group)
+    if parts[0] == "formats" and parts[1].startswith("mode-"):
+        return "neardup/bridge"
+    return SAME_PHOTO.get(rel, rel)
+
+
+def load(data: Path, draft: int):
+    """(labels, images, bases): every shared file as the indexer decodes it, plus generated copies."""
+    labels, images, names = Labels(), [], []
+    files = sorted(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() != ".md")
+    index_of = {}
+    for p in files:
+        rel = p.relative_to(data).as_posix()
+        try:
+            im, _ = decode(read_file(str(p)), draft, p.name)
+        except DecodeError:
+            continue  # corrupt/: not an image
+        index_of[rel] = labels.add(scene_of(rel))
+        images.append(im)
+        names.append(rel)
+    bases = [r for r in names if r.startswith("photos/")] + [f"neardup/{r}" for r in NEARDUP_ORIGINALS]
+    for rel in bases:
+        full, _ = decode(read_file(str(data / rel)), None, rel)
+        for t in TRANSFORMS:
+            images.append(make_copy(full, t, lambda b: decode(b, draft)[0]))
+            labels.add(labels.scene[index_of[rel]], t, index_of[rel])
+            names.append(f"{rel}~{t}")
+    return labels, images, names, len(bases)
+
+
+def fmt_row(label: str, values, width: int = 6) -> str:
+    return f"{label:<22}" + "".join(f"{v:>{width}}" for v in values)
+
+
+def report(alg: str, labels: Labels, names: list[str], dihedral: np.ndarray, use_dihedral: bool) -> dict:
+    sweep = SWEEP[alg]
+    pairs = copy_pairs(dihedral[:, 0], max(sweep), dihedral if use_dihedral else None)
+    res = evaluate(labels, pairs, sweep)
+    mode = "dihedral" if use_dihedral else "canonical only"
+    print(f"\n=== {alg} ({perceptual.NBITS[alg]} bits), {mode}: recall per transform at distance D")
+    print(fmt_row("transform \\ D", sweep))
+    for t in TRANSFORMS:
+        mark = "" if TRANSFORMS[t].expected else " (x)"
+        print(fmt_row(t + mark, [f"{res['per_transform'][t][D].recall:.2f}" for D in sweep]))
+    print("(x) = not expected to be caught by the copy tier")
+    print(f"--- {alg}, {mode}: per goal class (precision / recall)")
+    print(fmt_row("class \\ D", sweep, 11))
+    for kind in GOAL_KINDS:
+        ks = [kind_score(res, names_of_kind(kind), D) for D in sweep]
+        print(fmt_row(kind, [f"{s.precision:.2f}/{s.recall:.2f}" for s in ks], 11))
+    print(f"--- {alg}, {mode}: overall")
+    print(fmt_row("D", sweep, 8))
+    print(fmt_row("pairs found", [res["overall"][D].found for D in sweep], 8))
+    print(fmt_row("precision", [f"{res['overall'][D].precision:.3f}" for D in sweep], 8))
+    print(fmt_row("recall (all)", [f"{res['overall'][D].recall:.3f}" for D in sweep], 8))
+    print(fmt_row("recall (expected)", [f"{res['expected'][D].recall:.3f}" for D in sweep], 8))
+    print(fmt_row("false pairs", [len(res["false_pairs"][D]) for D in sweep], 8))
+    print(fmt_row("merge distinct orig.", [res["false_distinct"][D] for D in sweep], 8))
+    return res
+
+
+def choose(alg: str, res: dict) -> int | None:
+    """The largest D of the sweep at which no found pair joins two different scenes (originals or
+    copies): the tier must never merge different photos, whatever recall that costs."""
+    ok = [D for D in SWEEP[alg] if not res["false_pairs"][D]]
+    return max(ok) if ok else None
+
+
+def margin(labels: Labels, dihedral: np.ndarray) -> int:
+    """Smallest distance between two shared originals of different scenes (dihedral), by brute force."""
+    orig = [k for k, t in enumerate(labels.transform) if t is None]
+    h = dihedral[orig]
+    bits = np.unpackbits(h, axis=2).astype(np.int16)  # (n, 8, nbits)
+    best = 10**9
+    for a in range(len(orig)):
+        d = np.abs(bits[a][:, None, :] - bits[:, 0][None, :, :]).sum(axis=2).min(axis=0)
+        for b in range(len(orig)):
+            if labels.scene[orig[a]] != labels.scene[orig[b]]:
+                best = min(best, int(d[b]))
+    return best
+
+
+def speed(data: Path, draft: int, reps: int) -> None:
+    big = data / "exif" / "exif-rotn-1.jpg"  # 4032 x 3024 JPEG (12 MP)
+    raw = read_file(str(big))
+    im_draft, _ = decode(raw, draft)
+    im_full, _ = decode(raw, None)
+    im_500 = im_full.resize((500, 375))
+    print(
+        f"\n=== hashing speed (one core busy; {reps} reps): 12 MP JPEG decoded with draft {draft} -> "
+        f"{im_draft.size[0]}x{im_draft.size[1]}"
+    )
+    t = time.perf_counter()
+    for _ in range(reps):
+        decode(raw, draft)
+    print(f"decode 12 MP with draft: {(time.perf_counter() - t) / reps * 1e3:.1f} ms (for reference)")
+    for alg in perceptual.ALGORITHMS:
+        for label, im in (("12 MP draft", im_draft), ("500 px", im_500), ("12 MP full decode", im_full)):
+            n = reps if label != "12 MP full decode" else max(2, reps // 10)
+            t = time.perf_counter()
+            for _ in range(n):
+                perceptual.dihedral_array(im, alg)
+            dt = (time.perf_counter() - t) / n
+            print(f"{alg:>5} dihedral_hashes  {label:<18} {dt * 1e3:7.2f} ms  {1 / dt:7.0f} images/s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--draft", type=int, default=224, help="draft size the indexer decodes with")
+    ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--reps", type=int, default=40)
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        alt = ROOT.parents[1] / "shared" / "data"
+        if not alt.is_dir():
+            sys.exit(f"no shared data at {args.data}")
+        args.data = alt
+    t0 = time.perf_counter()
+    labels, images, names, nbases = load(args.data, args.draft)
+    n_orig = sum(1 for t in labels.transform if t is None)
+    print(
+        f"{len(images)} images: {n_orig} shared files + {len(images) - n_orig} copies "
+        f"({nbases} originals x {len(TRANSFORMS)} transforms); loaded in {time.perf_counter() - t0:.1f} s"
+    )
+    chosen = {}
+    for alg in perceptual.ALGORITHMS:
+        t = time.perf_counter()
+        dih = np.stack([perceptual.dihedral_array(im, alg) for im in images])
+        print(f"\n{alg}: hashed {len(images)} images in {time.perf_counter() - t:.1f} s")
+        res = report(alg, labels, names, dih, use_dihedral=True)
+        report(alg, labels, names, dih, use_dihedral=False)
+        D = choose(alg, res)
+        chosen[alg] = (D, res, margin(labels, dih))
+        first_false = next((res["false_pairs"][d] for d in SWEEP[alg] if res["false_pairs"][d]), [])
+        print(
+            f"{alg}: first false pairs: "
+            + "; ".join(f"{names[a]} ~ {names[b]} @{d}" for a, b, d in first_false[:4])
+        )
+    print("\n=== recommendation (D = largest distance with no pair joining different scenes)")
+    for alg, (D, res, gap) in chosen.items():
+        bits = perceptual.NBITS[alg]
+        print(
+            f"{alg} ({bits} bits): closest different-scene originals at distance {gap} ({gap / bits:.0%} of the bits)"
+        )
+        if D is None:
+            print(f"{alg}: every distance of the sweep joins different scenes")
+            continue
+        ks = {k: kind_score(res, names_of_kind(k), D) for k in GOAL_KINDS}
+        o, e = res["overall"][D], res["expected"][D]
+        goal = ", ".join(
+            f"{k} p={s.precision:.2f} r={s.recall:.2f}{'' if s.precision >= 0.95 and s.recall >= 0.90 else ' (MISSED)'}"
+            for k, s in ks.items()
+        )
+        print(f"  D={D}: {goal}")
+        print(
+            f"  overall p={o.precision:.3f} r={o.recall:.3f}, expected-transform pairs r={e.recall:.3f}, "
+            f"different-scene pairs={len(res['false_pairs'][D])}"
+        )
+    print(f"\ntotal {time.perf_counter() - t0:.1f} s")
+    if not args.no_speed:
+        speed(args.data, args.draft, args.reps)
+
+
+if __name__ == "__main__":
+    main()
