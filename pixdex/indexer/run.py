@@ -38,6 +38,7 @@ from pixdex.storage import faiss_index
 from pixdex.storage.schema import STATUS_FAILED, STATUS_OK
 from pixdex.storage.store import DB_FILE, LOCK_FILE, SIDECAR_FILE, Store
 from pixdex.storage.writes import Batch, KnownFile, Move, NewRow, Touch, apply_batch, known_files
+from pixdex.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -152,21 +153,9 @@ def _env_float(name: str, default: float) -> float:
 
 
 def _maybe_speed_up(enc) -> None:
-    try:
-        from pixdex.encoders.fast import speed_up
-    except ImportError:
-        return
+    from pixdex.encoders.int8 import speed_up
+
     speed_up(enc)
-
-
-def _threads(enc):
-    try:
-        from pixdex.encoders.fast import cpu_threads
-    except ImportError:
-        import contextlib
-
-        return contextlib.nullcontext(None)
-    return cpu_threads(enc)
 
 
 def _all_cores(enc, nthreads: Optional[int]) -> bool:
@@ -350,7 +339,7 @@ class _Run:
         enc = self.enc.get()
         batch = np.stack([r.pixels for _, r, _ in self.pending])
         with (
-            _threads(enc) as nthreads,
+            cpu_threads(enc) as nthreads,
             self.gate.closed(self.gate_decoding and _all_cores(enc, nthreads)),
             self.timings("encode"),
         ):
