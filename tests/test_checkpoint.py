@@ -14,7 +14,8 @@ from safetensors.torch import save_file  # noqa: E402
 
 from pixdex.encoders.build import build_model  # noqa: E402
 from pixdex.encoders.checkpoint import load_checkpoint, read_state_dict  # noqa: E402
-from pixdex.encoders.encoder import file_sha256, load_encoder  # noqa: E402
+from pixdex.encoders.checksum import file_sha256  # noqa: E402
+from pixdex.encoders.encoder import load_encoder  # noqa: E402
 from pixdex.encoders.registry import get_config  # noqa: E402
 from pixdex.errors import PixdexError  # noqa: E402
 
