@@ -89,6 +89,8 @@ def test_int8_tower_is_the_float_towers_own_modules_with_quantised_linears():
     assert {id(p) for p in q.parameters()} <= {id(p) for p in v.parameters()}
     assert all(getattr(q, n) is getattr(v, n) for n in ("class_embedding", "positional_embedding", "proj"))
     assert all(m.in_proj is None for m in v.modules() if isinstance(m, MultiheadAttention))  # float untouched
+    # the model's state dict is still the float tower's (nothing quantised leaks into exports)
+    assert list(tower.state_dict()) == [f"float_visual.{k}" for k in v.state_dict()]
 
 
 def test_a_change_to_the_models_forward_reaches_the_int8_path(tmp_path, monkeypatch):

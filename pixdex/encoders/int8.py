@@ -120,7 +120,9 @@ class Int8Tower(nn.Module):
     def __init__(self, visual: nn.Module):
         super().__init__()
         self.float_visual = visual
-        self.int8_visual = int8_twin(visual)
+        # Not registered as a submodule: the model's state dict stays the float tower's (the twin is
+        # derived from it, and unpacking int8 weights on every ``state_dict()`` would cost ~0.4 s).
+        object.__setattr__(self, "int8_visual", int8_twin(visual))
         self.checked: Optional[bool] = None  # None: not yet compared with float32; False: fell back
         self.min_cosine: Optional[float] = None
 
