@@ -10,7 +10,7 @@ images/s of:
   process with the model already loaded, and the CLI as a user runs it (process start and model load
   included);
 - the bare pixdex encoder on already-preprocessed tensors, as `pixdex index` uses it (int8 image tower
-  on CPU, see pixdex/encoders/fast.py) and in float32;
+  on CPU, see pixdex/encoders/int8.py) and in float32;
 - open_clip's eager ViT-B-32-256 encoder on the same tensors;
 
 and the ratio end-to-end / bare encoder (goal >= 0.80: decoding hidden behind the model). The model is
@@ -72,7 +72,7 @@ def main() -> None:
     import torch
 
     from pixdex.encoders.encoder import load_encoder
-    from pixdex.encoders.fast import is_quantized, speed_up
+    from pixdex.encoders.int8 import is_quantized, speed_up
     from pixdex.images import load_for_model
     from pixdex.indexer.run import index_paths
 

@@ -14,7 +14,8 @@ from safetensors.torch import save_file  # noqa: E402
 
 from pixdex.encoders.build import build_model  # noqa: E402
 from pixdex.encoders.checkpoint import load_checkpoint, read_state_dict  # noqa: E402
-from pixdex.encoders.encoder import file_sha256, load_encoder  # noqa: E402
+from pixdex.encoders.checksum import file_sha256  # noqa: E402
+from pixdex.encoders.encoder import load_encoder  # noqa: E402
 from pixdex.encoders.registry import get_config  # noqa: E402
 from pixdex.errors import PixdexError  # noqa: E402
 
@@ -77,6 +78,41 @@ def test_nested_state_dict_with_module_prefix(tmp_path):
     m = build_model(get_config("tiny-vit"))
     load_checkpoint(m, path, get_config("tiny-vit"))
     assert torch.equal(m.visual.proj, ref.visual.proj)
+
+
+def test_wrappers_and_layouts_are_one_rule():
+    from pixdex.encoders.state_dict_layout import detect_layout, strip_wrappers, unwrap_nested, wrapper_prefix
+
+    t = object()
+    inner = {"visual.proj": t}
+    assert unwrap_nested({"epoch": 3, "state_dict": {"module": inner}}) is inner
+    assert unwrap_nested(inner) is inner
+    # stacked wrappers go, in any combination, but only when every key carries them
+    keys = ["module._orig_mod.model.visual.proj", "module._orig_mod.model.logit_scale"]
+    assert wrapper_prefix(keys) == "module._orig_mod.model."
+    assert strip_wrappers(dict.fromkeys(keys, t)) == {"visual.proj": t, "logit_scale": t}
+    mixed = {"module.visual.proj": t, "logit_scale": t}
+    assert strip_wrappers(mixed) == mixed and wrapper_prefix(mixed) == ""
+    assert wrapper_prefix([]) == ""
+    # layout detection sees through the same wrappers
+    for wrap in ("", "module.", "_orig_mod.model."):
+        assert detect_layout([wrap + "vision_model.embeddings.patch_embedding.weight"]) == "hf_siglip"
+        assert detect_layout([wrap + "visual.trunk.pos_embed"]) == "open_clip_siglip"
+        assert detect_layout([wrap + "visual.attn_pool.probe"]) == "pixdex_siglip"
+        assert detect_layout([wrap + "visual.class_embedding", wrap + "token_embedding.weight"]) is None
+
+
+def test_lazy_tower_skip_reads_through_wrapper_prefixes(tmp_path):
+    """A ``module.``-wrapped safetensors file loads into a text-only model (the image tensors are skipped
+    while reading, under the same prefix rule as the full load)."""
+    ref = _model()
+    path = _save({f"module.{k}": v for k, v in ref.state_dict().items()}, tmp_path / "ddp.safetensors")
+    enc = load_encoder("tiny-vit", checkpoint=path, device="cpu", towers=("text",))
+    assert torch.equal(enc.model.token_embedding.weight, ref.token_embedding.weight)
+    from pixdex.encoders.checkpoint import _lazy_keep
+
+    keep = _lazy_keep(path, ("visual.",))
+    assert keep is not None and not keep("module.visual.proj") and keep("module.ln_final.bias")
 
 
 def test_open_clip_extra_keys_are_dropped(tmp_path):

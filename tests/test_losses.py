@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixdex.encoders.losses import ClipLoss, SigLipLoss, make_loss
 from pixdex.errors import PixdexError
+from pixdex.training.losses import ClipLoss, SigLipLoss, make_loss
 
 open_clip_loss = pytest.importorskip("open_clip.loss")
 
@@ -118,7 +118,7 @@ def test_duplicate_captions_are_not_negatives_of_each_other():
     txt[3] = txt[1]  # texts 1 and 3 are the same caption
     same = (txt[:, None, :] == txt[None, :, :]).all(-1)
     assert int(same.sum()) == 8
-    from pixdex.encoders.losses import same_caption_matrix
+    from pixdex.training.losses import same_caption_matrix
 
     ids = torch.tensor([[5, 6, 0], [7, 8, 0], [5, 6, 1], [7, 8, 0]])
     assert same_caption_matrix(ids).tolist() == [

@@ -21,9 +21,10 @@ from huggingface_hub.errors import HTTPError as _HubHTTPError  # noqa: E402
 httpx = importlib.import_module(_HubHTTPError.__module__.partition(".")[0])
 from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook  # noqa: E402
 
-from pixdex.encoders.encoder import load_encoder, resolve_spec  # noqa: E402
+from pixdex.encoders.encoder import load_encoder  # noqa: E402
 from pixdex.encoders.pretrained import cached_tags, hf_location, pretrained_cfg, resolve_pretrained  # noqa: E402
 from pixdex.encoders.registry import describe_models, get_config  # noqa: E402
+from pixdex.encoders.spec import resolve_spec  # noqa: E402
 from pixdex.errors import PixdexError  # noqa: E402
 
 PAYLOAD = b"\x00weights\xff" * 1000

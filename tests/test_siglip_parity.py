@@ -15,7 +15,8 @@ from pixdex.encoders.checkpoint import load_checkpoint  # noqa: E402
 from pixdex.encoders.config import ModelConfig, VisionConfig  # noqa: E402
 from pixdex.encoders.siglip import SigLIP  # noqa: E402
 from pixdex.encoders.siglip_configs import SIGLIP_CONFIGS, config_from_hf  # noqa: E402
-from pixdex.encoders.siglip_keys import convert_state_dict, detect_format  # noqa: E402
+from pixdex.encoders.siglip_keys import convert_state_dict  # noqa: E402
+from pixdex.encoders.state_dict_layout import detect_layout  # noqa: E402
 from pixdex.errors import PixdexError  # noqa: E402
 
 ATOL = 1e-5
@@ -119,7 +120,7 @@ def test_hf_safetensors_parity(tmp_path):
     ref = _hf_model()
     _save_hf(ref, tmp_path)
     sd = load_file(str(tmp_path / "model.safetensors"))
-    assert detect_format(sd) == "hf_siglip"
+    assert detect_layout(sd) == "hf_siglip"
     config = config_from_hf(tmp_path / "config.json", name="hf-tiny")
     assert config.vision.act == "gelu_tanh" and int(config.text.width * config.text.mlp_ratio) == 72
     model = SigLIP(config).eval()
@@ -299,7 +300,7 @@ def test_timm_trunk_with_qk_norm_and_layer_scale():
     _randomize(trunk, seed=7)
     sd = {f"visual.trunk.{k}": v for k, v in trunk.state_dict().items()}
     sd.update(logit_scale=torch.tensor(2.0), logit_bias=torch.tensor(-5.0))
-    assert detect_format(sd) == "open_clip_siglip"
+    assert detect_layout(sd) == "open_clip_siglip"
     config = _tiny_vision(qk_norm=True, ls=0.1)
     model = SigLIP(config).eval()
     model.keep_towers(("image",))
@@ -340,7 +341,7 @@ def test_qk_norm_and_layer_scale_flags(tmp_path):
     # the flagged model's file loads back strictly and gives the same output
     path = tmp_path / "flags.safetensors"
     save_file({k: v.contiguous() for k, v in models[(True, 0.5)].state_dict().items()}, str(path))
-    assert detect_format(load_file(str(path))) == "pixdex_siglip"
+    assert detect_layout(load_file(str(path))) == "pixdex_siglip"
     fresh = SigLIP(_tiny_vision(True, 0.5)).eval()
     load_checkpoint(fresh, path, fresh.config)
     with torch.no_grad():
@@ -381,7 +382,7 @@ def test_unknown_incomplete_and_misshapen_tensors_surface(tmp_path):
 def test_not_a_siglip_checkpoint():
     with pytest.raises(PixdexError, match="not a SigLIP checkpoint"):
         convert_state_dict({"visual.conv1.weight": torch.zeros(1), "token_embedding.weight": torch.zeros(1)})
-    assert detect_format({"visual.class_embedding": torch.zeros(1)}) is None
+    assert detect_layout({"visual.class_embedding": torch.zeros(1)}) is None
 
 
 def test_bad_model_configs_are_clear_errors():

@@ -4,7 +4,8 @@ Formats, detected from the file (not only its name):
 
 - safetensors (preferred; read lazily, only the tensors a model keeps);
 - torch zip / legacy state dicts (``.bin``, ``.pt``, ``.pth``) via ``torch.load(weights_only=True)``, with
-  nested ``state_dict`` / ``model`` entries and ``module.`` prefixes unwrapped;
+  nested ``state_dict`` / ``model`` entries and ``module.`` prefixes unwrapped
+  (:mod:`pixdex.encoders.state_dict_layout`);
 - OpenAI's original ``.pt`` TorchScript archives. These are not plain state dicts: their ``data.pkl``
   pickles ``__torch__.*`` module objects whose attributes are the tensors. ``torch.jit.load`` would
   compile and run the archive's TorchScript code, and ``torch.load(weights_only=True)`` refuses the
@@ -13,9 +14,10 @@ Formats, detected from the file (not only its name):
   attribute bag, storages come straight from the archive's ``data/`` entries, and nothing else can be
   constructed or called.
 
-Key mapping: open_clip's extra ``input_resolution`` / ``context_length`` / ``vocab_size`` keys are
-dropped; SigLIP layouts (Hugging Face ``vision_model.`` / ``text_model.`` or open_clip's timm
-``visual.trunk.``) go through ``pixdex.encoders.siglip_keys.convert_state_dict``.
+Key mapping: wrapper prefixes go; open_clip's extra ``input_resolution`` / ``context_length`` /
+``vocab_size`` keys are dropped; foreign SigLIP layouts (Hugging Face ``vision_model.`` / ``text_model.``
+or open_clip's timm ``visual.trunk.``, as :func:`pixdex.encoders.state_dict_layout.detect_layout` tells)
+go through ``pixdex.encoders.siglip_keys.convert_state_dict``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,17 @@ from __future__ import annotations
 import logging
 import pickle
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
+from pixdex.encoders.state_dict_layout import (
+    FOREIGN_LAYOUTS,
+    detect_layout,
+    strip_wrappers,
+    unwrap_nested,
+    wrapper_prefix,
+)
 from pixdex.errors import PixdexError
 
 if TYPE_CHECKING:  # annotations only; torch is imported where tensors are made
@@ -189,14 +198,7 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
 def _unwrap(obj, path) -> dict[str, torch.Tensor]:
     import torch
 
-    for _ in range(3):
-        if isinstance(obj, Mapping):
-            for key in ("state_dict", "model", "model_state_dict", "module"):
-                if key in obj and isinstance(obj[key], Mapping):
-                    obj = obj[key]
-                    break
-            else:
-                break
+    obj = unwrap_nested(obj)
     if not isinstance(obj, Mapping):
         raise PixdexError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     out = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -220,25 +222,15 @@ def read_state_dict(
 # ----------------------------------------------------------------------------- key mapping
 
 
-def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for prefix in ("module.", "_orig_mod.", "model."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    return {
+def map_state_dict(sd: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """Checkpoint keys -> pixdex keys: wrapper prefixes stripped, open_clip's extra entries and attention
+    mask buffers dropped, foreign SigLIP layouts converted."""
+    sd = {
         k: v
-        for k, v in sd.items()
+        for k, v in strip_wrappers(sd).items()
         if k not in _EXTRA_KEYS and not k.endswith(".attn_mask") and k != "attn_mask"
     }
-
-
-def is_siglip_layout(keys: Iterable[str]) -> bool:
-    return any(k.startswith(("vision_model.", "text_model.", "visual.trunk.")) for k in keys)
-
-
-def map_state_dict(sd: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
-    """Checkpoint keys -> pixdex keys."""
-    sd = _strip_prefixes(sd)
-    if is_siglip_layout(sd):
+    if detect_layout(sd) in FOREIGN_LAYOUTS:
         from pixdex.encoders.siglip_keys import convert_state_dict
 
         sd = convert_state_dict(sd, config)
@@ -266,10 +258,7 @@ def load_checkpoint(model, path_or_state_dict, config=None, name: Optional[str] 
         sd = dict(path_or_state_dict)
     else:
         # a lazy read skips dropped towers' tensors unless the file needs key conversion first
-        keep = (lambda k: not _strip_one(k).startswith(dropped)) if dropped else None
-        sd = read_state_dict(
-            path_or_state_dict, keep=None if keep is None else _safe_keep(path_or_state_dict, keep)
-        )
+        sd = read_state_dict(path_or_state_dict, keep=_lazy_keep(path_or_state_dict, dropped))
     sd = map_state_dict(sd, config)
     if dropped:
         sd = {k: v for k, v in sd.items() if not k.startswith(dropped)}
@@ -301,26 +290,25 @@ def load_checkpoint(model, path_or_state_dict, config=None, name: Optional[str] 
     model.load_state_dict(cast, strict=True, assign=assign)
 
 
-def _strip_one(key: str) -> str:
-    for prefix in ("module.", "_orig_mod."):
-        if key.startswith(prefix):
-            key = key[len(prefix) :]
-    return key
-
-
-def _safe_keep(path, keep):
-    """Lazy filtering is only safe when the file is in pixdex's own (CLIP) key layout."""
+def _lazy_keep(path, dropped: tuple[str, ...]) -> Optional[Callable[[str], bool]]:
+    """A key filter that skips the dropped towers' tensors while reading, or None to read everything.
+    Only for safetensors files in pixdex's own key layout (foreign layouts are converted first)."""
+    if not dropped:
+        return None
     from safetensors import safe_open
 
+    path = Path(path).expanduser()
     try:
-        if not _is_safetensors(Path(path).expanduser()):
+        if not _is_safetensors(path):
             return None
-        with safe_open(str(Path(path).expanduser()), framework="pt", device="cpu") as f:
-            if is_siglip_layout(f.keys()):
-                return None
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
     except (OSError, ValueError, PixdexError):
         return None
-    except Exception as e:  # safetensors' own error type; read_state_dict reports it properly
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type; read_state_dict reports it properly
         log.debug("cannot peek into %s: %s", path, e)
         return None
-    return keep
+    if detect_layout(keys) in FOREIGN_LAYOUTS:
+        return None
+    n = len(wrapper_prefix(keys))
+    return lambda k: not k[n:].startswith(dropped)

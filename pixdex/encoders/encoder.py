@@ -1,185 +1,30 @@
 """``load_encoder(spec)``: a ready-to-use image/text encoder (model + preprocessing + tokenizer).
 
-Weights come from, in this order: ``checkpoint`` (a file), a trained model directory's
-``model.safetensors``, the bundled ``pixdex-demo`` weights, or the pretrained tag (``name:tag``, or the
-registry's default tag for the name) through the Hugging Face cache. Random initialisation happens only
-for the tiny test configs (``tiny-vit``, ``tiny-rn``) or when asked for explicitly with
-``checkpoint="random"`` / ``random_init=True``; it is seeded, so the same config always gives the same
-weights (and the same identity).
+Which config and weights a spec means is :func:`pixdex.encoders.spec.resolve_spec`'s job; the weights
+file's hash (part of the identity a store is bound to) comes from :mod:`pixdex.encoders.checksum`.
+Random initialisation (no weights file) is seeded, so the same config always gives the same weights (and
+the same identity).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 
-from pixdex.encoders.config import ModelConfig
+from pixdex.encoders.checksum import file_sha256
+from pixdex.encoders.spec import ResolvedSpec, resolve_spec
 from pixdex.errors import PixdexError
-from pixdex.fsutil import atomic_write
+from pixdex.storage.contract import RANDOM_INIT_PREFIX
 
 log = logging.getLogger(__name__)
 
-RANDOM = "random"
 RANDOM_SEED = 0
 TOWERS = ("image", "text")
-
-
-# ----------------------------------------------------------------------------- spec resolution
-
-
-@dataclass(frozen=True)
-class ResolvedSpec:
-    config: ModelConfig
-    spec: str  # canonical, loadable again: registry name[:tag] or absolute directory
-    weights: Optional[Path]  # None: random init
-    checkpoint: Optional[str]  # the explicit --checkpoint (absolute), if any
-    model_dir: Optional[Path]  # where a tokenizer model may sit beside the weights
-
-
-def _config_from_json(path: Path) -> ModelConfig:
-    try:
-        d = json.loads(path.read_text())
-        if isinstance(d, dict) and d.get("model_type") == "siglip":  # a transformers SigLIP directory
-            from pixdex.encoders.siglip_configs import config_from_hf
-
-            return config_from_hf(d, name=path.parent.name)
-        return ModelConfig.from_dict(d)
-    except OSError as e:
-        raise PixdexError(f"cannot read model config {path}: {e.strerror or e}") from e
-    except (ValueError, TypeError) as e:
-        raise PixdexError(f"bad model config {path}: {e}") from e
-
-
-def resolve_spec(
-    spec: Union[str, Path], checkpoint: Optional[Union[str, Path]] = None, random_init: bool = False
-) -> ResolvedSpec:
-    """Work out the config and the weights file of a model spec (may download pretrained weights)."""
-    from pixdex.encoders import registry
-
-    if checkpoint is not None and str(checkpoint) == RANDOM:
-        random_init, checkpoint = True, None
-    ckpt = Path(checkpoint).expanduser().resolve() if checkpoint is not None else None
-    if ckpt is not None and not ckpt.is_file():
-        raise PixdexError(f"checkpoint not found: {checkpoint}")
-    name, tag = registry.parse_spec(str(spec))
-    if registry.is_model_dir(name):
-        d = Path(name).expanduser().resolve()
-        cfg_path = d / "config.json"
-        if not cfg_path.is_file():
-            raise PixdexError(f"{d} is not a model directory (no config.json)")
-        config = _config_from_json(cfg_path)
-        weights = ckpt or (None if random_init else d / "model.safetensors")
-        if weights is not None and not weights.is_file():
-            raise PixdexError(f"model directory {d} has no model.safetensors (pass --checkpoint)")
-        return ResolvedSpec(config, str(d), weights, str(ckpt) if ckpt else None, d)
-    if "/" in name or os.sep in name:
-        raise PixdexError(f"model directory not found: {name}")
-    config = registry.get_config(name)
-    name = config.name
-    if name == registry.DEMO_MODEL:
-        demo_json = registry.demo_weights_path().with_suffix(".json")
-        if demo_json.is_file():
-            config = _config_from_json(demo_json)
-    canonical = f"{name}:{tag}" if tag else name
-    if tag and not random_init:
-        from pixdex.encoders.pretrained import apply_pretrained_cfg, pretrained_cfg, resolve_pretrained
-
-        if ckpt is not None:  # the tag still decides activation and preprocessing
-            config = apply_pretrained_cfg(config, pretrained_cfg(config, tag))
-            return ResolvedSpec(config, canonical, ckpt, str(ckpt), ckpt.parent)
-        config, weights = resolve_pretrained(config, tag)
-        return ResolvedSpec(config, canonical, weights, None, weights.parent)
-    if ckpt is not None:
-        return ResolvedSpec(config, canonical, ckpt, str(ckpt), ckpt.parent)
-    if random_init or name in registry.RANDOM_INIT_OK:
-        return ResolvedSpec(config, canonical, None, None, None)
-    if name == registry.DEMO_MODEL:
-        path = registry.demo_weights_path()
-        if not path.is_file():
-            raise PixdexError(
-                f"the bundled demo weights are missing ({path}); train them with `pixdex train` "
-                "or pass --checkpoint"
-            )
-        return ResolvedSpec(config, canonical, path, None, path.parent)
-    default = registry.DEFAULT_TAGS.get(name)
-    if default:
-        from pixdex.encoders.pretrained import resolve_pretrained
-
-        config, weights = resolve_pretrained(config, default)
-        return ResolvedSpec(config, f"{name}:{default}", weights, None, weights.parent)
-    raise PixdexError(
-        f"model {name} has no default weights: give a pretrained tag ({name}:TAG, see "
-        "`pixdex models`) or a weights file with --checkpoint"
-    )
-
-
-# ----------------------------------------------------------------------------- hashing
-
-
-_HASH_LOCK = threading.Lock()
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def _hash_cache_file() -> Optional[Path]:
-    env = os.environ.get("PIXDEX_CACHE_DIR")
-    if env:
-        return Path(env).expanduser() / "sha256.json"
-    try:
-        from platformdirs import user_cache_dir
-    except ModuleNotFoundError:
-        return None
-    return Path(user_cache_dir("pixdex", appauthor=False)) / "sha256.json"
-
-
-def file_sha256(path: Union[str, Path]) -> str:
-    """SHA-256 of a file, cached by (path, size, mtime) in memory and in the user cache dir."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    with _HASH_LOCK:
-        if key in _HASHES:
-            return _HASHES[key]
-    disk_key = f"{key[0]}|{key[1]}|{key[2]}"
-    cache_file = _hash_cache_file()
-    disk: dict[str, str] = {}
-    if cache_file is not None:
-        try:
-            disk = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            disk = {}
-        if isinstance(disk, dict) and isinstance(disk.get(disk_key), str):
-            with _HASH_LOCK:
-                _HASHES[key] = disk[disk_key]
-            return disk[disk_key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    with _HASH_LOCK:
-        _HASHES[key] = digest
-    if cache_file is not None:
-        try:
-            disk = disk if isinstance(disk, dict) else {}
-            disk = {k: v for k, v in disk.items() if not k.startswith(key[0] + "|")}
-            disk[disk_key] = digest
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(cache_file, json.dumps(disk), durable=False)  # a cache: never torn
-        except OSError as e:
-            log.debug("cannot write the hash cache %s: %s", cache_file, e)
-    return digest
-
-
-# ----------------------------------------------------------------------------- encoder
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -263,7 +108,7 @@ class Encoder:
 
     def checkpoint_sha256(self) -> str:
         if self.weights_path is None:
-            return f"random-init-seed{RANDOM_SEED}"
+            return f"{RANDOM_INIT_PREFIX}-seed{RANDOM_SEED}"
         return file_sha256(self.weights_path)
 
     def identity(self) -> dict:

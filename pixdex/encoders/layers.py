@@ -82,6 +82,9 @@ class MultiheadAttention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
+        # Optional stand-in module for the packed in-projection ``F.linear(x, in_proj_weight, in_proj_bias)``
+        # (int8 inference puts a quantised Linear of those weights here); not in the state dict.
+        self.in_proj: Optional[nn.Module] = None
         if qk_norm:
             self.ln_q = LayerNorm(self.head_dim, eps=eps)
             self.ln_k = LayerNorm(self.head_dim, eps=eps)
@@ -94,7 +97,10 @@ class MultiheadAttention(nn.Module):
         self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False
     ) -> torch.Tensor:
         n, length, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        if self.in_proj is None:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        else:
+            qkv = self.in_proj(x)
         qkv = qkv.view(n, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (N, heads, L, head_dim)
         if self.ln_q is not None:

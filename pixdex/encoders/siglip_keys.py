@@ -1,7 +1,8 @@
 """State-dict key mapping from foreign SigLIP layouts to pixdex's names (see :mod:`pixdex.encoders.siglip`).
 
-``detect_format(state_dict) -> "hf_siglip" | "open_clip_siglip" | "pixdex_siglip" | None`` and
-``convert_state_dict(state_dict, config) -> dict``. One explicit table per format: each rule names the
+``convert_state_dict(state_dict, config) -> dict`` for the layouts that
+:func:`pixdex.encoders.state_dict_layout.detect_layout` tells apart (``hf_siglip``, ``open_clip_siglip``,
+``pixdex_siglip``). One explicit table per format: each rule names the
 pixdex key, the foreign key(s) it is made of and how (``copy``, ``cat`` = packed q/k/v, ``flat`` = drop a
 leading 1-dim, ``scalar``). ``{i}`` stands for a block index. Keys no rule consumes are passed through under
 their own names, so the strict loader reports them as unexpected (and the keys they should have become as
@@ -15,8 +16,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Optional
 
+from pixdex.encoders.state_dict_layout import (
+    HF_SIGLIP,
+    OPEN_CLIP_SIGLIP,
+    PIXDEX_SIGLIP,
+    detect_layout,
+    strip_wrappers,
+)
 from pixdex.errors import PixdexError
 
 log = logging.getLogger(__name__)
@@ -162,8 +169,8 @@ OPEN_CLIP_TABLE: list[Rule] = [
 OPEN_CLIP_IGNORED = ("text.attn_mask",)
 
 TABLES: dict[str, tuple[list[Rule], tuple[str, ...]]] = {
-    "hf_siglip": (HF_TABLE, HF_IGNORED),
-    "open_clip_siglip": (OPEN_CLIP_TABLE, OPEN_CLIP_IGNORED),
+    HF_SIGLIP: (HF_TABLE, HF_IGNORED),
+    OPEN_CLIP_SIGLIP: (OPEN_CLIP_TABLE, OPEN_CLIP_IGNORED),
 }
 
 # ----------------------------------------------------------------------------- ops
@@ -198,31 +205,7 @@ _OPS: dict[str, Callable] = {
     "scalar": lambda parts: _scalar(parts[0]),
 }
 
-# ----------------------------------------------------------------------------- detection and conversion
-
-_STRIP_PREFIXES = ("module.", "_orig_mod.")
-
-
-def _strip(state_dict: Mapping[str, object]) -> dict[str, object]:
-    """Drop DDP / torch.compile wrappers' key prefixes when every key has them."""
-    sd = dict(state_dict)
-    for prefix in _STRIP_PREFIXES:
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    return sd
-
-
-def detect_format(state_dict: Mapping[str, object]) -> Optional[str]:
-    """``hf_siglip`` (transformers), ``open_clip_siglip`` (open_clip with a timm trunk), ``pixdex_siglip``
-    (pixdex's own names) or None when the keys look like none of them."""
-    keys = list(_strip(state_dict))
-    if any(k.startswith(("vision_model.", "text_model.")) for k in keys):
-        return "hf_siglip"
-    if any(k.startswith("visual.trunk.") for k in keys):
-        return "open_clip_siglip"
-    if any(k.startswith(("visual.attn_pool.", "text.transformer.resblocks.")) for k in keys):
-        return "pixdex_siglip"
-    return None
+# ----------------------------------------------------------------------------- conversion
 
 
 def _pattern(key: str) -> re.Pattern:
@@ -261,12 +244,12 @@ def apply_table(
 def convert_state_dict(state_dict: Mapping[str, object], config=None) -> dict[str, object]:
     """``state_dict`` under pixdex's SigLIP names. ``config`` (the target ModelConfig) is accepted for the
     loader's hook signature; shapes are checked by the strict loader. Unknown layouts raise PixdexError."""
-    sd = _strip(state_dict)
-    fmt = detect_format(sd)
+    sd = strip_wrappers(state_dict)
+    fmt = detect_layout(sd)
     if fmt is None:
         sample = ", ".join(sorted(sd)[:4]) or "no tensors"
         raise PixdexError(f"not a SigLIP checkpoint (keys: {sample}, ...)")
-    if fmt == "pixdex_siglip":
+    if fmt == PIXDEX_SIGLIP:
         return {k: (_scalar(v) if k in ("logit_scale", "logit_bias") else v) for k, v in sd.items()}
     table, ignored = TABLES[fmt]
     return apply_table(sd, table, ignored)

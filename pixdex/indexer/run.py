@@ -2,7 +2,8 @@
 
 One run:
 
-1. open the store for writing (exclusive lock file; schema migrations), check or bind the model;
+1. open the store for writing (exclusive lock file; schema migrations), check or bind the model
+   (:mod:`pixdex.indexer.binding`);
 2. repair the FAISS index from the database (a crash may have left it behind);
 3. scan the roots and compare with the store by size and mtime only (:mod:`pixdex.indexer.plan`);
 4. for new and changed files, in worker threads with bounded look-ahead: read once, hash, and decode +
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pixdex.encoders.registry import DEFAULT_MODEL
 from pixdex.errors import PixdexError
+from pixdex.indexer.binding import LazyEncoder, check_spec, model_choice
 from pixdex.indexer.pipeline import DecodeGate, Loaded, default_workers, load_candidate, ordered_map
 from pixdex.indexer.plan import Candidate, make_plan
 from pixdex.indexer.report import Progress, Tally, Timings, print_summary
@@ -39,115 +40,18 @@ from pixdex.storage import faiss_index
 from pixdex.storage.contract import (
     DB_FILE,
     LOCK_FILE,
-    RANDOM_INIT_PREFIX,
     SIDECAR_FILE,
     STATUS_FAILED,
     STATUS_OK,
 )
 from pixdex.storage.store import Store
 from pixdex.storage.writes import Batch, KnownFile, Move, NewRow, Touch, apply_batch, known_files
+from pixdex.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 
 FAISS_SAVE_EVERY_S = 120.0  # also saved at the end; FAISS is derived, so this only helps concurrent search
 MAX_PENDING_OPS = 256  # commit non-encoding changes (moves, failures, ...) at least this often
-
-
-class LazyEncoder:
-    """Loads the encoder on first use (thread-safe) and checks it against the store's model."""
-
-    def __init__(
-        self,
-        store: Store,
-        spec: str,
-        checkpoint: Optional[str],
-        device: str,
-        loader: Optional[Callable] = None,
-        timings: Optional[Timings] = None,
-    ):
-        self.store, self.spec, self.checkpoint, self.device = store, spec, checkpoint, device
-        self.timings = timings or Timings()
-        self._loader = loader
-        self._enc = None
-        self._pre = None
-        self._lock = threading.Lock()
-        self.newly_bound = False
-
-    def get(self):
-        with self._lock:
-            if self._enc is None:
-                with self.timings("load_model"):
-                    self._enc = self._load()
-            return self._enc
-
-    @property
-    def loaded(self) -> bool:
-        return self._enc is not None
-
-    def _load(self):
-        new_store = self.store.identity is None
-        towers = ("image", "text") if new_store else ("image",)
-        if self._loader is not None:
-            enc = self._loader(self.spec, self.checkpoint, self.device, towers)
-        else:
-            from pixdex.encoders.encoder import load_encoder
-
-            enc = load_encoder(self.spec, checkpoint=self.checkpoint, device=self.device, towers=towers)
-        _maybe_speed_up(enc)
-        ident = enc.identity()
-        self.newly_bound = self.store.bind_model(ident, checkpoint=ident.get("checkpoint") or self.checkpoint)
-        if self.newly_bound:
-            with self.timings("export_text_tower"):
-                _export_text_tower(enc, self.store.dir)
-        return enc
-
-    def preprocessor(self):
-        """The preprocessing, for the workers. On a bound store this needs no model (nor torch): the
-        store's identity records the preprocessing, so decoding starts while the encoder still loads."""
-        pre = self._pre
-        if pre is None:
-            with self._lock:
-                if self._pre is None:
-                    self._pre = (
-                        self._enc.preprocess if self._enc is not None else _preprocessor_of(self.store)
-                    )
-                pre = self._pre
-            if pre is None:
-                pre = self._pre = self.get().preprocess
-        return pre
-
-    @property
-    def preprocess(self) -> _LazyPreprocess:
-        return _LazyPreprocess(self)
-
-
-class _LazyPreprocess:
-    """``pre(img)`` and ``pre.draft_size`` of a :class:`LazyEncoder`'s preprocessing, resolved on first use."""
-
-    def __init__(self, lazy: LazyEncoder):
-        self._lazy = lazy
-
-    @property
-    def draft_size(self):
-        return self._lazy.preprocessor().draft_size
-
-    def __call__(self, img):
-        return self._lazy.preprocessor()(img)
-
-
-def _preprocessor_of(store: Store):
-    ident = store.identity or {}
-    d = ident.get("preprocess")
-    if not isinstance(d, dict):
-        return None
-    try:
-        from pixdex.encoders.config import PreprocessConfig
-        from pixdex.encoders.preprocess import Preprocessor
-
-        return Preprocessor(PreprocessConfig(**d))
-    except (TypeError, ValueError) as e:
-        log.debug("cannot rebuild the preprocessing from the store (%s); loading the model", e)
-        return None
 
 
 def _env_float(name: str, default: float) -> float:
@@ -156,24 +60,6 @@ def _env_float(name: str, default: float) -> float:
     except ValueError:
         log.warning("ignoring %s=%r (not a number)", name, os.environ.get(name))
         return default
-
-
-def _maybe_speed_up(enc) -> None:
-    try:
-        from pixdex.encoders.fast import speed_up
-    except ImportError:
-        return
-    speed_up(enc)
-
-
-def _threads(enc):
-    try:
-        from pixdex.encoders.fast import cpu_threads
-    except ImportError:
-        import contextlib
-
-        return contextlib.nullcontext(None)
-    return cpu_threads(enc)
 
 
 def _all_cores(enc, nthreads: Optional[int]) -> bool:
@@ -185,48 +71,6 @@ def _all_cores(enc, nthreads: Optional[int]) -> bool:
 
         nthreads = torch.get_num_threads()
     return nthreads >= (os.cpu_count() or 1)
-
-
-def _export_text_tower(enc, store_dir: Path) -> None:
-    try:
-        from pixdex.encoders.textexport import export_text_tower
-    except ImportError:
-        log.debug("no text tower export available")
-        return
-    try:
-        export_text_tower(enc, store_dir)
-    except PixdexError as e:  # search re-exports on demand; indexing goes on
-        log.warning("could not export the text tower for torch-free search: %s", e)
-
-
-def _model_choice(
-    store: Store, model: Optional[str], checkpoint: Optional[Path]
-) -> tuple[str, Optional[str], bool]:
-    """(spec, checkpoint, load_now) for this run."""
-    bound = store.identity
-    ckpt = (
-        str(Path(checkpoint).expanduser())
-        if checkpoint is not None and str(checkpoint) != "random"
-        else ("random" if checkpoint is not None else None)
-    )
-    if bound is None:
-        return model or DEFAULT_MODEL, ckpt, True
-    if (model is None or model == bound.get("model")) and ckpt is None:
-        bound_ckpt = bound.get("checkpoint") or store.get_meta("checkpoint")
-        if str(bound.get("checkpoint_sha256") or "").startswith(RANDOM_INIT_PREFIX):
-            bound_ckpt = "random"
-        return bound["model"], bound_ckpt, False
-    # An explicit model or checkpoint on a bound store: load it now, so a mismatch fails before any work.
-    return model or bound["model"], ckpt, True
-
-
-def _check_spec(spec: str, checkpoint: Optional[Path]) -> None:
-    """Resolve a model spec (no torch) so an unknown model or missing weights fail before the store exists."""
-    try:
-        from pixdex.encoders.encoder import resolve_spec
-    except ImportError:
-        return
-    resolve_spec(spec, str(checkpoint) if checkpoint is not None else None)
 
 
 def _remove_empty_store(store_dir: Path) -> None:
@@ -354,7 +198,7 @@ class _Run:
         enc = self.enc.get()
         batch = np.stack([r.pixels for _, r, _ in self.pending])
         with (
-            _threads(enc) as nthreads,
+            cpu_threads(enc) as nthreads,
             self.gate.closed(self.gate_decoding and _all_cores(enc, nthreads)),
             self.timings("encode"),
         ):
@@ -447,7 +291,7 @@ def index_paths(
     store_dir = Path(store_dir).expanduser()
     new_store = not (store_dir / DB_FILE).exists()
     if new_store and encoder_loader is None:
-        _check_spec(model or DEFAULT_MODEL, checkpoint)  # fail before creating anything
+        check_spec(model or DEFAULT_MODEL, checkpoint)  # fail before creating anything
     store = Store.open_writer(store_dir)
     tally = Tally()
     timings = Timings()
@@ -459,7 +303,7 @@ def index_paths(
             from PIL import Image
 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            spec, ckpt, load_now = _model_choice(store, model, checkpoint)
+            spec, ckpt, load_now = model_choice(store, model, checkpoint)
             enc = LazyEncoder(store, spec, ckpt, device, loader=encoder_loader, timings=timings)
             if load_now:
                 enc.get()

@@ -7,26 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
 from pixdex.errors import PixdexError
+from pixdex.threads import single_thread_blas
 
 log = logging.getLogger(__name__)
 
 MAX_K = 10_000
-
-
-def single_thread_blas() -> None:
-    """Use one BLAS thread unless the user chose otherwise; call before numpy is imported.
-
-    A query runs many tiny matmuls (the numpy text tower on a handful of tokens): with several BLAS
-    threads on a busy 2-core machine the hand-offs dominate (measured 400-1100 ms vs 40-80 ms).
-    """
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def run_search(

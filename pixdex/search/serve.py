@@ -224,7 +224,7 @@ def start_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
 
 def serve(store_dir: Path, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Run the server until Ctrl-C."""
-    from pixdex.search.cli_search import single_thread_blas
+    from pixdex.threads import single_thread_blas
 
     single_thread_blas()
     if not _is_loopback(host):

@@ -7,7 +7,7 @@
   trains every image once, with one of its captions drawn at random (``pixdex.training.data``).
   Identical captions in one batch are marked as positives of each other for the loss.
 - Loss: ``clip`` (InfoNCE) or ``siglip`` (sigmoid), each with its learnable temperature (and bias), see
-  ``pixdex.encoders.losses``; the trained values are written into the model's ``logit_scale``
+  ``pixdex.training.losses``; the trained values are written into the model's ``logit_scale``
   (and ``logit_bias`` when the model has one).
 - AdamW without weight decay on gains, biases, embeddings and logit parameters; linear warm-up then
   cosine decay per optimizer step; gradient clipping; gradient accumulation over ``accum`` micro-batches
@@ -116,7 +116,7 @@ def _validate(o: TrainOptions) -> None:
 def resolve_model(spec: str, init: Optional[Path]):
     """``(config, weights file or None, model dir for tokenizer files)`` for ``--model`` / ``--init``."""
     from pixdex.encoders import registry
-    from pixdex.encoders.encoder import resolve_spec
+    from pixdex.encoders.spec import resolve_spec
 
     name, tag = registry.parse_spec(str(spec))
     weights = None
@@ -261,7 +261,6 @@ def train(o: TrainOptions) -> dict:
 
     from pixdex.encoders.build import build_model
     from pixdex.encoders.encoder import resolve_device
-    from pixdex.encoders.losses import make_loss, same_caption_matrix
     from pixdex.encoders.preprocess import Preprocessor
     from pixdex.encoders.tokenizer import get_tokenizer
     from pixdex.training.data import (
@@ -273,6 +272,7 @@ def train(o: TrainOptions) -> dict:
         split_indices,
         tokenize_captions,
     )
+    from pixdex.training.losses import make_loss, same_caption_matrix
     from pixdex.training.manifest import read_manifest
 
     _validate(o)

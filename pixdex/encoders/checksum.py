@@ -1,0 +1,70 @@
+"""``file_sha256(path)``: a weights file's SHA-256, cached by (path, size, mtime) in memory and in the
+user cache dir (``PIXDEX_CACHE_DIR`` or platformdirs' ``pixdex`` cache), so that a store's model identity
+does not cost a full read of a large checkpoint on every run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Optional, Union
+
+from pixdex.fsutil import atomic_write
+
+log = logging.getLogger(__name__)
+
+_HASH_LOCK = threading.Lock()
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _hash_cache_file() -> Optional[Path]:
+    env = os.environ.get("PIXDEX_CACHE_DIR")
+    if env:
+        return Path(env).expanduser() / "sha256.json"
+    try:
+        from platformdirs import user_cache_dir
+    except ModuleNotFoundError:
+        return None
+    return Path(user_cache_dir("pixdex", appauthor=False)) / "sha256.json"
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """SHA-256 of a file, cached by (path, size, mtime) in memory and in the user cache dir."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    with _HASH_LOCK:
+        if key in _HASHES:
+            return _HASHES[key]
+    disk_key = f"{key[0]}|{key[1]}|{key[2]}"
+    cache_file = _hash_cache_file()
+    disk: dict[str, str] = {}
+    if cache_file is not None:
+        try:
+            disk = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            disk = {}
+        if isinstance(disk, dict) and isinstance(disk.get(disk_key), str):
+            with _HASH_LOCK:
+                _HASHES[key] = disk[disk_key]
+            return disk[disk_key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with _HASH_LOCK:
+        _HASHES[key] = digest
+    if cache_file is not None:
+        try:
+            disk = disk if isinstance(disk, dict) else {}
+            disk = {k: v for k, v in disk.items() if not k.startswith(key[0] + "|")}
+            disk[disk_key] = digest
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache_file, json.dumps(disk), durable=False)  # a cache: never torn
+        except OSError as e:
+            log.debug("cannot write the hash cache %s: %s", cache_file, e)
+    return digest

@@ -1,0 +1,148 @@
+"""Int8 dynamic quantisation of the ViT image tower's Linear layers, for faster CPU inference.
+
+On a CPU without fast bf16 (a 2-core AVX2 laptop), a ViT-B/32 spends ~95% of its time in the four
+linear layers of each block (qkv, out, fc, proj). fbgemm's dynamic int8 GEMM (weights quantised per
+output channel once, activations per batch on the fly) runs them 2-3x faster.
+
+The int8 tower is the float tower's own module tree with only those layers swapped: a copy of the
+modules that shares every float tensor, whose ``nn.Linear`` layers ``torch.ao``'s ``quantize_dynamic``
+replaces with dynamically quantised ones, and whose packed attention in-projection goes through the
+attention module's ``in_proj`` slot (a Linear over the same weights, quantised alike). Every ``forward``
+that runs is the model's own (:mod:`pixdex.encoders.vit`, :mod:`pixdex.encoders.layers`); patch
+embedding, LayerNorms, attention and GELU stay float32. Activation scales are per batch, so an image's
+int8 embedding varies slightly (cosine > 0.999) with its batch-mates.
+
+Quantisation must not change what a store holds: :class:`Int8Tower` checks itself on the first real
+batch it sees (int8 vs float32 on up to :data:`CHECK_IMAGES` of its images) and falls back to float32 for
+good if any embedding is below :data:`MIN_COSINE`. Only used on CPU; ``PIXDEX_FAST=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import os
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+MIN_COSINE = 0.995  # per image, int8 vs float32, on the first batch (the bar is 0.99: keep a margin)
+MIN_WIDTH = 256  # narrower towers gain nothing from int8 GEMMs
+CHECK_IMAGES = 8  # images of the first batch encoded both ways for the check
+
+
+def enabled() -> bool:
+    return os.environ.get("PIXDEX_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _is_plain_vit(visual) -> bool:
+    from pixdex.encoders.vit import VisionTransformer
+
+    return isinstance(visual, VisionTransformer) and visual.transformer.width >= MIN_WIDTH
+
+
+def speed_up(encoder) -> bool:
+    """Swap the encoder's ViT image tower for an :class:`Int8Tower` when on CPU. True when swapped."""
+    model = getattr(encoder, "model", None)
+    visual = getattr(model, "visual", None)
+    if (
+        not enabled()
+        or str(getattr(encoder, "device", "cpu")) != "cpu"
+        or visual is None
+        or is_quantized(visual)
+        or not _is_plain_vit(visual)
+    ):
+        return False
+    try:
+        model.visual = Int8Tower(visual)
+    except (RuntimeError, AttributeError) as e:  # no fbgemm/x86 engine in this torch build
+        log.info("int8 image tower unavailable (%s); using float32", e)
+        return False
+    log.info(
+        "image tower: int8 dynamic quantisation of %d linear layers (checked on the first batch)",
+        count_quantized(model.visual.int8_visual),
+    )
+    return True
+
+
+def is_quantized(visual) -> bool:
+    return isinstance(visual, Int8Tower)
+
+
+def _engine() -> str:
+    engines = torch.backends.quantized.supported_engines
+    for e in ("x86", "fbgemm"):
+        if e in engines:
+            return e
+    raise RuntimeError(f"no x86/fbgemm quantized engine (have {engines})")
+
+
+def _linear_over(weight: nn.Parameter, bias: Optional[nn.Parameter]) -> nn.Linear:
+    """An ``nn.Linear`` whose parameters are ``weight`` / ``bias`` themselves (no copy, no random init)."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    lin.weight = weight
+    if bias is not None:
+        lin.bias = bias
+    return lin
+
+
+def int8_twin(visual: nn.Module) -> nn.Module:
+    """A copy of the ViT ``visual`` whose Linear layers (attention in/out projections, MLP) are
+    dynamically quantised to int8; every other module and tensor is ``visual``'s own, shared."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    torch.backends.quantized.engine = _engine()
+    shared = {id(t): t for t in itertools.chain(visual.parameters(), visual.buffers())}
+    twin = copy.deepcopy(visual, shared)  # new module objects, the same tensors
+    for block in twin.transformer.resblocks:
+        block.attn.in_proj = _linear_over(block.attn.in_proj_weight, block.attn.in_proj_bias)
+    with warnings.catch_warnings():  # torch.ao eager quantisation is deprecated but still the fbgemm path
+        warnings.simplefilter("ignore")
+        quantize_dynamic(twin, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    return twin
+
+
+def count_quantized(module: nn.Module) -> int:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    return sum(isinstance(m, DynamicQuantizedLinear) for m in module.modules())
+
+
+class Int8Tower(nn.Module):
+    """The float32 tower and its int8 twin (:func:`int8_twin`), with the first-batch self-check."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.float_visual = visual
+        # Not registered as a submodule: the model's state dict stays the float tower's (the twin is
+        # derived from it, and unpacking int8 weights on every ``state_dict()`` would cost ~0.4 s).
+        object.__setattr__(self, "int8_visual", int8_twin(visual))
+        self.checked: Optional[bool] = None  # None: not yet compared with float32; False: fell back
+        self.min_cosine: Optional[float] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checked is False or x.device.type != "cpu":
+            return self.float_visual(x)
+        if self.checked is None:
+            probe = x[:CHECK_IMAGES]
+            ref = self.float_visual(probe)
+            got = self.int8_visual(probe)
+            cos = F.cosine_similarity(got.float(), ref.float(), dim=-1)
+            self.min_cosine = float(cos.min())
+            self.checked = self.min_cosine >= MIN_COSINE
+            rest = x[CHECK_IMAGES:]
+            if not self.checked:
+                log.warning(
+                    "int8 image tower off: cosine %.4f < %.3f vs float32 on this model; using float32",
+                    self.min_cosine,
+                    MIN_COSINE,
+                )
+                return torch.cat([ref, self.float_visual(rest)]) if len(rest) else ref
+            return torch.cat([ref, self.int8_visual(rest)]) if len(rest) else ref
+        return self.int8_visual(x)
