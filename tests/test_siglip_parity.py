@@ -450,14 +450,26 @@ def _normalised_in_float32(mod, x):
     return torch.nn.functional.layer_norm(x.float(), mod.normalized_shape, w, b, mod.eps).to(x.dtype)
 
 
+class _HalfLayerNorm(torch.nn.LayerNorm):
+    """A LayerNorm that normalises in the input's own dtype (mean, variance and scaling in half
+    precision), as a backend without float32 accumulation would. torch's CPU kernels accumulate in
+    float32 even for bf16/fp16 inputs, so torch's own LayerNorm cannot serve as the counter-example."""
+
+    def forward(self, x):
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) * (x - mean)).mean(-1, keepdim=True)
+        y = (x - mean) / torch.sqrt(var + self.eps)
+        return y * self.weight + self.bias if self.weight is not None else y
+
+
 def _with_plain_layernorms(model):
-    """A copy of ``model`` whose LayerNorms are torch's own, computing in the input's dtype."""
+    """A copy of ``model`` whose LayerNorms compute in the input's dtype (:class:`_HalfLayerNorm`)."""
     import copy
 
     plain = copy.deepcopy(model)
     for name, m in list(plain.named_modules()):
-        if isinstance(m, torch.nn.LayerNorm) and type(m) is not torch.nn.LayerNorm:
-            ln = torch.nn.LayerNorm(m.normalized_shape, eps=m.eps, elementwise_affine=m.weight is not None)
+        if isinstance(m, torch.nn.LayerNorm) and not isinstance(m, _HalfLayerNorm):
+            ln = _HalfLayerNorm(m.normalized_shape, eps=m.eps, elementwise_affine=m.weight is not None)
             ln.load_state_dict(m.state_dict())
             parent, _, attr = name.rpartition(".")
             setattr(plain.get_submodule(parent) if parent else plain, attr, ln.to(m.weight.dtype))
@@ -467,8 +479,8 @@ def _with_plain_layernorms(model):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_keeps_layernorm_in_float32(dtype):
     """Under fp16/bf16 every LayerNorm of the model normalises in float32 and rounds once: its output is
-    bit-identical to float32 layer_norm cast back, which torch's own half-precision LayerNorm is not
-    (checked here on the same model, so this test cannot pass with plain LayerNorms)."""
+    bit-identical to float32 layer_norm cast back, which a LayerNorm computing in half precision is not
+    (checked here on the same model, so this test cannot pass with such LayerNorms)."""
     config = SIGLIP_CONFIGS["tiny-siglip"]
     model = SigLIP(config).eval()
     _randomize(model, seed=14)
