@@ -140,6 +140,9 @@ def test_host_check_for_other_bind_addresses():
     # a wildcard bind is reached by any of the machine's addresses: IP literals cannot be rebound
     assert host_allowed("10.0.0.7:8765", "0.0.0.0") and host_allowed("[fe80::1]:8765", "::")
     assert not host_allowed("evil.com:8765", "0.0.0.0") and not host_allowed("127.evil.com", "::")
+    me = socket.gethostname().lower()
+    assert host_allowed(me + ":8765", "0.0.0.0") and host_allowed(me + ".local", "::")
+    assert not host_allowed(me + ".evil.com", "0.0.0.0")
 
 
 def test_cross_site_requests_refused(gallery):
@@ -253,6 +256,7 @@ def test_backlog_holds_a_burst_of_pending_connections(tmp_path):
     srv = make_server(store, "127.0.0.1", 0)
     srv.engine._text = ColourText()
     socks = []
+    started = False
     try:
         for i in range(100):
             try:
@@ -262,13 +266,15 @@ def test_backlog_holds_a_burst_of_pending_connections(tmp_path):
         for s in socks:
             s.sendall(b"GET /api/search?q=red&k=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         start_in_thread(srv)
+        started = True
         for s in socks:
             s.settimeout(20)
             assert s.recv(12).startswith(b"HTTP/1.1 200")
     finally:
         for s in socks:
             s.close()
-        srv.shutdown()
+        if started:  # shutdown() waits for serve_forever to end
+            srv.shutdown()
         srv.server_close()
         srv.engine.close()
 

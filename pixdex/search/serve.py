@@ -47,7 +47,7 @@ MAX_K = 500
 MAX_PARAMS = 20  # query parameters per request
 BACKLOG = 128  # pending connections the kernel queues while every handler is busy
 CONN_TIMEOUT = 30.0  # seconds a connection may stay silent (idle keep-alive, half-sent request)
-MAX_THREADS = 128  # handler threads; further connections wait in the backlog for a free one
+MAX_THREADS = 256  # handler threads; further connections wait in the backlog for a free one
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -89,7 +89,7 @@ def host_allowed(header: str, bound: str) -> bool:
 
     Admitted: ``localhost``, a loopback IP literal (any ``127.x.y.z``, ``[::1]``), the exact host bound
     to, and, when bound to a wildcard address (``0.0.0.0``, ``::``), any IP literal and this machine's
-    host name; each with an optional ``:port``. DNS rebinding needs a name the attacker's DNS answers
+    host name (also with ``.local``, its mDNS name); each with an optional ``:port``. DNS rebinding needs a name the attacker's DNS answers
     for, so exact names and IP literals cannot be rebound; ``127.evil.com`` or ``127.0.0.1.nip.io`` are
     just names and are refused.
     """
@@ -105,7 +105,8 @@ def host_allowed(header: str, bound: str) -> bool:
     b = bound.strip().lower().strip("[]")
     bound_ip = _ip(b)
     if bound_ip is not None and bound_ip.is_unspecified:
-        return ip is not None or name == socket.gethostname().lower()
+        me = socket.gethostname().lower()
+        return ip is not None or name in (me, me + ".local")
     if ip is not None:
         return ip == bound_ip
     return name == b
