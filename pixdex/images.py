@@ -27,10 +27,11 @@ import hashlib
 import io
 import logging
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional, Union
+from typing import BinaryIO, Optional, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -97,23 +98,56 @@ def register_heif() -> bool:
         return _heif_state
 
 
-def read_file(path: str) -> bytes:
+class NotRegularFile(OSError):
+    """The path names a FIFO, device, socket or folder, not a regular file."""
+
+
+# O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer (and some devices do not
+# wait for a medium); it changes nothing for regular files. O_NOCTTY: a terminal never becomes ours.
+_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+)
+
+
+def open_regular(path: Union[str, os.PathLike]) -> tuple[BinaryIO, os.stat_result]:
+    """Open ``path`` for reading without ever blocking on what it turns out to be → (file, its stat).
+
+    The type is checked on the opened descriptor (``fstat``), so a FIFO or a symlink to a device swapped
+    in after a ``stat`` cannot slip through: anything but a regular file raises :class:`NotRegularFile`.
+    Other failures are the usual ``OSError`` subclasses (``FileNotFoundError``, ``PermissionError``...).
+    """
+    fd = os.open(path, _OPEN_FLAGS)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_FILE_BYTES:
-                raise DecodeError(f"file too large ({size} bytes)")
-            data = f.read()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"not a regular file: {os.fspath(path)}")
+        return os.fdopen(fd, "rb"), st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of the regular file at ``path`` (never blocks on a FIFO or device); :class:`DecodeError`
+    with a one-line reason if it cannot be read."""
+    try:
+        f, st = open_regular(path)
+        with f:
+            if st.st_size > MAX_FILE_BYTES:
+                raise DecodeError(f"file too large ({st.st_size} bytes)")
+            data = f.read(MAX_FILE_BYTES + 1)
     except DecodeError:
         raise
+    except (NotRegularFile, IsADirectoryError) as e:
+        raise DecodeError("not a regular file (a FIFO, device, socket or folder)") from e
     except PermissionError as e:
         raise DecodeError("permission denied") from e
     except FileNotFoundError as e:
         raise DecodeError("file not found (deleted or moved)") from e
-    except IsADirectoryError as e:
-        raise DecodeError("not a regular file") from e
     except OSError as e:
         raise DecodeError(f"cannot read the file: {e.strerror or e}") from e
+    if len(data) > MAX_FILE_BYTES:
+        raise DecodeError(f"file too large (over {MAX_FILE_BYTES} bytes)")
     if not data:
         raise DecodeError("empty file (0 bytes)")
     return data

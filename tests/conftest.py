@@ -56,6 +56,9 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 # <img> fails to load "x" and its onerror handler sets window.__pwned. (A <script> element would not do:
 # scripts inserted through innerHTML never run.) It holds "red" so that red searches find it.
 HOSTILE_NAME = "<img src=x onerror=\"window.__pwned=1\"> red & 'x'.jpg"
+# A name spoofed with a right-to-left override: shown raw, it reads "red_06_gpj.exe.png" (everything
+# after the override reversed); the UI must show the override as visible text. It holds "red".
+SPOOF_NAME = "red_06_\u202egnp.exe.jpg"
 
 
 class ColourText:
@@ -75,7 +78,7 @@ class ColourText:
 
 def build_gallery(root):
     """24 images of three colours (vectors = their normalised colour); id 4 failed to decode; id 1 has
-    HOSTILE_NAME as its file name."""
+    HOSTILE_NAME as its file name, id 7 SPOOF_NAME."""
     import numpy as np
     from PIL import Image
     from search_support import make_store
@@ -86,7 +89,7 @@ def build_gallery(root):
     rng = np.random.default_rng(0)
     for i in range(24):
         colour = list(COLOURS)[i % 3]
-        name = HOSTILE_NAME if i == 0 else f"{colour}_{i:02d}.jpg"
+        name = {0: HOSTILE_NAME, 6: SPOOF_NAME}.get(i, f"{colour}_{i:02d}.jpg")
         names.append(photos / name)
         rgb = np.array(COLOURS[colour]) + rng.integers(-20, 20, 3)
         Image.new("RGB", (200 + i, 120), tuple(int(c) for c in rgb)).save(names[-1], quality=90)

@@ -7,6 +7,7 @@ vectors. The store is built exactly as `pixdex index` builds one (``Store.open_w
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +35,8 @@ def make_store(
 ) -> Path:
     """A store whose row ``i`` has id ``i + 1``, ``paths[i]``, ``vecs[i]`` and ``status[i]``.
 
+    Paths of existing files get their real size, mtime and content hash (as the indexer records them,
+    so that `serve` serves them); other paths get made-up ones.
     ``status`` values: STATUS_OK, STATUS_FAILED (no vector) or DELETED. ``taken``: ISO-8601 text.
     ``faiss_kind``: "flat", "ivf" (``nlist`` lists) or None (no FAISS file: exact search); the FAISS
     file holds the vectors of the ok and the deleted rows.
@@ -50,13 +53,14 @@ def make_store(
     unknown = set(status) - {STATUS_OK, STATUS_FAILED, DELETED}
     if unknown:
         raise ValueError(f"unknown status values {sorted(unknown)}")
+    stats = [_file_stats(str(p)) or (1000 + i, i, f"{i:032x}") for i, p in enumerate(paths)]
     rows = [
         NewRow(
             path=str(paths[i]),
             root=str(Path(str(paths[i])).parent),
-            size=1000 + i,
-            mtime_ns=i,
-            content_hash=f"{i:032x}",
+            size=stats[i][0],
+            mtime_ns=stats[i][1],
+            content_hash=stats[i][2],
             status=STATUS_FAILED if status[i] == STATUS_FAILED else STATUS_OK,
             error="cannot decode" if status[i] == STATUS_FAILED else None,
             width=sizes[i][0],
@@ -86,6 +90,17 @@ def make_store(
         if deleted.size:
             apply_batch(st, Batch(deletes=deleted.tolist()), dim)
     return Path(store)
+
+
+def _file_stats(path: str) -> Optional[tuple[int, int, str]]:
+    from pixdex.images import content_hash
+
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            return st.st_size, st.st_mtime_ns, content_hash(f.read())
+    except OSError:
+        return None
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import os
 import urllib.error
 import urllib.request
 
@@ -101,11 +102,17 @@ def test_thumbnails_cached_in_store_and_refreshed(gallery):
     cached = list((store / "thumbs").rglob("5-*"))
     assert len(cached) == 1
     assert get(srv, "/api/thumb/5")[2] == body
-    Image.new("RGB", (64, 64), (0, 0, 0)).save(names[4], quality=90)  # the file changed on disk
-    body2 = get(srv, "/api/thumb/5")[2]
-    im2 = Image.open(io.BytesIO(body2))
-    assert im2.size == (64, 64) and body2 != body
+    stamp = cached[0].read_bytes().partition(b"\n")[0]
+    st = names[4].stat()
+    os.utime(names[4], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same bytes, new mtime
+    assert get(srv, "/api/thumb/5")[2] == body
+    assert cached[0].read_bytes().partition(b"\n")[0] not in (stamp, b"")  # rebuilt for the new mtime
     assert get(srv, "/api/thumb/4")[0] == 404
+    # other content: not the file that was indexed any more (410 until `pixdex index` records it)
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(names[4], quality=90)
+    for route in ("/api/thumb/5", "/api/image/5"):
+        s, h, body2 = get(srv, route)
+        assert s == 410 and h["Content-Type"] == "application/json" and b"pixdex index" in body2
 
 
 def test_similar_and_bad_requests(gallery):

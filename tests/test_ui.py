@@ -115,3 +115,31 @@ def test_csp_blocks_inline_handlers_even_if_markup_got_in(site, page):
     assert pg.evaluate("() => document.querySelector('[onerror]') !== null")  # the markup did get in
     pg.evaluate(SETTLE)
     assert pg.evaluate(PWNED) is None
+
+
+def test_right_to_left_override_in_a_name_is_shown_not_obeyed(site, page):
+    """The gallery's SPOOF_NAME holds U+202E (right-to-left override): the grid label, tooltip, alt text,
+    viewer name and status line show it as the visible text \\u202e, so the name cannot read as another."""
+    from conftest import SPOOF_NAME
+
+    url, names = site
+    pg, errors = page
+    rlo = "\u202e"
+    shown = SPOOF_NAME.replace(rlo, "\\u202e")
+    pg.goto(url + "#q=red")
+    pg.wait_for_selector("#grid .card")
+    card = pg.locator('#grid .card[data-id="7"]')
+    assert card.locator(".label").text_content() == shown
+    assert card.locator("img").get_attribute("alt") == shown
+    assert rlo not in card.get_attribute("title") and shown in card.get_attribute("title")
+    texts = pg.evaluate(
+        "() => [...document.querySelectorAll('#grid .card')].map(c => c.textContent + c.title)"
+    )
+    assert not any(rlo in t for t in texts)
+    card.click()
+    pg.wait_for_selector("#viewer:not([hidden])")
+    assert pg.text_content("#viewer-name") == str(names[6]).replace(rlo, "\\u202e")
+    pg.click("#viewer-like")
+    pg.wait_for_function("() => document.querySelector('#status').textContent.includes('like')")
+    assert pg.text_content("#status").endswith("images like " + shown)
+    assert not errors

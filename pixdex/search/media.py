@@ -1,8 +1,10 @@
 """Image bytes for the web UI: originals and cached thumbnails of indexed files.
 
-Callers pass a stored row (never a path from a request). Thumbnails are JPEGs cached under
-``STORE/thumbs/`` (one line "mtime_ns:size" of the source, then the JPEG bytes), keyed by image id and
-rebuilt when the source file changes.
+Callers pass a stored row (never a path from a request); its file is served only while it is still the
+file that was indexed: a regular file with the recorded size and content hash (:meth:`Media.read`).
+Thumbnails are JPEGs cached under ``STORE/thumbs/`` (one line "mtime_ns:size" of the source, then the
+JPEG bytes), keyed by image id, made only from verified bytes, and rebuilt when the file changes (and
+has been indexed again).
 Formats that browsers cannot show (HEIC, TIFF, ...) are converted to JPEG on the fly. Decoding is the
 indexer's (:mod:`pixdex.images`), so the UI shows what was indexed, the same way.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -33,14 +36,29 @@ _BROWSER_TYPES = {
 MAX_ORIGINAL_BYTES = 512 * 1024 * 1024
 
 
-def _open_image(path: Path, draft_size=None):
+class Unavailable(PixdexError):
+    """The file of an indexed row cannot be served: ``status`` 404 (gone) or 410 (no longer the file
+    that was indexed: another size or content, or not a regular file)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _changed(row, what: str) -> Unavailable:
+    return Unavailable(
+        410, f"the file of image {row.id} {what} since it was indexed; run pixdex index to refresh it"
+    )
+
+
+def _decode(row, data: bytes, draft_size=None):
     """RGB image through the indexer's decoder (every mode, EXIF orientation, HEIC, bomb guard)."""
-    from pixdex.images import DecodeError, load_image
+    from pixdex.images import DecodeError, decode
 
     try:
-        return load_image(path, draft_size)[0]
+        return decode(data, draft_size, name=row.path)[0]
     except DecodeError as e:
-        raise PixdexError(f"cannot read image {path.name}: {e}") from e
+        raise PixdexError(f"cannot read image {Path(row.path).name}: {e}") from e
 
 
 def _jpeg(im, quality: int = 85) -> bytes:
@@ -55,44 +73,66 @@ class Media:
         self.size = int(size)
         self._lock = threading.Lock()
 
-    def _source(self, row) -> tuple[Path, os.stat_result]:
-        path = Path(row.path)
-        try:
-            st = path.stat()
-        except OSError:
-            raise PixdexError(f"the file of image {row.id} is missing") from None
-        return path, st
+    def read(self, row) -> tuple[bytes, os.stat_result]:
+        """The bytes of ``row``'s file, only if it is still the file that was indexed.
 
-    def original(self, row) -> tuple[bytes, str]:
-        path, st = self._source(row)
-        ctype = _BROWSER_TYPES.get(path.suffix.lower())
-        if ctype:
+        Opened with O_NONBLOCK and checked on the open descriptor (:func:`pixdex.images.open_regular`):
+        a FIFO or device swapped in is refused at once, never waited on. Then the size and the content
+        hash recorded at indexing must match (when the row carries them), so a path swapped for a
+        symlink to another file (``/etc/passwd``) or rewritten is refused (410), not served.
+        """
+        from pixdex.images import NotRegularFile, content_hash, open_regular
+
+        try:
+            f, st = open_regular(row.path)
+        except NotRegularFile:
+            raise _changed(row, "is no longer a regular file") from None
+        except FileNotFoundError:
+            raise Unavailable(404, f"the file of image {row.id} is missing") from None
+        except OSError as e:
+            raise Unavailable(404, f"cannot open the file of image {row.id}: {e.strerror or e}") from None
+        with f:
+            if row.size is not None and st.st_size != row.size:
+                raise _changed(row, "changed size")
             if st.st_size > MAX_ORIGINAL_BYTES:
                 raise PixdexError(f"image {row.id} is too large to serve")
-            with open(path, "rb") as f:
-                return f.read(), ctype
-        return _jpeg(_open_image(path), quality=92), "image/jpeg"
+            data = f.read(st.st_size + 1)
+        if len(data) != st.st_size or (row.content_hash and content_hash(data) != row.content_hash):
+            raise _changed(row, "changed content")
+        return data, st
+
+    def original(self, row) -> tuple[bytes, str]:
+        data, _ = self.read(row)
+        ctype = _BROWSER_TYPES.get(Path(row.path).suffix.lower())
+        if ctype:
+            return data, ctype
+        return _jpeg(_decode(row, data), quality=92), "image/jpeg"
 
     def thumb_path(self, image_id: int) -> Path:
         return self.dir / f"{int(image_id) // 1000:04d}" / f"{int(image_id)}-{self.size}.thumb"
 
+    @staticmethod
+    def _stamp(st: os.stat_result) -> bytes:
+        return f"{st.st_mtime_ns}:{st.st_size}".encode()
+
     def thumbnail(self, row) -> tuple[bytes, str]:
-        path, st = self._source(row)
         out = self.thumb_path(row.id)
-        stamp = f"{st.st_mtime_ns}:{st.st_size}".encode()
-        try:
-            data = out.read_bytes()
-            head, _, body = data.partition(b"\n")
-            if head == stamp:
-                return body, "image/jpeg"
+        try:  # a cached thumbnail is made only from verified bytes: same mtime and size, same file
+            st = os.stat(row.path)
+            if stat.S_ISREG(st.st_mode) and (row.size is None or st.st_size == row.size):
+                head, _, body = out.read_bytes().partition(b"\n")
+                if head == self._stamp(st):
+                    return body, "image/jpeg"
         except OSError:
             pass
-        im = _open_image(path, draft_size=self.size)
+        data, st = self.read(row)
+        im = _decode(row, data, draft_size=self.size)
         im.thumbnail((self.size, self.size))
         body = _jpeg(im)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(out, stamp + b"\n" + body, durable=False)  # a cache: never torn, may be lost
+            # a cache: never torn, may be lost
+            atomic_write(out, self._stamp(st) + b"\n" + body, durable=False)
         except OSError as e:
             log.warning("cannot cache thumbnail %s: %s", out, e)
         return body, "image/jpeg"

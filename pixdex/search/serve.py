@@ -9,17 +9,26 @@ Routes (GET and HEAD only)::
     /api/image/ID           the original file (converted to JPEG when browsers cannot show its format)
     /api/thumb/ID           a JPEG thumbnail, cached under STORE/thumbs/
 
-Security: binds to 127.0.0.1 unless told otherwise; files are served only by the integer id of an indexed,
-live row (never from a path taken from the request); the Host header must name the loopback when bound
-there (DNS rebinding); every response says nosniff and carries a strict Content-Security-Policy; the UI
-puts file names in the page with textContent, and error pages are JSON.
+Security (the threat model and what each defence covers: docs/SECURITY.md): binds to 127.0.0.1 unless
+told otherwise; files are served only by the integer id of an indexed, live row (never from a path
+taken from the request), and only while the file is still the one indexed (``Media.read``); the Host
+header must be an exact loopback name or IP literal, or the address bound to (:func:`host_allowed`,
+against DNS rebinding); cross-site subresource requests are refused (``Sec-Fetch-Site``, plus
+``Cross-Origin-Resource-Policy``); every response, error pages included, is JSON or a static file and
+says nosniff with a strict Content-Security-Policy; the UI puts file names in the page with textContent,
+as the API's display names (bidi and control characters made visible, :mod:`pixdex.search.display`).
+Connections: a listen backlog of 128, a per-connection socket timeout, at most ``max_threads`` handler
+threads (further connections wait in the backlog).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import os
 import re
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,10 +38,16 @@ from typing import Optional
 from urllib.parse import parse_qs, urlsplit
 
 from pixdex.errors import PixdexError
+from pixdex.search.display import visible
+from pixdex.search.media import Unavailable
 
 log = logging.getLogger(__name__)
 
 MAX_K = 500
+MAX_PARAMS = 20  # query parameters per request
+BACKLOG = 128  # pending connections the kernel queues while every handler is busy
+CONN_TIMEOUT = 30.0  # seconds a connection may stay silent (idle keep-alive, half-sent request)
+MAX_THREADS = 256  # handler threads; further connections wait in the backlog for a free one
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -43,12 +58,58 @@ _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+_SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", _CSP),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+)
 _ID_ROUTE = re.compile(r"^/api/(image|thumb|similar)/(\d{1,18})$")
+# Host: a bracketed IPv6 literal or a name / IPv4 literal, then an optional port
+_HOST = re.compile(r"^(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9.-]+))(?::(?P<port>[0-9]{0,5}))?$")
+
+
+def _ip(text: str):
+    try:
+        return ipaddress.ip_address(text)  # strict: no "127.1", "0x7f.0.0.1" or leading zeros
+    except ValueError:
+        return None
 
 
 def _is_loopback(host: str) -> bool:
-    return host in _LOOPBACK_NAMES or host.startswith("127.")
+    """A loopback bind address: localhost or a loopback IP literal."""
+    h = host.strip().lower().strip("[]")
+    ip = _ip(h)
+    return h == "localhost" or (ip is not None and ip.is_loopback)
+
+
+def host_allowed(header: str, bound: str) -> bool:
+    """Whether a request's Host header may be answered by a server bound to ``bound``.
+
+    Admitted: ``localhost``, a loopback IP literal (any ``127.x.y.z``, ``[::1]``), the exact host bound
+    to, and, when bound to a wildcard address (``0.0.0.0``, ``::``), any IP literal and this machine's
+    host name (also with ``.local``, its mDNS name); each with an optional ``:port``. DNS rebinding needs a name the attacker's DNS answers
+    for, so exact names and IP literals cannot be rebound; ``127.evil.com`` or ``127.0.0.1.nip.io`` are
+    just names and are refused.
+    """
+    m = _HOST.fullmatch(header.strip().lower())
+    if not m or (m["port"] and int(m["port"]) > 65535):
+        return False
+    name = m["name"]
+    ip = _ip(m["v6"]) if m["v6"] is not None else _ip(name)
+    if m["v6"] is not None and (ip is None or ip.version != 6):
+        return False
+    if name == "localhost" or (ip is not None and ip.is_loopback):
+        return True
+    b = bound.strip().lower().strip("[]")
+    bound_ip = _ip(b)
+    if bound_ip is not None and bound_ip.is_unspecified:
+        me = socket.gethostname().lower()
+        return ip is not None or name in (me, me + ".local")
+    if ip is not None:
+        return ip == bound_ip
+    return name == b
 
 
 def _static_bytes(name: str) -> bytes:
@@ -74,15 +135,22 @@ def _int_param(params: dict, name: str, default: int, lo: int, hi: int) -> int:
     return v
 
 
+def _shown(d: dict) -> dict:
+    """A result for the UI: its ``path`` as is, plus the ``name`` and ``display_path`` to show."""
+    path = d["path"]
+    return {**d, "name": visible(os.path.basename(path)), "display_path": visible(path)}
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "pixdex"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    timeout = CONN_TIMEOUT  # socket timeout: a silent connection is closed (StreamRequestHandler.setup)
 
     # set on the subclass made by make_server
     engine = None
     media = None
-    check_host = True
+    bound_host = "127.0.0.1"
 
     def log_message(self, fmt, *args):  # route the stdlib's access log to logging
         log.debug("%s %s", self.address_string(), fmt % args)
@@ -91,47 +159,68 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", _CSP)
-        self.send_header("Referrer-Policy", "no-referrer")
-        self.send_header("X-Frame-Options", "DENY")
+        for k, v in _SECURITY_HEADERS:
+            self.send_header(k, v)
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status: int, obj) -> None:
+    def _json(self, status: int, obj, extra: Optional[dict] = None) -> None:
         # <, > and & only occur inside JSON strings: escaping them keeps file names inert even if a
         # browser were ever to sniff the response as HTML.
         text = json.dumps(obj, ensure_ascii=True)
         body = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode("ascii")
-        self._send(status, body, "application/json", {"Cache-Control": "no-store"})
+        self._send(status, body, "application/json", {"Cache-Control": "no-store", **(extra or {})})
 
-    def _host_ok(self) -> bool:
-        if not self.check_host:
-            return True
-        host = (self.headers.get("Host") or "").strip().lower()
-        if host.startswith("["):
-            name = host.split("]")[0] + "]"
-        else:
-            name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        return _is_loopback(name)
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """The standard library's protocol errors (400, 414, 431, 501, 505...) as JSON with the same
+        headers as every other answer, instead of its HTML page; the connection is closed."""
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # a request line it could not parse: answer HTTP/1.1
+            self.request_version = "HTTP/1.1"
+        reason = self.responses.get(code, ("error",))[0]
+        self._json(code, {"error": visible(message or reason)}, {"Connection": "close"})
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":  # no status line nor headers: not spoken here
+            self.send_error(400, "HTTP/0.9 is not supported")
+            return False
+        return True
+
+    def _refusal(self) -> Optional[str]:
+        """Why this request is refused before routing (None: it is not)."""
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1 or not host_allowed(hosts[0], self.bound_host):
+            return "this server only answers requests addressed to its own host name (loopback)"
+        site = (self.headers.get("Sec-Fetch-Site") or "").strip().lower()
+        mode = (self.headers.get("Sec-Fetch-Mode") or "").strip().lower()
+        if site in ("cross-site", "same-site") and mode != "navigate":
+            return "requests from other sites are not answered"
+        return None
 
     def do_HEAD(self):  # noqa: N802 (stdlib naming)
         self.do_GET()
 
     def do_GET(self):  # noqa: N802
         try:
-            if not self._host_ok():
-                raise _ApiError(403, "this server only answers requests addressed to the loopback host")
-            url = urlsplit(self.path)
+            why = self._refusal()
+            if why:
+                raise _ApiError(403, why)
+            try:
+                url = urlsplit(self.path)
+                params = parse_qs(url.query, keep_blank_values=True, max_num_fields=MAX_PARAMS)
+            except ValueError:
+                raise _ApiError(400, f"bad request URL (at most {MAX_PARAMS} query parameters)") from None
             route = url.path
             if route in _STATIC:
                 name, ctype = _STATIC[route]
                 self._send(200, _static_bytes(name), ctype, {"Cache-Control": "no-cache"})
                 return
-            params = parse_qs(url.query, keep_blank_values=True, max_num_fields=20)
             if route == "/api/search":
                 q = (params.get("q") or [""])[-1].strip()
                 if not q:
@@ -140,7 +229,7 @@ class _Handler(BaseHTTPRequestHandler):
                     raise _ApiError(400, "query too long")
                 k = _int_param(params, "k", 20, 1, MAX_K)
                 hits = self.engine.search_text(q, k)
-                self._json(200, {"query": q, "results": [h.to_dict() for h in hits]})
+                self._json(200, {"query": q, "results": [_shown(h.to_dict()) for h in hits]})
                 return
             m = _ID_ROUTE.match(route)
             if not m:
@@ -151,7 +240,8 @@ class _Handler(BaseHTTPRequestHandler):
                 source, hits = self.engine.similar(image_id, k)
                 if source is None:
                     raise _ApiError(404, f"no indexed image with id {image_id}")
-                self._json(200, {"source": source.to_dict(), "results": [h.to_dict() for h in hits]})
+                results = [_shown(h.to_dict()) for h in hits]
+                self._json(200, {"source": _shown(source.to_dict()), "results": results})
                 return
             row = self.engine.row(image_id)
             if row is None:
@@ -162,11 +252,14 @@ class _Handler(BaseHTTPRequestHandler):
                 body, ctype = self.media.original(row)
             self._send(200, body, ctype, {"Cache-Control": "private, max-age=300"})
         except _ApiError as e:
-            self._json(e.status, {"error": str(e)})
+            self._json(e.status, {"error": visible(str(e))})
+        except Unavailable as e:
+            self._json(e.status, {"error": visible(str(e))})
         except PixdexError as e:
-            self._json(400, {"error": str(e)})
-        except (BrokenPipeError, ConnectionResetError):
+            self._json(400, {"error": visible(str(e))})
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             log.debug("client went away")
+            self.close_connection = True
         except Exception:  # noqa: BLE001 - one bad request must not stop the server
             log.exception("error answering %s", self.path)
             self._json(500, {"error": "internal error"})
@@ -178,7 +271,39 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a listen backlog of BACKLOG and at most ``max_threads`` handler threads:
+    when all are busy the accept loop waits for one to finish, and new connections queue in the
+    kernel's backlog (never an unbounded pile of threads; idle ones end after the socket timeout)."""
+
     daemon_threads = True
+    request_queue_size = BACKLOG
+
+    def __init__(self, address, handler, max_threads: int = MAX_THREADS):
+        self.max_threads = int(max_threads)
+        self._slots = threading.BoundedSemaphore(self.max_threads)
+        self._closing = threading.Event()
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        while not self._slots.acquire(timeout=0.2):
+            if self._closing.is_set():
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)  # starts process_request_thread
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def shutdown(self) -> None:
+        self._closing.set()
+        super().shutdown()
 
     def handle_error(self, request, client_address) -> None:
         """A browser that drops a connection (tab closed, keep-alive reset) is routine: no traceback on
@@ -191,9 +316,15 @@ class _Server(ThreadingHTTPServer):
 
 
 def make_server(
-    store_dir: Path, host: str = "127.0.0.1", port: int = 8765, engine=None
+    store_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    engine=None,
+    conn_timeout: Optional[float] = CONN_TIMEOUT,
+    max_threads: int = MAX_THREADS,
 ) -> ThreadingHTTPServer:
-    """Build (not start) the server; ``port=0`` picks a free port (``server.server_address``)."""
+    """Build (not start) the server; ``port=0`` picks a free port (``server.server_address``).
+    ``conn_timeout``: seconds a connection may stay silent; ``max_threads``: handler threads at most."""
     from pixdex.search.engine import SearchEngine
     from pixdex.search.media import Media
 
@@ -204,11 +335,12 @@ def make_server(
         {
             "engine": engine,
             "media": Media(Path(store_dir)),
-            "check_host": _is_loopback(host),
+            "bound_host": host,
+            "timeout": conn_timeout,
         },
     )
     try:
-        server = _Server((host, port), handler)
+        server = _Server((host, port), handler, max_threads=max_threads)
     except OSError as e:
         raise PixdexError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     server.engine = engine

@@ -22,9 +22,11 @@ import numpy as np
 from pixdex.errors import PixdexError
 from pixdex.search.filters import Filters
 from pixdex.storage.contract import (
+    C_CONTENT_HASH,
     C_HEIGHT,
     C_ID,
     C_PATH,
+    C_SIZE,
     C_STATUS,
     C_TAKEN,
     C_VEC,
@@ -52,6 +54,8 @@ class Row:
     width: Optional[int]
     height: Optional[int]
     taken_at: Optional[str]
+    size: Optional[int] = None  # bytes and content hash recorded at indexing (serve re-checks them)
+    content_hash: Optional[str] = None
 
     def to_dict(self) -> dict:
         return {
@@ -136,11 +140,11 @@ class StoreView:
         out: dict[int, Row] = {}
         for chunk in _chunks(np.asarray(list(ids), dtype=np.int64)):
             sql = (
-                f"SELECT {C_ID}, {C_PATH}, {C_WIDTH}, {C_HEIGHT}, {C_TAKEN} FROM {T_IMAGES} "
-                f"WHERE {LIVE_SQL} AND {C_ID} IN ({','.join('?' * len(chunk))})"
+                f"SELECT {C_ID}, {C_PATH}, {C_WIDTH}, {C_HEIGHT}, {C_TAKEN}, {C_SIZE}, {C_CONTENT_HASH} "
+                f"FROM {T_IMAGES} WHERE {LIVE_SQL} AND {C_ID} IN ({','.join('?' * len(chunk))})"
             )
-            for i, p, w, h, t in self._q(sql, chunk):
-                out[int(i)] = Row(int(i), p, w, h, _taken_str(t))
+            for i, p, w, h, t, size, chash in self._q(sql, chunk):
+                out[int(i)] = Row(int(i), p, w, h, _taken_str(t), size, chash)
         return out
 
     def row(self, image_id: int) -> Optional[Row]:

@@ -1,5 +1,7 @@
 // pixdex web UI: search box, thumbnail grid, viewer with "more like this".
-// Every piece of text from the server goes into the page through textContent, never innerHTML.
+// Every piece of text from the server goes into the page through textContent, never innerHTML, and
+// file names are shown as the API's display forms (name, display_path): bidi overrides and control
+// characters in them arrive as visible \uXXXX text, so a name cannot read as another.
 "use strict";
 
 (function () {
@@ -10,11 +12,6 @@
   let current = null;      // the result shown in the viewer
   let lastFocus = null;
   let requestSeq = 0;      // ignore answers to superseded requests
-
-  function baseName(path) {
-    const parts = String(path || "").split(/[\\/]/);
-    return parts[parts.length - 1] || String(path || "");
-  }
 
   function setStatus(text, isError) {
     statusEl.textContent = text;
@@ -34,15 +31,15 @@
     b.type = "button";
     b.className = "card";
     b.dataset.id = String(hit.id);
-    b.title = hit.path + "  (" + hit.score.toFixed(3) + ")";
+    b.title = hit.display_path + "  (" + hit.score.toFixed(3) + ")";
     const img = document.createElement("img");
     img.loading = "lazy";
     img.decoding = "async";
-    img.alt = baseName(hit.path);
+    img.alt = hit.name;
     img.src = "/api/thumb/" + encodeURIComponent(hit.id);
     const label = document.createElement("span");
     label.className = "label";
-    label.textContent = baseName(hit.path);
+    label.textContent = hit.name;
     b.append(img, label);
     b.addEventListener("click", () => openViewer(hit, b));
     return b;
@@ -74,7 +71,7 @@
     setStatus("Searching\u2026");
     try {
       const body = await getJSON("/api/similar/" + encodeURIComponent(id) + "?k=" + PAGE);
-      const name = body.source ? baseName(body.source.path) : "#" + id;
+      const name = body.source ? body.source.name : "#" + id;
       if (seq === requestSeq) render(body.results, "images like " + name);
     } catch (e) {
       if (seq === requestSeq) { grid.replaceChildren(); setStatus(e.message, true); }
@@ -85,8 +82,8 @@
     current = hit;
     lastFocus = from || null;
     viewerImg.src = "/api/image/" + encodeURIComponent(hit.id);
-    viewerImg.alt = baseName(hit.path);
-    $("viewer-name").textContent = hit.path;
+    viewerImg.alt = hit.name;
+    $("viewer-name").textContent = hit.display_path;
     const meta = [];
     if (typeof hit.score === "number") meta.push("score " + hit.score.toFixed(3));
     if (hit.width && hit.height) meta.push(hit.width + "\u00d7" + hit.height);
