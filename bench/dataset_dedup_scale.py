@@ -360,7 +360,7 @@ def main(argv=None) -> None:
         worst = min(worst, hit / tot, r_ex)
         print(f"{name:18s} {hit:>9,}/{tot:<9,} {hit / tot:6.4f} {int(ex.sum()):>12,} {r_ex:7.4f} {p_ex:9.4f}")
     hit, tot = rec["swap partner named"]
-    print(f"{'(swap partner named)':18s} {hit:>9,}/{tot:<9,} {hit / tot:6.4f}")
+    print(f"{'(swap partner named)':18s} {hit:>9,}/{tot:<9,} {hit / max(tot, 1):6.4f}")
     ok = wall <= 180 and worst >= 0.99
     print(f"goal (<= 180 s, recall >= 0.99): {'met' if ok else 'NOT met'} at n = {n:,}")
 
