@@ -2,8 +2,9 @@
 
 - a summary (rows, kept/removed, rate, counts per label, the most repeated captions);
 - histograms (inline SVG, no script) of the image-caption scores with the mismatch cut marked, and of
-  each row's nearest-neighbour cosine among the images and among the captions with the thresholds
-  marked (on a sample of :data:`NN_SAMPLE` rows against up to :data:`NN_BASE` rows: exact below that);
+  each distinct image's (caption's) nearest-neighbour cosine among the other distinct images (captions)
+  with the thresholds marked (on a sample of :data:`NN_SAMPLE` against up to :data:`NN_BASE`: exact
+  below that);
 - per label, example groups side by side: each card shows the thumbnail, the key and the caption; a
   duplicate group is its kept row and the rows labelled duplicates of it, a mismatch is the row and the
   row whose image its caption matches better, a contaminated row is shown next to the ``--against``
@@ -218,23 +219,37 @@ def nearest_neighbour_cosines(x: np.ndarray, sample: int = NN_SAMPLE, base: int 
     return sims.max(axis=1)
 
 
+def _first_of_each(values, mask: np.ndarray) -> np.ndarray:
+    """Rows of ``mask`` holding the first occurrence of their value (one row per distinct content)."""
+    seen: set = set()
+    out = []
+    for r in np.flatnonzero(mask).tolist():
+        if values[r] not in seen:
+            seen.add(values[r])
+            out.append(r)
+    return np.asarray(out, np.int64)
+
+
 def _hist_section(t: L.LabelTable, emb) -> str:
     ok = emb.readable
     clip = t.clip_score[ok]
+    # nearest neighbours between distinct contents (the same bytes or text again would only add 1.0s)
+    u_img = _first_of_each(emb.image_hashes, ok)
+    u_cap = _first_of_each([L.normalize_caption(c) for c in emb.captions], ok)
     st = t.stats
     hists = [
         _svg_hist("image-caption score (clip)", clip, [("mismatch cut", st.get("mismatch_cut"))], "rows"),
         _svg_hist(
-            "nearest image, cosine",
-            nearest_neighbour_cosines(emb.image_vectors[ok]),
+            "nearest other image, cosine",
+            nearest_neighbour_cosines(emb.image_vectors[u_img]),
             [("image threshold", st.get("image_threshold"))],
-            "sampled rows",
+            "distinct images",
         ),
         _svg_hist(
-            "nearest caption, cosine",
-            nearest_neighbour_cosines(emb.caption_vectors[ok]),
+            "nearest other caption, cosine",
+            nearest_neighbour_cosines(emb.caption_vectors[u_cap]),
             [("caption threshold", st.get("caption_threshold"))],
-            "sampled rows",
+            "distinct captions",
         ),
     ]
     return (
@@ -266,10 +281,14 @@ def _svg_hist(title: str, values: np.ndarray, marks: list, unit: str) -> str:
         for k, c in enumerate(counts)
         if c
     )
+
+    def anchor(m: float) -> str:
+        return "start" if x(m) < W / 3 else "end" if x(m) > 2 * W / 3 else "middle"
+
     lines = "".join(
         f'<line x1="{x(m):.1f}" x2="{x(m):.1f}" y1="{pad - 6}" y2="{H - pad}" stroke="#cf222e" '
         f'stroke-width="2" class="mark"/><text x="{x(m):.1f}" y="{pad - 9}" font-size="11" fill="#cf222e" '
-        f'text-anchor="middle">{escape(name)} {m:.3f}</text>'
+        f'text-anchor="{anchor(m)}">{escape(name)} {m:.3f}</text>'
         for name, m in marks
     )
     axis = (
