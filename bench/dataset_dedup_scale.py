@@ -351,7 +351,7 @@ def main(argv=None) -> None:
         f"{'label':18s} {'planted recall':>20s} {'sample: exact rows':>19s} {'recall':>7s} {'precision':>9s}"
     )
     worst = 1.0
-    for name in LABELS:
+    for name in (x for x in LABELS if x in exact):  # "unreadable" needs images: not planted here
         got = table.has(name)[rows]
         ex = exact[name]
         r_ex = (got & ex).sum() / max(ex.sum(), 1)
@@ -360,7 +360,7 @@ def main(argv=None) -> None:
         worst = min(worst, hit / tot, r_ex)
         print(f"{name:18s} {hit:>9,}/{tot:<9,} {hit / tot:6.4f} {int(ex.sum()):>12,} {r_ex:7.4f} {p_ex:9.4f}")
     hit, tot = rec["swap partner named"]
-    print(f"{'(swap partner named)':18s} {hit:>9,}/{tot:<9,} {hit / tot:6.4f}")
+    print(f"{'(swap partner named)':18s} {hit:>9,}/{tot:<9,} {hit / max(tot, 1):6.4f}")
     ok = wall <= 180 and worst >= 0.99
     print(f"goal (<= 180 s, recall >= 0.99): {'met' if ok else 'NOT met'} at n = {n:,}")
 

@@ -282,6 +282,73 @@ def serve(
     run_serve(_store_dir(store), host=host, port=port)
 
 
+# ----------------------------------------------------------------------------- datasets
+
+dataset_app = typer.Typer(
+    help="Image-caption datasets: cross-modal dedup and decontamination.", no_args_is_help=True
+)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("dedup")
+def dataset_dedup(
+    data: list[Path] = typer.Argument(
+        ..., help="CSV/TSV/JSONL/parquet manifests, webdataset .tar shards, or a folder of either."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder (kept.*, removed.csv, labels, report.html)."),
+    model: Optional[str] = ModelOpt,
+    checkpoint: Optional[Path] = CheckpointOpt,
+    image_col: str = typer.Option("image", "--image-col", help="Column of image paths or bytes."),
+    caption_col: str = typer.Option("caption", "--caption-col", help="Column of captions."),
+    key_col: Optional[str] = typer.Option(None, "--key-col", help="Column of unique row keys."),
+    against: list[Path] = typer.Option(
+        [], "--against", help="Evaluation set to decontaminate against (repeatable)."
+    ),
+    mode: str = typer.Option("pairs", "--mode", help="pairs, images or strict: which duplicates to drop."),
+    drop_mismatch: bool = typer.Option(False, "--drop-mismatch", help="Also drop mismatched captions."),
+    image_threshold: Optional[float] = typer.Option(None, "--image-threshold", help="Image cosine."),
+    caption_threshold: Optional[float] = typer.Option(None, "--caption-threshold", help="Caption cosine."),
+    keep: str = typer.Option("first", "--keep", help="first (input order) or best (image-caption score)."),
+    write_shards: bool = typer.Option(False, "--write-shards", help="Webdataset: write the kept shards."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Embedding store (default OUT/store)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    workers: int = typer.Option(0, "--workers", help="Decode workers (0: automatic)."),
+    device: str = DeviceOpt,
+    json_out: bool = typer.Option(False, "--json", help="Quiet; print the summary as JSON."),
+):
+    """Label duplicate pairs, images and captions, mismatches and leaks of a dataset; write a clean copy."""
+    from pixdex.dataset.api import dedup, summary_of
+
+    result = dedup(
+        data,
+        out=out,
+        against=against or None,
+        mode=mode,
+        model=model,
+        checkpoint=checkpoint,
+        image_col=image_col,
+        caption_col=caption_col,
+        key_col=key_col,
+        drop_mismatch=drop_mismatch,
+        image_threshold=image_threshold,
+        caption_threshold=caption_threshold,
+        keep=keep,
+        store=store,
+        write_shards=write_shards,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=not json_out,
+    )
+    summary = summary_of(result)
+    if json_out:
+        _echo_json(summary)
+    else:
+        from pixdex.dataset.report import print_summary
+
+        print_summary(summary)
+
+
 def main() -> None:
     """Console-script entry point: PixdexError becomes one line on stderr and an exit code."""
     try:

@@ -37,8 +37,13 @@ margin), which is >= m by default, so that a caption's many fair matches are not
 **Contaminated.** The row's image or caption is linked (same tiers and thresholds) to an item of the
 ``against`` set; ``contaminated_by`` names the closest item (image tiers before caption tiers).
 
+**Unreadable.** A row whose image cannot be read or decoded has no image vector: it is labelled
+``unreadable`` alone (``error`` says why), takes no part in the other labels, and is always dropped
+(:func:`with_unreadable` lays the table of the readable rows out over all rows).
+
 Dropped rows: ``duplicate_pair`` always, ``duplicate_image`` in modes images/strict,
-``duplicate_caption`` in strict, ``contaminated`` always, ``mismatch`` with ``drop_mismatch``.
+``duplicate_caption`` in strict, ``contaminated`` and ``unreadable`` always, ``mismatch`` with
+``drop_mismatch``.
 """
 
 from __future__ import annotations
@@ -59,8 +64,10 @@ log = logging.getLogger(__name__)
 
 MODES = ("pairs", "images", "strict")
 KEEP = ("first", "best")
-LABELS = ("duplicate_pair", "duplicate_image", "duplicate_caption", "mismatch", "contaminated")
-DUPLICATE_PAIR, DUPLICATE_IMAGE, DUPLICATE_CAPTION, MISMATCH, CONTAMINATED = (1 << k for k in range(5))
+LABELS = ("duplicate_pair", "duplicate_image", "duplicate_caption", "mismatch", "contaminated", "unreadable")
+DUPLICATE_PAIR, DUPLICATE_IMAGE, DUPLICATE_CAPTION, MISMATCH, CONTAMINATED, UNREADABLE = (
+    1 << k for k in range(6)
+)
 # provisional defaults, to be calibrated on pixdex-demo and real CLIP models by the quality tests
 IMAGE_THRESHOLD = 0.95
 CAPTION_THRESHOLD = 0.95
@@ -173,6 +180,7 @@ class LabelTable:
     dropped: np.ndarray  # bool, under ``options``
     options: LabelOptions
     stats: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)  # row -> why its image is unreadable
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -185,7 +193,8 @@ class LabelTable:
 
     def columns(self, rows: np.ndarray | None = None) -> dict[str, list]:
         """Output columns (``removed.csv``, ``labels.*``), for ``rows`` (all by default): key, labels
-        (``;``-joined), duplicate_of (a key), then the evidence, then ``kept``. Missing values are None."""
+        (``;``-joined), duplicate_of (a key), then the evidence, ``error`` (why an ``unreadable`` row's
+        image cannot be read), then ``kept``. Missing values are None."""
         idx = np.arange(len(self.keys)) if rows is None else np.asarray(rows)
 
         def key_of(a, keys):
@@ -212,6 +221,7 @@ class LabelTable:
             "contaminated_by": key_of(self.against_index, self.against_keys),
             "contaminated_tier": code(self.against_tier, AGAINST_TIERS),
             "contaminated_score": num(self.against_score),
+            "error": [self.errors.get(int(i)) for i in idx],
             "kept": [not bool(d) for d in self.dropped[idx]],
         }
 
@@ -323,6 +333,43 @@ def label_dataset(
         dropped=(labels & drop_bits) != 0,
         options=o,
         stats=stats,
+    )
+
+
+def with_unreadable(table: LabelTable, keys: Sequence[str], rows: np.ndarray, errors: dict) -> LabelTable:
+    """The table of all ``len(keys)`` rows from ``table``, the table of the readable ``rows`` (ascending
+    row numbers); every other row is ``unreadable`` (``errors[row]`` says why) and dropped."""
+    n, rows = len(keys), np.asarray(rows, np.int64)
+    if len(rows) == n:
+        table.errors = {}
+        return table
+
+    def spread(a, fill, index=False):
+        out = np.full(n, fill, a.dtype)
+        out[rows] = np.where(a >= 0, rows[np.maximum(a, 0)], -1) if index else a
+        return out
+
+    labels = spread(table.labels, UNREADABLE)
+    return LabelTable(
+        keys=list(keys),
+        labels=labels,
+        duplicate_of=spread(table.duplicate_of, -1, index=True),
+        image_tier=spread(table.image_tier, 0),
+        image_score=spread(table.image_score, np.nan),
+        caption_tier=spread(table.caption_tier, 0),
+        caption_score=spread(table.caption_score, np.nan),
+        clip_score=spread(table.clip_score, np.nan),
+        mismatch_reason=spread(table.mismatch_reason, 0),
+        mismatch_with=spread(table.mismatch_with, -1, index=True),
+        mismatch_score=spread(table.mismatch_score, np.nan),
+        against_index=spread(table.against_index, -1),
+        against_tier=spread(table.against_tier, 0),
+        against_score=spread(table.against_score, np.nan),
+        against_keys=table.against_keys,
+        dropped=spread(table.dropped, True),
+        options=table.options,
+        stats=table.stats,
+        errors={int(r): str(e) for r, e in errors.items()},
     )
 
 

@@ -287,10 +287,14 @@ class Dataset:
             return default
         return str(row) if len(self.sources) == 1 else f"{source.path.name}:{row}"
 
+    def _records(self, source: Source) -> Iterator[Record]:
+        return iter_records(source.path, source.format)
+
     def _manifest_rows(self, source: Source):
-        path, root = source.path, source.path.parent.resolve()
+        path = source.path
+        root = self.root if source.format == "table" else source.path.parent.resolve()
         checked = False
-        for rec in iter_records(path, source.format):
+        for rec in self._records(source):
             data = rec.data
             if not checked:
                 wanted = [self.image_col, self.caption_col] + ([self.key_col] if self.key_col else [])
@@ -343,6 +347,47 @@ class Dataset:
                 raise bad("no caption (.txt member, or a non-empty caption in the .json)")
             key = self._row_key(source, row, record, where, key)
             yield row, key, image[1], image[0].name, caption, record
+
+
+class TableDataset(Dataset):
+    """A dataset held in memory as a ``pyarrow.Table`` (a pandas DataFrame is converted to one): one
+    source named ``<table>`` of format ``table``; image paths are relative to ``root`` (default: the
+    current folder), image cells may hold bytes. Keys: ``key_col``, else the 1-based row number."""
+
+    def __init__(self, table, image_col="image", caption_col="caption", key_col=None, root=None):
+        super().__init__(
+            [Source(Path("<table>"), "table")], image_col, caption_col, key_col, check_files=False
+        )
+        self.table = table
+        self.root = Path(root or Path.cwd()).resolve()
+
+    def _records(self, source: Source) -> Iterator[Record]:
+        row = 0
+        for batch in self.table.to_batches(max_chunksize=PARQUET_BATCH):
+            for data in batch.to_pylist():
+                row += 1
+                yield Record(row, "", data)
+
+
+def open_table(table, image_col="image", caption_col="caption", key_col=None, root=None) -> TableDataset:
+    """A :class:`TableDataset` over a ``pyarrow.Table`` or a pandas ``DataFrame``."""
+    try:
+        import pyarrow as pa
+    except ImportError as e:
+        raise PixdexError("in-memory tables need pyarrow (pip install pixdex[parquet])") from e
+    if not isinstance(table, pa.Table):
+        if not hasattr(table, "to_dict") or not hasattr(table, "columns"):
+            raise PixdexError(
+                f"cannot read a {type(table).__name__} as a dataset (a path, a list of paths, "
+                "a pandas DataFrame or a pyarrow Table)"
+            )
+        try:
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        except (TypeError, ValueError, pa.ArrowException) as e:
+            raise PixdexError(f"cannot convert the DataFrame to a table: {e}") from e
+    if table.num_rows == 0:
+        raise PixdexError("the table has no rows")
+    return TableDataset(table, image_col, caption_col, key_col, root)
 
 
 def _image_cell(value, root: Path, bad) -> tuple[Path | bytes, str]:

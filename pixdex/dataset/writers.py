@@ -4,7 +4,7 @@
 with the same header and delimiter, JSONL lines byte for byte, parquet record batches under the file's
 own arrow schema (types and metadata preserved). Image paths stay as written, i.e. relative to the
 input manifest's folder. One input gives ``kept.<ext>``; several give ``kept/<input name>`` each.
-Webdataset input gives ``kept.txt`` (kept keys, one per line) and, with ``write_shards``, shards holding
+An in-memory table (the Python API) gives ``kept.parquet``. Webdataset input gives ``kept.txt`` (kept keys, one per line) and, with ``write_shards``, shards holding
 only the kept samples in ``kept/<shard name>``. Every file is written to a temporary name and renamed;
 an output that would overwrite an input is refused.
 """
@@ -57,6 +57,11 @@ def write_kept(
         writer = {"csv": _copy_csv, "tsv": _copy_csv, "jsonl": _copy_jsonl, "parquet": _copy_parquet}.get(
             source.format, _copy_tar
         )
+        if source.format == "table":
+
+            def writer(source, keep, start, tmp, table=dataset.table):
+                return _copy_table(table, keep, start, tmp)
+
         try:
             start = writer(source, keep, start, tmp)
         except BaseException:
@@ -73,6 +78,8 @@ def write_kept(
 
 
 def _output_names(sources: Sequence[Source], out: Path) -> list[Path]:
+    if sources[0].format == "table":
+        return [out / "kept.parquet"]
     if len(sources) == 1 and sources[0].format != "webdataset":
         return [out / f"kept{sources[0].path.suffix.lower()}"]
     names, seen = [], set()
@@ -137,6 +144,17 @@ def _copy_parquet(source: Source, keep: np.ndarray, start: int, tmp: Path) -> in
     return start
 
 
+def _copy_table(table, keep: np.ndarray, start: int, tmp: Path) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    end = start + table.num_rows
+    if end > len(keep):
+        raise PixdexError("the table has more rows now than when it was labelled")
+    pq.write_table(table.filter(pa.array(keep[start:end])), tmp)
+    return end
+
+
 def _copy_tar(source: Source, keep: np.ndarray, start: int, tmp: Path) -> int:
     with tarfile.open(tmp, "w") as out:
         for _key, members in iter_tar_samples(source.path):
@@ -166,7 +184,7 @@ def write_table(
             if not with_kept:
                 del cols["kept"]
             if parquet:
-                t = pa.table(cols, schema=_label_schema(pa, cols))
+                t = pa.table(cols, schema=label_schema(pa, cols))
                 writer = writer or pq.ParquetWriter(tmp, t.schema)
                 writer.write_table(t)
             else:
@@ -185,7 +203,7 @@ def write_table(
     return path
 
 
-def _label_schema(pa, cols: dict):
+def label_schema(pa, cols: dict):
     """Fixed column types, so that chunks (and all-null columns) agree."""
     types = {"kept": pa.bool_()}
     return pa.schema([(c, types.get(c, pa.float64() if c.endswith("_score") else pa.string())) for c in cols])

@@ -66,7 +66,17 @@ def _load_image(path: str, draft_size: int):
 def thumbnail_data_uri(path: str, size: int = THUMB_PX) -> str:
     """A ``data:image/jpeg;base64,...`` thumbnail of ``path`` (long side ``size``); raises the
     decoder's error (``DecodeError``) or ``OSError`` when the file cannot be read."""
-    im = _load_image(path, size)
+    return _jpeg_data_uri(_load_image(path, size), size)
+
+
+def thumbnail_data_uri_of_bytes(data: bytes, size: int = THUMB_PX, name: str = "") -> str:
+    """:func:`thumbnail_data_uri` of an encoded image held in memory (a webdataset member, a parquet cell)."""
+    from pixdex.images import decode
+
+    return _jpeg_data_uri(decode(data, size, name=name)[0], size)
+
+
+def _jpeg_data_uri(im, size: int) -> str:
     im.thumbnail((size, size))
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=True)
@@ -83,15 +93,17 @@ def _thumb_or_reason(path: str, size: int) -> tuple[str | None, str | None]:
         return None, str(e) or type(e).__name__
 
 
-def content_security_policy() -> str:
-    digest = base64.b64encode(hashlib.sha256(_CSS.encode("utf-8")).digest()).decode("ascii")
+def content_security_policy(css: str = _CSS) -> str:
+    """The page's CSP: nothing but ``data:`` images and the one ``<style>`` block ``css`` (by its hash)."""
+    digest = base64.b64encode(hashlib.sha256(css.encode("utf-8")).digest()).decode("ascii")
     return (
         "default-src 'none'; img-src data:; "
         f"style-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
 
 
-def _e(s) -> str:
+def escape(s) -> str:
+    """Text for HTML content and attribute values (quotes escaped too)."""
     return html.escape(str(s), quote=True)
 
 
@@ -105,21 +117,21 @@ def _figure(m: Member, kept: bool, thumb: str | None, reason: str | None) -> str
     name = os.path.basename(shown) or shown
     folder = os.path.dirname(shown)
     if thumb is not None:
-        img = f'<img src="{thumb}" alt="{_e(name)}">'
+        img = f'<img src="{thumb}" alt="{escape(name)}">'
     else:
-        img = f'<span class="missing">no thumbnail: {_e(reason or "unreadable")}</span>'
+        img = f'<span class="missing">no thumbnail: {escape(reason or "unreadable")}</span>'
     badge = (
         '<span class="badge kept">KEPT</span>'
         if kept
-        else f'<span class="badge tier">{_e(m.tier or "?")}</span> <span class="score">{_e(_score_label(m))}</span>'
+        else f'<span class="badge tier">{escape(m.tier or "?")}</span> <span class="score">{escape(_score_label(m))}</span>'
     )
     res = f"{m.width}&times;{m.height}" if m.width and m.height else "?&times;?"
-    fmt = f" {_e(m.format)}" if m.format else ""
+    fmt = f" {escape(m.format)}" if m.format else ""
     return (
-        f'<figure class="member{" kept" if kept else ""}" data-id="{_e(m.id)}" title="{_e(shown)}">'
+        f'<figure class="member{" kept" if kept else ""}" data-id="{escape(m.id)}" title="{escape(shown)}">'
         f'<div class="thumb">{img}</div><figcaption>{badge}<br>'
-        f'<span class="res">{res}</span> &middot; <span class="bytes">{_e(human_bytes(m.bytes))}</span>{fmt}'
-        f'<span class="name">{_e(name)}</span><span class="path">{_e(folder)}</span>'
+        f'<span class="res">{res}</span> &middot; <span class="bytes">{escape(human_bytes(m.bytes))}</span>{fmt}'
+        f'<span class="name">{escape(name)}</span><span class="path">{escape(folder)}</span>'
         "</figcaption></figure>"
     )
 
@@ -130,7 +142,7 @@ def _group_html(number: int, g: Group, thumbs: list[tuple[str | None, str | None
     parts = [
         f'<section class="group" id="g{number}" data-members="{len(g.members)}">'
         f'<h2>Group {number} <span class="meta">&middot; {len(g.members)} images'
-        + (f" &middot; {_e(tier)}" if tier else "")
+        + (f" &middot; {escape(tier)}" if tier else "")
         + '</span></h2><div class="row">'
     ]
     for m, (thumb, reason) in zip(members, thumbs):
@@ -186,11 +198,11 @@ def write_html(
     with atomic_text(path) as f:
         f.write(
             '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n'
-            f'<meta http-equiv="Content-Security-Policy" content="{_e(content_security_policy())}">\n'
+            f'<meta http-equiv="Content-Security-Policy" content="{escape(content_security_policy())}">\n'
             '<meta name="referrer" content="no-referrer">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head><body>\n"
-            f'<header><h1>{_e(title)}</h1><p class="summary">{_e(summary_line(report.summary))}</p>'
+            f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head><body>\n"
+            f'<header><h1>{escape(title)}</h1><p class="summary">{escape(summary_line(report.summary))}</p>'
             '<p class="note">Green frame: the copy kept. Tier and score describe each link to it '
             "(copy: Hamming distance, lower is closer; semantic: cosine, higher is closer).</p>"
         )

@@ -17,12 +17,14 @@ log = logging.getLogger(__name__)
 
 
 class Progress:
-    """A rich progress bar on stderr (files/s, ETA), or nothing when quiet or not a terminal."""
+    """A rich progress bar on stderr (files/s, ETA), or nothing when quiet or not a terminal.
+    ``total`` None: a stream of unknown length (a pulsing bar, the count and the rate)."""
 
-    def __init__(self, total: int, quiet: bool, description: str = "indexing"):
+    def __init__(self, total: int | None, quiet: bool, description: str = "indexing", unit: str = "files"):
         self._bar = None
         self._task = None
-        if quiet or total <= 0:
+        self._unit = unit
+        if quiet or (total is not None and total <= 0):
             return
         from rich.console import Console
 
@@ -59,7 +61,7 @@ class Progress:
         if self._bar is not None:
             self._bar.advance(self._task, n)
             speed = self._bar.tasks[0].speed
-            self._bar.update(self._task, rate=f"{speed:5.1f} files/s" if speed else "")
+            self._bar.update(self._task, rate=f"{speed:5.1f} {self._unit}/s" if speed else "")
 
     def close(self) -> None:
         if self._bar is not None:

@@ -29,11 +29,13 @@ Migration = Callable[[Connection], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
 
 
-def migration(fn: Migration) -> Migration:
+def migration(fn: Migration, registry: list[tuple[str, Migration]] | None = None) -> Migration:
+    """Register ``fn`` under its function name in ``registry`` (default :data:`MIGRATIONS`)."""
+    registry = MIGRATIONS if registry is None else registry
     name = fn.__name__
-    if any(n == name for n, _ in MIGRATIONS):
+    if any(n == name for n, _ in registry):
         raise ValueError(f"duplicate migration name {name}")
-    MIGRATIONS.append((name, fn))
+    registry.append((name, fn))
     return fn
 
 
@@ -102,28 +104,32 @@ def _applied(conn: Connection, create: bool = True) -> list[str]:
     return [r[0] for r in conn.execute(text(f"SELECT {_M_NAME} FROM {_M} ORDER BY {_M_AT}, {_M_NAME}"))]
 
 
-def pending(engine: Engine) -> list[str]:
+def pending(engine: Engine, registry: list[tuple[str, Migration]] | None = None) -> list[str]:
+    registry = MIGRATIONS if registry is None else registry
     with engine.connect() as conn:
         done = set(_applied(conn, create=False))
-    return [n for n, _ in MIGRATIONS if n not in done]
+    return [n for n, _ in registry if n not in done]
 
 
-def apply_migrations(engine: Engine) -> list[str]:
-    """Apply every migration not yet recorded, in order; return the names applied now.
+def apply_migrations(engine: Engine, registry: list[tuple[str, Migration]] | None = None) -> list[str]:
+    """Apply every migration of ``registry`` (default: the store's :data:`MIGRATIONS`) not yet recorded,
+    in order; return the names applied now. Other databases (the dataset embedding store) pass their
+    own list and share this runner and its ``migrations`` table.
 
     Raises PixdexError when the database records migrations this version does not know (a store
     written by a newer pixdex), rather than guessing at its schema.
     """
+    registry = MIGRATIONS if registry is None else registry
     applied_now: list[str] = []
     with engine.connect() as conn:
         with conn.begin():
             done = set(_applied(conn))
-        unknown = done - {n for n, _ in MIGRATIONS}
+        unknown = done - {n for n, _ in registry}
         if unknown:
             raise PixdexError(
                 f"this store was written by a newer pixdex (unknown schema migrations: {', '.join(sorted(unknown))})"
             )
-        for name, fn in MIGRATIONS:
+        for name, fn in registry:
             if name in done:
                 continue
             with conn.begin():
