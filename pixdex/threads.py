@@ -49,3 +49,14 @@ def cpu_threads(encoder, n: Optional[int] = None) -> Iterator[int]:
     finally:
         if n != before:
             torch.set_num_threads(before)
+
+
+def uses_all_cores(enc, nthreads: Optional[int]) -> bool:
+    """Whether the encoder runs on the CPU with a thread on every core (then decoding waits for it)."""
+    if not str(getattr(enc, "device", "cpu")).startswith("cpu"):
+        return False
+    if nthreads is None:
+        import torch
+
+        nthreads = torch.get_num_threads()
+    return nthreads >= (os.cpu_count() or 1)

@@ -98,9 +98,9 @@ class LazyModel:
                     from pixdex.encoders.encoder import load_encoder
 
                     enc = load_encoder(self.spec, checkpoint=self.checkpoint, device=self.device)
-                from pixdex.indexer.run import _maybe_speed_up
+                from pixdex.indexer.binding import maybe_speed_up
 
-                _maybe_speed_up(enc)
+                maybe_speed_up(enc)
                 self.store.bind(enc.identity())
                 self._enc = enc
         return self._enc
@@ -116,9 +116,9 @@ class LazyModel:
             if self._enc is not None:
                 self._pre = self._enc.preprocess
             else:
-                from pixdex.indexer.run import _preprocessor_of
+                from pixdex.indexer.binding import preprocessor_of
 
-                self._pre = _preprocessor_of(self.store) or self.get().preprocess
+                self._pre = preprocessor_of(self.store) or self.get().preprocess
         return self._pre
 
 
@@ -168,7 +168,7 @@ def embed_rows(
     progress: Progress | None = None,
 ) -> Embedded:
     """Vectors for every row of ``rows`` (see the module doc); encodes only what the store lacks."""
-    from pixdex.indexer.run import _all_cores, _threads
+    from pixdex.threads import cpu_threads, uses_all_cores
 
     if batch_size < 1:
         raise PixdexError("--batch-size must be at least 1")
@@ -209,8 +209,8 @@ def embed_rows(
             enc = model.get()
             batch = np.stack(list(pending_images.values()))
             with (
-                _threads(enc) as nthreads,
-                gate.closed(gating and _all_cores(enc, nthreads)),
+                cpu_threads(enc) as nthreads,
+                gate.closed(gating and uses_all_cores(enc, nthreads)),
                 timings("encode_images"),
             ):
                 vecs = enc.encode_images(batch)
@@ -226,7 +226,7 @@ def embed_rows(
         if not pending_captions:
             return
         enc = model.get()
-        with gate.closed(gating and _all_cores(enc, None)), timings("encode_captions"):
+        with gate.closed(gating and uses_all_cores(enc, None)), timings("encode_captions"):
             vecs = enc.encode_texts(list(pending_captions.values()))
         with timings("commit"):
             store.add(captions=zip(pending_captions, vecs))

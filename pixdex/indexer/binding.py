@@ -65,7 +65,7 @@ class LazyEncoder:
             from pixdex.encoders.encoder import load_encoder
 
             enc = load_encoder(self.spec, checkpoint=self.checkpoint, device=self.device, towers=towers)
-        _maybe_speed_up(enc)
+        maybe_speed_up(enc)
         ident = enc.identity()
         self.newly_bound = self.store.bind_model(ident, checkpoint=ident.get("checkpoint") or self.checkpoint)
         if self.newly_bound:
@@ -80,9 +80,7 @@ class LazyEncoder:
         if pre is None:
             with self._lock:
                 if self._pre is None:
-                    self._pre = (
-                        self._enc.preprocess if self._enc is not None else _preprocessor_of(self.store)
-                    )
+                    self._pre = self._enc.preprocess if self._enc is not None else preprocessor_of(self.store)
                 pre = self._pre
             if pre is None:
                 pre = self._pre = self.get().preprocess
@@ -107,7 +105,7 @@ class _LazyPreprocess:
         return self._lazy.preprocessor()(img)
 
 
-def _preprocessor_of(store: Store):
+def preprocessor_of(store: Store):
     ident = store.identity or {}
     d = ident.get("preprocess")
     if not isinstance(d, dict):
@@ -122,7 +120,7 @@ def _preprocessor_of(store: Store):
         return None
 
 
-def _maybe_speed_up(enc) -> None:
+def maybe_speed_up(enc) -> None:
     """The int8 image tower on CPU (pixdex.encoders.int8), checked against float32 on the first batch."""
     from pixdex.encoders.int8 import speed_up
 

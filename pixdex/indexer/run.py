@@ -46,7 +46,7 @@ from pixdex.storage.contract import (
 )
 from pixdex.storage.store import Store
 from pixdex.storage.writes import Batch, KnownFile, Move, NewRow, Touch, apply_batch, known_files
-from pixdex.threads import cpu_threads
+from pixdex.threads import cpu_threads, uses_all_cores
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +60,6 @@ def _env_float(name: str, default: float) -> float:
     except ValueError:
         log.warning("ignoring %s=%r (not a number)", name, os.environ.get(name))
         return default
-
-
-def _all_cores(enc, nthreads: Optional[int]) -> bool:
-    """Whether the encoder runs on the CPU with a thread on every core (then decoding waits for it)."""
-    if not str(getattr(enc, "device", "cpu")).startswith("cpu"):
-        return False
-    if nthreads is None:
-        import torch
-
-        nthreads = torch.get_num_threads()
-    return nthreads >= (os.cpu_count() or 1)
 
 
 def _remove_empty_store(store_dir: Path) -> None:
@@ -199,7 +188,7 @@ class _Run:
         batch = np.stack([r.pixels for _, r, _ in self.pending])
         with (
             cpu_threads(enc) as nthreads,
-            self.gate.closed(self.gate_decoding and _all_cores(enc, nthreads)),
+            self.gate.closed(self.gate_decoding and uses_all_cores(enc, nthreads)),
             self.timings("encode"),
         ):
             vecs = enc.encode_images(batch)
