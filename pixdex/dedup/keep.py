@@ -8,9 +8,10 @@ Missing values (no EXIF date, unknown size) always sort after known ones.
     most pixels; then least compressed format (:data:`FORMAT_RANK`); then more bytes; then oldest
     EXIF date; then path order.
 ``original`` -- the copy that looks like what the camera wrote:
-    1. no copy/re-encode marker in the file name (:data:`COPY_MARKER`: ``copy``, ``(2)``, ``edited``,
-       ``resized``, ``scaled``, ``compressed``, ``thumb``, ``small``, ``preview``, ``export``,
-       ``-1``-style numbered suffixes, ``800x600``-style sizes);
+    1. no copy/re-encode marker in the file name (:data:`COPY_MARKER`: the words ``copy``, ``kopie``,
+       ``copie``, ``edited``, ``resized``, ``scaled``, ``compressed``, ``thumb(nail)``, ``small``,
+       ``preview``, ``export(ed)``, ``min``; ``(2)``-style counters; a trailing `` 2`` (macOS
+       Finder); ``1024x768``-style sizes);
     2. has an EXIF capture date (cameras write it; messengers, web exports and screenshots drop it);
     3. most pixels (re-encodes are usually downscaled);
     4. more bytes (at equal pixels, a re-encode at lower quality is smaller; a lossless conversion of
