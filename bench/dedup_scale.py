@@ -8,7 +8,9 @@ direction, belongs to one of 3000 concepts (lognormal sizes) that themselves gro
 planted noisy copy with a target cosine drawn uniformly in [0.90, 0.99] (the realised cosine scatters
 around it, so some planted pairs fall below the threshold, as real near-duplicates do).
 
-Each size runs in its own child process, so peak memory is that size's alone (VmHWM after the data is
+Figures per size: wall_s and cpu_s (user+sys of the process: on a machine shared with other work the
+wall time grows with the load average, printed alongside; cpu_s / cores is what an idle machine
+needs at best), peak memory, pairs, recall. Each size runs in its own child process, so peak memory is that size's alone (VmHWM after the data is
 made, reset through /proc/self/clear_refs where the kernel allows it, else ru_maxrss since start).
 
 Ground truth is exact search (pixdex.dedup.semantic, exact=True):
@@ -138,7 +140,15 @@ def range_search_pairs(x: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray,
     t0 = time.perf_counter()
     nlist = semantic.nlist_for(x.shape[0])
     sample = semantic._sample((x,), semantic.KMEANS_POINTS_PER_LIST * nlist)
-    km = faiss.Kmeans(x.shape[1], nlist, niter=semantic.KMEANS_ITER, seed=semantic.SEED, spherical=True)
+    km = faiss.Kmeans(
+        x.shape[1],
+        nlist,
+        niter=semantic.KMEANS_ITER,
+        seed=semantic.SEED,
+        spherical=True,
+        min_points_per_centroid=1,
+        max_points_per_centroid=semantic.KMEANS_POINTS_PER_LIST,
+    )
     km.train(sample)
     quantizer = faiss.IndexFlatIP(x.shape[1])
     quantizer.add(km.centroids)
@@ -149,6 +159,7 @@ def range_search_pairs(x: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray,
     out_i, out_j = [], []
     for s in range(0, x.shape[0], 16384):
         lims, _, ids = index.range_search(x[s : s + 16384], float(t))
+        lims = lims.astype(np.int64)
         rows = np.repeat(np.arange(s, s + lims.size - 1, dtype=np.int64), np.diff(lims))
         keep = ids != rows
         out_i.append(np.minimum(rows, ids)[keep])
