@@ -26,9 +26,8 @@ Prints the time of ``label_dataset`` (pair finding and the rest), then per label
   earlier rows; exact because planted groups do not chain); a sampled row counts for label X when its
   exact label has X. Sampling keeps the reference O(sample x n) instead of O(n^2) at a million rows.
 
-The pair finder is ``pixdex.dedup.semantic`` when importable, else the exact O(n^2) stand-in
-(``pixdex/dataset/_fallback_pairs.py``), which is only practical up to ~50k rows; rerun at 1M with the
-real finder after merging. Goal on 2 cores: 1M rows in <= 3 min with recall >= 0.99 per label.
+The pair finder is ``pixdex.dedup.semantic`` (``--finder exact`` forces its exact blocked way, only
+practical up to ~50k rows). Goal on 2 cores: 1M rows in <= 3 min with recall >= 0.99 per label.
 """
 
 from __future__ import annotations
@@ -203,7 +202,7 @@ class PlantedFinder:
 
     @staticmethod
     def _pairs(a, b, qa, qb, t):
-        from pixdex.dataset._fallback_pairs import Pairs
+        from pixdex.dedup.pairs import Pairs
 
         ok = (a >= 0) & (b >= 0)
         a, b = a[ok], b[ok]
@@ -305,10 +304,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     finder = None
     if args.finder == "exact":
-        from pixdex.dataset import _fallback_pairs as finder
+        from pixdex.dedup.semantic import EXACT as finder
     elif args.finder == "auto":
         finder = default_finder()
-    stand_in = finder is not None and finder.__name__.endswith("_fallback_pairs")
+    stand_in = args.finder == "exact"
     n = args.n or (30_000 if stand_in else 1_000_000)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()

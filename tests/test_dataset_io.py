@@ -238,8 +238,8 @@ def test_kept_refuses_to_overwrite_the_input_and_changed_inputs(folder):
 
 
 def test_label_files(tmp_path):
-    from pixdex.dataset import _fallback_pairs as exact
     from pixdex.dataset.labels import LabelOptions, label_dataset
+    from pixdex.dedup.semantic import EXACT as exact
 
     rng = np.random.default_rng(0)
     v = rng.normal(size=(6, 8)).astype(np.float32)

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from pixdex.dataset import _fallback_pairs as exact
 from pixdex.dataset.labels import (
     AgainstSet,
     LabelOptions,
     label_dataset,
     normalize_caption,
 )
+from pixdex.dedup.semantic import EXACT as exact
 from pixdex.errors import PixdexError
 
 D = 96

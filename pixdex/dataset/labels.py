@@ -102,13 +102,9 @@ class PairFinder(Protocol):
 
 
 def default_finder() -> PairFinder:
-    """``pixdex.dedup.semantic`` (approximate, scalable); the exact stand-in until it is merged."""
-    try:
-        from pixdex.dedup import semantic
-    except ImportError:
-        from pixdex.dataset import _fallback_pairs as semantic
+    """``pixdex.dedup.semantic``: exact for small inputs, clustered (SemDeDup-style) above."""
+    from pixdex.dedup import semantic
 
-        log.warning("pixdex.dedup.semantic missing: exact O(N^2) pair finding")
     return semantic
 
 

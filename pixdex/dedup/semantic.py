@@ -320,3 +320,21 @@ def _clustered_candidates(
         keep = i != j
         i, j = np.minimum(i[keep], j[keep]), np.maximum(i[keep], j[keep])
     return i, j
+
+
+class _ExactFinder:
+    """``similar_pairs`` / ``cross_pairs`` forced to the exact (blocked) way: a reference for tests and
+    benchmarks, usable wherever a pair finder is a parameter."""
+
+    Pairs = Pairs
+
+    @staticmethod
+    def similar_pairs(vectors, threshold, *, progress=None) -> Pairs:
+        return similar_pairs(vectors, threshold, exact=True, progress=progress)
+
+    @staticmethod
+    def cross_pairs(queries, base, threshold, *, progress=None) -> Pairs:
+        return cross_pairs(queries, base, threshold, exact=True, progress=progress)
+
+
+EXACT = _ExactFinder()
