@@ -129,7 +129,8 @@ def _check_vectors(v: np.ndarray, name: str) -> np.ndarray:
 
 def _check_threshold(t: float) -> float:
     t = float(t)
-    if not (-1.0 <= t <= 1.0) or math.isnan(t):
+    # a computed threshold (a score plus a margin) may pass 1 by a rounding error: that is "nothing above"
+    if math.isnan(t) or not (-1.001 <= t <= 1.001):
         raise PixdexError(f"the cosine threshold must be within [-1, 1], got {t}")
     return t
 
