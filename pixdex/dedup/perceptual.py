@@ -50,6 +50,17 @@ DIHEDRAL = (
 DEFAULT_ALGORITHM = "pdq"
 DEFAULT_DISTANCE = {"pdq": 31, "phash": 6}
 
+# What the indexer stores per image (table copy_hashes, see ARCHITECTURE.md "copy tier"): PDQ of the
+# image decoded at draft HASH_DRAFT, whatever the store's model decodes at (so hashes compare across
+# stores), as COPY_ROWS rows of 32 bytes: the 8 dihedral hashes (DIHEDRAL order), then one hash per
+# sub-window of WINDOWS (canonical orientation). A change of any of these needs a new COPY_VERSION:
+# the indexer's backfill pass then recomputes the stored hashes.
+COPY_VERSION = 1
+HASH_DRAFT = 256
+WINDOWS: tuple[tuple[float, float, float], ...] = ()  # (side fraction, x anchor, y anchor) in 0..1
+COPY_ROWS = len(DIHEDRAL) + len(WINDOWS)
+COPY_NBYTES = 32
+
 _PDQ_GRID = 64  # PDQ's own working resolution: given 64 x 64, its filter and decimation are the identity
 # pdqhash's variant order: identity, rot 90, rot 180, rot 270, flip top-bottom, mirror, transpose, transverse
 _PDQ_ORDER = [0, 1, 2, 3, 5, 4, 6, 7]
@@ -81,6 +92,32 @@ def _pdq_bits(img: Image.Image) -> np.ndarray:
     a = np.ascontiguousarray(np.asarray(_grid(img, _PDQ_GRID, "RGB", 2.0), dtype=np.uint8))
     hashes, _quality = pdqhash.compute_dihedral(a)
     return np.asarray(hashes, dtype=np.uint8).reshape(8, 256)[_PDQ_ORDER]
+
+
+def _window(img: Image.Image, side: float, ax: float, ay: float) -> Image.Image:
+    w, h = img.size
+    kw, kh = max(1, round(w * side)), max(1, round(h * side))
+    x0, y0 = round((w - kw) * ax), round((h - kh) * ay)
+    return img.crop((x0, y0, x0 + kw, y0 + kh))
+
+
+def _pdq_single(img: Image.Image) -> np.ndarray:
+    """(256,) 0/1 bits: the canonical PDQ hash only (cheaper than the dihedral set)."""
+    import pdqhash
+
+    a = np.ascontiguousarray(np.asarray(_grid(img, _PDQ_GRID, "RGB", 2.0), dtype=np.uint8))
+    h, _quality = pdqhash.compute(a)
+    return np.asarray(h, dtype=np.uint8).reshape(256)
+
+
+def copy_hash_array(img: Image.Image) -> np.ndarray:
+    """(COPY_ROWS, 32) uint8: what the indexer stores for an image decoded at ``HASH_DRAFT``: the 8
+    dihedral PDQ hashes, then the PDQ hash of each of ``WINDOWS``."""
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    bits = [_pdq_bits(rgb)]
+    if WINDOWS:
+        bits.append(np.stack([_pdq_single(_window(rgb, *w)) for w in WINDOWS]))
+    return np.packbits(np.concatenate(bits), axis=1)
 
 
 # ---------------------------------------------------------------------- pHash
