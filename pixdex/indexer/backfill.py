@@ -18,6 +18,7 @@ still lacking hashes and goes on. Only those rows' files are read (an up-to-date
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
@@ -32,7 +33,7 @@ from pixdex.storage.writes import missing_copy_hashes, write_copy_hashes
 
 log = logging.getLogger(__name__)
 
-BACKFILL_COMMIT = 256  # rows per transaction
+BACKFILL_COMMIT = 256  # rows per transaction (PIXDEX_BACKFILL_COMMIT overrides it: tests)
 
 
 @dataclass
@@ -64,10 +65,12 @@ def backfill_copy_hashes(
     store: Store,
     workers: int,
     progress_factory: Callable[[int], object],
-    commit_every: int = BACKFILL_COMMIT,
+    commit_every: Optional[int] = None,
 ) -> dict[str, int]:
     """Hash every ``ok`` row lacking current copy hashes; returns ``{"hashed_copy", "copy_unhashable",
     "copy_skipped"}`` counts. ``progress_factory(total)`` makes a progress bar (``advance``, ``close``)."""
+    if commit_every is None:
+        commit_every = int(os.environ.get("PIXDEX_BACKFILL_COMMIT", "0") or 0) or BACKFILL_COMMIT
     todo = missing_copy_hashes(store)
     counts = {"hashed_copy": 0, "copy_unhashable": 0, "copy_skipped": 0}
     if not todo:
