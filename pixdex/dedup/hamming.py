@@ -218,7 +218,7 @@ def lsh_range_pairs(
         qi = np.repeat(hit, c)
         offset = np.arange(len(qi), dtype=np.int64) - np.repeat(np.cumsum(c) - c, c)
         bi = order[np.repeat(start[kq[hit]], c) + offset]
-        d = np.bitwise_count(q64[qi] ^ b64[bi]).sum(axis=1, dtype=np.int32)
+        d = _popcount_rows(q64[qi] ^ b64[bi])
         ok = d <= max_distance
         if self_group:
             ok &= qi // self_group != bi
@@ -231,6 +231,13 @@ def lsh_range_pairs(
         if progress is not None:
             progress(len(queries) * (t + 1) // plan.tables)
     return _distinct(found_q, found_b, found_d, len(base))
+
+
+def _popcount_rows(x: np.ndarray) -> np.ndarray:
+    """Set bits per row of a (n, w) uint64 array, as int32 (numpy < 2 has no bitwise_count)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).sum(axis=1, dtype=np.int32)
+    return np.unpackbits(x.view(np.uint8), axis=1).sum(axis=1, dtype=np.int32)
 
 
 def _distinct(qs: list, bs: list, ds: list, nbase: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
