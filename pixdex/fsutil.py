@@ -10,11 +10,12 @@ always one whole version. Standard library only (imported on the torch-free sear
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Optional, Union
+from typing import IO, Optional, Union
 
 Writer = Callable[[Path], object]  # writes the whole content to the path it is given
 Content = Union[bytes, str, Writer]
@@ -64,6 +65,38 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path, *, mode: Optional[int] = None, durable: bool = True) -> Iterator[Path]:
+    """Yield a fresh temporary path next to ``path``; when the block ends normally, the file written
+    there replaces ``path`` in one step (fsynced unless ``durable=False``); on any error it is removed and
+    ``path`` is left as it was. For writers that stream a file (CSV rows, parquet batches, tar members)."""
+    path = Path(path)
+    tmp = _create_temp(path)
+    try:
+        yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
+        if durable:
+            fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_text(path: Path, *, newline: Optional[str] = None, encoding: str = "utf-8") -> Iterator[IO[str]]:
+    """A text file open for writing that replaces ``path`` only once the block completes (see
+    :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding=encoding, newline=newline) as f:
+        yield f
+
+
 def atomic_write(
     path: Path,
     content: Content,
@@ -80,29 +113,15 @@ def atomic_write(
     ``durable=False`` skips the fsyncs, for caches that may be lost but must never be torn. On any
     error the temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    tmp = _create_temp(path)
-    try:
+    if not callable(content):
+        if isinstance(content, str):
+            content = content.encode(encoding)
+        elif not isinstance(content, (bytes, bytearray, memoryview)):
+            raise TypeError(f"atomic_write needs bytes, str or a writer, not {type(content).__name__}")
+    with atomic_path(path, mode=mode, durable=durable) as tmp:
         if callable(content):
             content(tmp)
         else:
-            if isinstance(content, str):
-                content = content.encode(encoding)
-            elif not isinstance(content, (bytes, bytearray, memoryview)):
-                raise TypeError(f"atomic_write needs bytes, str or a writer, not {type(content).__name__}")
             with open(tmp, "wb") as f:
                 f.write(content)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        if durable:
-            fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    if durable:
-        fsync_dir(path.parent)
-    return path
+    return Path(path)

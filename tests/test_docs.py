@@ -24,8 +24,6 @@ DOCS = ("docs/ARCHITECTURE.md", "CONTRIBUTING.md", "README.md", "docs/SECURITY.m
 PENDING = (
     "pixdex/dedup/run.py",
     "pixdex.dedup.run",
-    "pixdex/indexer/backfill.py",
-    "pixdex.indexer.backfill",
 )
 
 FILE_RE = re.compile(r"(?<![\w./-])pixdex/[\w/]+\.py\b")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from pixdex.dataset.readers import (
     parquet_file,
 )
 from pixdex.errors import PixdexError
+from pixdex.fsutil import atomic_path, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def write_kept(
     written: list[Path] = []
     if dataset.format == "webdataset":
         written.append(_guard(out / "kept.txt", inputs))
-        _atomic_text(written[-1], "".join(f"{k}\n" for k, kept in zip(keys, keep) if kept))
+        atomic_write(written[-1], "".join(f"{k}\n" for k, kept in zip(keys, keep) if kept))
         if not write_shards:
             return written
     start = 0
@@ -53,7 +53,6 @@ def write_kept(
     for source, target in zip(dataset.sources, names):
         target = _guard(target, inputs)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
         writer = {"csv": _copy_csv, "tsv": _copy_csv, "jsonl": _copy_jsonl, "parquet": _copy_parquet}.get(
             source.format, _copy_tar
         )
@@ -62,12 +61,8 @@ def write_kept(
             def writer(source, keep, start, tmp, table=dataset.table):
                 return _copy_table(table, keep, start, tmp)
 
-        try:
+        with atomic_path(target) as tmp:
             start = writer(source, keep, start, tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, target)
         written.append(target)
     if start != len(keep):
         raise PixdexError(
@@ -172,34 +167,33 @@ def write_table(
     at a time (memory bounded)."""
     path = Path(path)
     rows = np.arange(len(table)) if rows is None else np.asarray(rows)
-    tmp = path.with_name(path.name + ".tmp")
     parquet = path.suffix.lower() == ".parquet"
     if parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq
-    writer = f = None
-    try:
-        for s in range(0, max(len(rows), 1), chunk):
-            cols = table.columns(rows[s : s + chunk])
-            if not with_kept:
-                del cols["kept"]
-            if parquet:
-                t = pa.table(cols, schema=label_schema(pa, cols))
-                writer = writer or pq.ParquetWriter(tmp, t.schema)
-                writer.write_table(t)
-            else:
-                if f is None:
-                    f = open(tmp, "w", newline="", encoding="utf-8")
-                    w = csv.writer(f, lineterminator="\n")
-                    w.writerow(list(cols))
-                for row in zip(*cols.values()):
-                    w.writerow("" if v is None else v for v in row)
-    finally:
-        if writer is not None:
-            writer.close()
-        if f is not None:
-            f.close()
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        writer = f = None
+        try:
+            for s in range(0, max(len(rows), 1), chunk):
+                cols = table.columns(rows[s : s + chunk])
+                if not with_kept:
+                    del cols["kept"]
+                if parquet:
+                    t = pa.table(cols, schema=label_schema(pa, cols))
+                    writer = writer or pq.ParquetWriter(tmp, t.schema)
+                    writer.write_table(t)
+                else:
+                    if f is None:
+                        f = open(tmp, "w", newline="", encoding="utf-8")
+                        w = csv.writer(f, lineterminator="\n")
+                        w.writerow(list(cols))
+                    for row in zip(*cols.values()):
+                        w.writerow("" if v is None else v for v in row)
+        finally:
+            if writer is not None:
+                writer.close()
+            if f is not None:
+                f.close()
     return path
 
 
@@ -217,9 +211,3 @@ def write_removed(table, out_dir) -> Path:
 def write_labels(table, out_dir, parquet: bool = False) -> Path:
     """``labels.csv`` (or ``labels.parquet``): every row, the columns of ``removed.csv`` plus ``kept``."""
     return write_table(table, Path(out_dir) / ("labels.parquet" if parquet else "labels.csv"))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -12,13 +12,9 @@ longest path, so that every path is whole on one line (grep, cut, less -S).
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
-import os
 import sys
-import tempfile
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,23 +261,14 @@ def write_csv(report: Report, dest: str | Path | TextIO) -> None:
 # ---------------------------------------------------------------------- files
 
 
-@contextlib.contextmanager
-def atomic_text(path: str | Path, newline: str | None = None) -> Iterator[io.TextIOBase]:
-    """Open a text file for writing that replaces ``path`` only once it is complete (UTF-8)."""
+def atomic_text(path: str | Path, newline: str | None = None):
+    """:func:`pixdex.fsutil.atomic_text`, with a one-line error when the folder does not exist."""
+    from pixdex.fsutil import atomic_text as _atomic_text
+
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         from pixdex.errors import PixdexError
 
         raise PixdexError(f"cannot write {path}: folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)  # our own temporary file
-        raise
+    return _atomic_text(path, newline=newline)
