@@ -1,8 +1,11 @@
 """Copy-tier quality: PDQ vs pHash on ../shared/data plus generated copies, with a distance sweep.
 
-    python bench/dedup_quality.py [--data ../shared/data] [--draft 224] [--no-speed]
+    python bench/dedup_quality.py [--data ../shared/data] [--draft 256] [--no-speed]
 
-Images are decoded as the indexer decodes them (JPEG draft for a 224 px model). Every transform of
+Images are decoded as the indexer decodes them for the hashes (JPEG draft ``perceptual.HASH_DRAFT``,
+whatever the model). Besides PDQ and pHash with their dihedral variants, ``pdq+windows`` scores what
+the indexer stores (``perceptual.copy_hash_array``: 8 dihedral hashes + the crop-window hashes, each
+row compared with the other images' canonical hash), which is what catches small crops. Every transform of
 ``pixdex.dedup.transforms`` is applied to each photos/ image and to each neardup/ group's original;
 copies are saved as JPEG q95 and decoded again. Ground truth (../shared/data/README.md): a neardup/
 folder is one scene; formats/mode-* are the bridge photo; exif/ are four different shots (not copies);
@@ -88,11 +91,13 @@ def fmt_row(label: str, values, width: int = 6) -> str:
     return f"{label:<22}" + "".join(f"{v:>{width}}" for v in values)
 
 
-def report(alg: str, labels: Labels, names: list[str], dihedral: np.ndarray, use_dihedral: bool) -> dict:
+def report(
+    alg: str, labels: Labels, names: list[str], dihedral: np.ndarray, use_dihedral: bool, mode: str = ""
+) -> dict:
     sweep = SWEEP[alg]
     pairs = copy_pairs(dihedral[:, 0], max(sweep), dihedral if use_dihedral else None)
     res = evaluate(labels, pairs, sweep)
-    mode = "dihedral" if use_dihedral else "canonical only"
+    mode = mode or ("dihedral" if use_dihedral else "canonical only")
     print(f"\n=== {alg} ({perceptual.NBITS[alg]} bits), {mode}: recall per transform at distance D")
     print(fmt_row("transform \\ D", sweep))
     for t in TRANSFORMS:
@@ -158,12 +163,53 @@ def speed(data: Path, draft: int, reps: int) -> None:
                 perceptual.dihedral_array(im, alg)
             dt = (time.perf_counter() - t) / n
             print(f"{alg:>5} dihedral_hashes  {label:<18} {dt * 1e3:7.2f} ms  {1 / dt:7.0f} images/s")
+    t = time.perf_counter()
+    for _ in range(reps):
+        perceptual.copy_hash_array(im_draft)
+    dt = (time.perf_counter() - t) / reps
+    print(f"stored layout (copy_hash_array, {perceptual.COPY_ROWS} rows), 12 MP draft: {dt * 1e3:.2f} ms")
+
+
+def index_cost(data: Path, reps: int) -> None:
+    """What hashing adds to the indexer's per-file work (decode + preprocess in a worker thread)."""
+    import os
+
+    from pixdex.encoders.config import PreprocessConfig
+    from pixdex.encoders.preprocess import Preprocessor
+    from pixdex.indexer.pipeline import decode_pixels
+
+    big = read_file(str(data / "exif" / "exif-rotn-1.jpg"))
+    im, _ = decode(big, None)
+    buf = __import__("io").BytesIO()
+    im.resize((800, 600)).save(buf, format="JPEG", quality=90)
+    print("\n=== indexer worker: decode + preprocess, without / with copy hashes (ms per image)")
+    old = os.environ.get("PIXDEX_COPY_HASHES")
+    try:
+        for label, raw in (("12 MP JPEG", big), ("800x600 JPEG", buf.getvalue())):
+            for size in (64, 224):
+                pre = Preprocessor(PreprocessConfig(image_size=size))
+                ms = []
+                for flag in ("0", "1"):
+                    os.environ["PIXDEX_COPY_HASHES"] = flag
+                    decode_pixels(raw, "x", "x.jpg", pre)
+                    t = time.perf_counter()
+                    for _ in range(reps):
+                        decode_pixels(raw, "x", "x.jpg", pre)
+                    ms.append((time.perf_counter() - t) / reps * 1e3)
+                print(f"{label:<13} model {size:>3} px: {ms[0]:6.1f} -> {ms[1]:6.1f} (+{ms[1] - ms[0]:.1f})")
+    finally:
+        if old is None:
+            os.environ.pop("PIXDEX_COPY_HASHES", None)
+        else:
+            os.environ["PIXDEX_COPY_HASHES"] = old
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--draft", type=int, default=224, help="draft size the indexer decodes with")
+    ap.add_argument(
+        "--draft", type=int, default=perceptual.HASH_DRAFT, help="draft size the indexer hashes at"
+    )
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--reps", type=int, default=40)
     args = ap.parse_args()
@@ -193,9 +239,17 @@ def main() -> None:
             f"{alg}: first false pairs: "
             + "; ".join(f"{names[a]} ~ {names[b]} @{d}" for a, b, d in first_false[:4])
         )
+    t = time.perf_counter()
+    stored = np.stack([perceptual.copy_hash_array(im) for im in images])
+    print(
+        f"\npdq+windows: hashed {len(images)} images in {time.perf_counter() - t:.1f} s "
+        f"({perceptual.COPY_ROWS} rows each: 8 dihedral + {len(perceptual.WINDOWS)} windows)"
+    )
+    res = report("pdq", labels, names, stored, use_dihedral=True, mode="dihedral + crop windows (stored)")
+    chosen["pdq+windows"] = (choose("pdq", res), res, margin(labels, stored))
     print("\n=== recommendation (D = largest distance with no pair joining different scenes)")
     for alg, (D, res, gap) in chosen.items():
-        bits = perceptual.NBITS[alg]
+        bits = perceptual.NBITS[alg.split("+")[0]]
         print(
             f"{alg} ({bits} bits): closest different-scene originals at distance {gap} ({gap / bits:.0%} of the bits)"
         )
@@ -216,6 +270,7 @@ def main() -> None:
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
     if not args.no_speed:
         speed(args.data, args.draft, args.reps)
+        index_cost(args.data, max(5, args.reps // 4))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Optional, Union
@@ -284,6 +285,16 @@ def _open(data: bytes, name: str) -> Image.Image:
 
 def decode(data: bytes, draft_size: Optional[int] = None, name: str = "") -> tuple[Image.Image, ImageInfo]:
     """Decode ``data`` → (RGB image, info). ``draft_size``: the smallest short side needed (None: full size)."""
+    images, info = decode_many(data, (draft_size,), name)
+    return images[0], info
+
+
+def decode_many(
+    data: bytes, draft_sizes: Sequence[Optional[int]], name: str = ""
+) -> tuple[list[Image.Image], ImageInfo]:
+    """Decode ``data`` at several draft sizes at once: ``images[k]`` has exactly the pixels of
+    ``decode(data, draft_sizes[k])[0]``, but the file is decoded once per distinct JPEG draft scale
+    only (the indexer needs the model's size and the perceptual hash's, usually the same scale)."""
     try:
         im = _open(data, name)
     except Image.DecompressionBombError as e:
@@ -292,7 +303,7 @@ def decode(data: bytes, draft_size: Optional[int] = None, name: str = "") -> tup
         raise DecodeError(f"truncated or corrupt image header: {_short(e)}") from e
     try:
         with im:
-            return _decode_open(im, draft_size)
+            return _decode_open(im, data, name, list(draft_sizes))
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:
@@ -309,30 +320,58 @@ def _short(e: BaseException) -> str:
     return s[:160]
 
 
-def _decode_open(im: Image.Image, draft_size: Optional[int]) -> tuple[Image.Image, ImageInfo]:
+def _draft(im: Image.Image, draft_size: int) -> None:
+    im.draft(im.mode if im.mode in ("RGB", "L") else None, (int(draft_size), int(draft_size)))
+
+
+def _decode_open(
+    im: Image.Image, data: bytes, name: str, draft_sizes: list[Optional[int]]
+) -> tuple[list[Image.Image], ImageInfo]:
     fmt = im.format
     w, h = im.size
     if w <= 0 or h <= 0:
         raise DecodeError("image has no pixels")
     _bomb_check(w, h)
     orientation, taken, make, model = read_exif(im)
-    if getattr(im, "n_frames", 1) > 1:
-        im.seek(0)
-    if draft_size and fmt == "JPEG":
-        im.draft(im.mode if im.mode in ("RGB", "L") else None, (int(draft_size), int(draft_size)))
-    im.load()
-    out = to_rgb(im)
-    if draft_size:
-        factor = min(out.size) // (2 * int(draft_size))
-        if factor >= 2:
-            out = out.reduce(factor)
-    if orientation != 1:
-        out = out.transpose(_TRANSPOSE[orientation])
+    # JPEG drafts that end at the same size decode the same pixels: one decode per distinct size
+    scale_of: dict[Optional[int], tuple[int, int]] = {}
+    for d in draft_sizes:
+        if d and fmt == "JPEG" and d not in scale_of:
+            with Image.open(io.BytesIO(data)) as probe:  # headers only: draft() just picks the scale
+                _draft(probe, d)
+                scale_of[d] = probe.size
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, d in enumerate(draft_sizes):
+        groups.setdefault(scale_of.get(d, (w, h)), []).append(k)
+    out: list[Optional[Image.Image]] = [None] * len(draft_sizes)
+    for n, (_, members) in enumerate(groups.items()):
+        src = im if n == 0 else _open(data, name)
+        try:
+            d0 = draft_sizes[members[0]]
+            if getattr(src, "n_frames", 1) > 1:
+                src.seek(0)
+            if d0 and fmt == "JPEG":
+                _draft(src, d0)
+            src.load()
+            base = to_rgb(src)
+            for k in members:
+                img, d = base, draft_sizes[k]
+                if d:
+                    factor = min(img.size) // (2 * int(d))
+                    if factor >= 2:
+                        img = img.reduce(factor)
+                if orientation != 1:
+                    img = img.transpose(_TRANSPOSE[orientation])
+                if img is src:
+                    img = src.copy()  # detach from the file object closed by the caller
+                out[k] = img
+        finally:
+            if src is not im:
+                src.close()
     if orientation in (5, 6, 7, 8):
         w, h = h, w
-    if out is im:
-        out = im.copy()  # detach from the file object closed by the caller
-    return out, ImageInfo(width=w, height=h, format=fmt, taken_at=taken, camera_make=make, camera_model=model)
+    info = ImageInfo(width=w, height=h, format=fmt, taken_at=taken, camera_make=make, camera_model=model)
+    return out, info
 
 
 # ---------------------------------------------------------------------- entry points

@@ -92,22 +92,25 @@ def test_first_index_stores_every_file_with_its_direct_embedding(tmp_path):
 
 def test_files_are_draft_decoded_to_the_model_size(tmp_path, monkeypatch):
     import pixdex.indexer.pipeline as pipeline
+    from pixdex.dedup.perceptual import HASH_DRAFT
 
     seen = []
-    real = pipeline.decode
+    real = pipeline.decode_many
 
-    def spy(data, draft_size=None, name=""):
-        img, info = real(data, draft_size, name)
-        seen.append((draft_size, min(img.size)))
-        return img, info
+    def spy(data, draft_sizes, name=""):
+        images, info = real(data, draft_sizes, name)
+        seen.append((tuple(draft_sizes), tuple(min(im.size) for im in images)))
+        return images, info
 
-    monkeypatch.setattr(pipeline, "decode", spy)
+    monkeypatch.setattr(pipeline, "decode_many", spy)
     Image.new("RGB", (2000, 1500), (90, 120, 150)).save(tmp_path / "big.jpg", quality=90)
     run([tmp_path / "big.jpg"], tmp_path / "store")  # a new store: the encoder's preprocessing
     Image.new("RGB", (1600, 1200), (10, 20, 30)).save(tmp_path / "big2.jpg", quality=90)
     run([tmp_path / "big2.jpg"], tmp_path / "store", model=None)  # bound: from the store's identity
-    assert [d for d, _ in seen] == [32, 32]  # tiny-vit's input size
-    assert all(s < 4 * 32 for _, s in seen)  # 1/8 DCT scale, not 1500 px
+    # tiny-vit's input size for the model; the perceptual hash's own size, whatever the model
+    assert [d for d, _ in seen] == [(32, HASH_DRAFT), (32, HASH_DRAFT)]
+    assert all(s[0] < 4 * 32 for _, s in seen)  # 1/8 DCT scale, not 1500 px
+    assert all(HASH_DRAFT <= s[1] < 4 * HASH_DRAFT for _, s in seen)
 
 
 def test_unchanged_folder_reads_nothing_and_loads_no_model(tmp_path):

@@ -244,3 +244,62 @@ def test_read_api(store):
         == "2021-01-02 03:04:05"
     )
     con.close()
+
+
+def test_copy_hashes_written_with_rows_copied_with_vectors_and_backfilled(store):
+    from pixdex.dedup.perceptual import COPY_NBYTES, COPY_ROWS, COPY_VERSION
+    from pixdex.storage.writes import missing_copy_hashes, write_copy_hashes
+
+    rng = np.random.default_rng(4)
+    v = unit(rng, 3)
+    h = rng.integers(0, 256, (3, COPY_ROWS, COPY_NBYTES), dtype=np.uint8)
+    a = apply_batch(
+        store,
+        Batch(
+            inserts=[
+                new_row(1, v[0], copy_hash=h[0]),
+                new_row(2, v[1]),  # made without hashes (as before the migration)
+                new_row(3, status=STATUS_FAILED, error="bad"),
+            ]
+        ),
+        DIM,
+    )
+    i1, i2, i3 = a.new_ids
+    # a copy of row 1 takes its hashes with its vector; a copy of row 2 has none either
+    b = apply_batch(
+        store,
+        Batch(
+            inserts=[
+                NewRow("/p/c1.jpg", "/p", 1, 1, "h1", copy_from=i1),
+                NewRow("/p/c2.jpg", "/p", 2, 2, "h2", copy_from=i2),
+            ]
+        ),
+        DIM,
+    )
+    c1, c2 = b.new_ids
+    ids, hashes = store.copy_hashes()
+    assert ids.tolist() == [i1, c1] and hashes.shape == (2, COPY_ROWS, COPY_NBYTES)
+    assert (hashes == h[0]).all()
+    assert [(i, p) for i, p, _ in missing_copy_hashes(store)] == [(i2, "/p/2.jpg"), (c2, "/p/c2.jpg")]
+    assert store.copy_hash_counts() == {"hashed": 2, "unhashable": 0, "missing": 2}
+    # the backfill's write: hashes, or None for a file that could not be hashed; deleted ids skipped
+    assert write_copy_hashes(store, [(i2, h[1]), (c2, None), (99999, h[2])]) == 2
+    assert missing_copy_hashes(store) == []
+    assert store.copy_hash_counts() == {"hashed": 3, "unhashable": 1, "missing": 0}
+    got, hs = store.copy_hashes([c2, i2, i3, i1])  # in the order given; unhashable and failed left out
+    assert got.tolist() == [i2, i1] and (hs[0] == h[1]).all() and (hs[1] == h[0]).all()
+    with pytest.raises(ValueError, match="copy hashes"):
+        write_copy_hashes(store, [(i1, h[0][:3])])
+    # rows of another version count as missing (a layout change is recomputed by the backfill)
+    with store.session() as s, s.begin():
+        s.execute(text(f"UPDATE copy_hashes SET version = {COPY_VERSION + 1} WHERE image_id = {i2}"))
+    assert [i for i, _, _ in missing_copy_hashes(store)] == [i2]
+    assert store.copy_hashes()[0].tolist() == [i1, c1]
+    # deleting a row deletes its hashes
+    apply_batch(store, Batch(deletes=[i1]), DIM)
+    con = sqlite3.connect(store.dir / DB_FILE)
+    try:
+        left = {r[0] for r in con.execute("SELECT image_id FROM copy_hashes")}
+    finally:
+        con.close()
+    assert left == {i2, c1, c2}

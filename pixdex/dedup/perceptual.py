@@ -50,6 +50,24 @@ DIHEDRAL = (
 DEFAULT_ALGORITHM = "pdq"
 DEFAULT_DISTANCE = {"pdq": 31, "phash": 6}
 
+# What the indexer stores per image (table copy_hashes, see ARCHITECTURE.md "copy tier"): PDQ of the
+# image decoded at draft HASH_DRAFT, whatever the store's model decodes at (so hashes compare across
+# stores), as COPY_ROWS rows of 32 bytes: the 8 dihedral hashes (DIHEDRAL order), then one hash per
+# sub-window of WINDOWS (canonical orientation). A change of any of these needs a new COPY_VERSION:
+# the indexer's backfill pass then recomputes the stored hashes.
+COPY_VERSION = 1
+HASH_DRAFT = 256
+# Crop windows: (side fraction, x anchor, y anchor), anchors in 0..1 (0: left/top edge, 1: right/bottom).
+# A copy cropped to about one of these windows hashes like the window (bench/dedup_quality.py, crops).
+WINDOW_SIDES = (0.98, 0.96, 0.94, 0.92)
+WINDOW_ANCHORS = (0.0, 0.5, 1.0)
+WINDOWS: tuple[tuple[float, float, float], ...] = tuple(
+    (f, x, y) for f in WINDOW_SIDES for y in WINDOW_ANCHORS for x in WINDOW_ANCHORS
+)
+COPY_ROWS = len(DIHEDRAL) + len(WINDOWS)
+FIRST_WINDOW = len(DIHEDRAL)  # stored rows [FIRST_WINDOW:] are the window hashes, in WINDOWS order
+COPY_NBYTES = 32
+
 _PDQ_GRID = 64  # PDQ's own working resolution: given 64 x 64, its filter and decimation are the identity
 # pdqhash's variant order: identity, rot 90, rot 180, rot 270, flip top-bottom, mirror, transpose, transverse
 _PDQ_ORDER = [0, 1, 2, 3, 5, 4, 6, 7]
@@ -81,6 +99,62 @@ def _pdq_bits(img: Image.Image) -> np.ndarray:
     a = np.ascontiguousarray(np.asarray(_grid(img, _PDQ_GRID, "RGB", 2.0), dtype=np.uint8))
     hashes, _quality = pdqhash.compute_dihedral(a)
     return np.asarray(hashes, dtype=np.uint8).reshape(8, 256)[_PDQ_ORDER]
+
+
+# Window hashes: PDQ's DCT computed with matrices, so that all windows cost one small matrix product
+# each. The image (squashed to _WIN_GRID^2, Lanczos, on Pillow's luma L = PDQ's 0.299 R + 0.587 G + 0.114 B) is
+# resampled to PDQ's 64 x 64 grid over the window by a triangle filter, then PDQ's 16 x 16 DCT and
+# median threshold; bit order as pdqhash. For the whole image this is PDQ's hash up to a few bits (the
+# tests check it), so a window of A compares with the canonical hash of a crop B of A.
+_WIN_GRID = 128
+_window_mats: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _resample_matrix(lo: float, hi: float, n_out: int = _PDQ_GRID, n_in: int = _WIN_GRID) -> np.ndarray:
+    """(n_out, n_in) triangle-filter weights resampling source span [lo, hi) (pixels) to n_out samples."""
+    step = (hi - lo) / n_out
+    support = max(step, 1.0)
+    centres = lo + (np.arange(n_out) + 0.5) * step
+    x = np.arange(n_in) + 0.5
+    w = np.clip(1.0 - np.abs(x[None, :] - centres[:, None]) / support, 0.0, None)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def _pdq_dct() -> np.ndarray:
+    i = np.arange(1, 17)[:, None]  # PDQ keeps frequencies 1..16 of its 64-point DCT
+    j = np.arange(_PDQ_GRID)[None, :]
+    return np.sqrt(2.0 / _PDQ_GRID) * np.cos(np.pi / (2 * _PDQ_GRID) * i * (2 * j + 1))
+
+
+def _matrices(windows: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (W, 16, G), cols (W, 16, G)): DCT @ resampling for each window (cached; not at import)."""
+    got = _window_mats.get(windows)
+    if got is None:
+        dct = _pdq_dct()
+        span = lambda f, a: (_WIN_GRID * (1 - f) * a, _WIN_GRID * ((1 - f) * a + f))  # noqa: E731
+        rows = np.stack([dct @ _resample_matrix(*span(f, y)) for f, _, y in windows]).astype(np.float32)
+        cols = np.stack([dct @ _resample_matrix(*span(f, x)) for f, x, _ in windows]).astype(np.float32)
+        got = _window_mats[windows] = (rows, cols)
+    return got
+
+
+def window_bits(img: Image.Image, windows: tuple = WINDOWS) -> np.ndarray:
+    """(len(windows), 256) 0/1: the PDQ hash of each window of the image (canonical orientation)."""
+    if not windows:
+        return np.zeros((0, 256), dtype=np.uint8)
+    rows, cols = _matrices(tuple(windows))
+    g = np.asarray(_grid(img.convert("L"), _WIN_GRID, "L", 2.0), dtype=np.float32)
+    coef = (rows @ g) @ cols.transpose(0, 2, 1)  # (W, 16, 16)
+    flat = coef.reshape(len(windows), -1)
+    bits = flat > np.median(flat, axis=1, keepdims=True)
+    return bits[:, ::-1].astype(np.uint8)  # pdqhash's bit order
+
+
+def copy_hash_array(img: Image.Image) -> np.ndarray:
+    """(COPY_ROWS, 32) uint8: what the indexer stores for an image decoded at ``HASH_DRAFT``: the 8
+    dihedral PDQ hashes, then the PDQ hash of each of ``WINDOWS``."""
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    return np.packbits(np.concatenate([_pdq_bits(rgb), window_bits(rgb)]), axis=1)
 
 
 # ---------------------------------------------------------------------- pHash

@@ -6,7 +6,9 @@ hashlib and file reads release the GIL, so decoding the next batches overlaps wi
 runs torch in the consumer's thread). Bounded, so memory stays flat however large the folder.
 
 :func:`load_candidate` is the per-file work: read the bytes once, hash them, and skip decoding when the
-content is already known to the store (a moved or copied file reuses its vector).
+content is already known to the store (a moved or copied file reuses its vector). A decoded file also
+gets its perceptual hashes for dedup's copy tier (:func:`copy_hash_of`), from the image decoded at
+``perceptual.HASH_DRAFT`` whatever the model's size (one decode when both fall on the same JPEG scale).
 """
 
 from __future__ import annotations
@@ -23,12 +25,29 @@ from typing import Optional, TypeVar
 
 import numpy as np
 
-from pixdex.images import DecodeError, ImageInfo, content_hash, decode, draft_side, read_file
+from pixdex.dedup import perceptual
+from pixdex.images import DecodeError, ImageInfo, content_hash, decode_many, draft_side, read_file
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def copy_hashes_enabled() -> bool:
+    """Whether indexing computes perceptual hashes (``PIXDEX_COPY_HASHES=0`` turns them off, and the
+    backfill pass with them: tests use it to make a store as a pixdex without copy hashes did)."""
+    return os.environ.get("PIXDEX_COPY_HASHES", "1") != "0"
+
+
+def copy_hash_of(img) -> Optional[np.ndarray]:
+    """``perceptual.copy_hash_array`` of an image decoded at ``perceptual.HASH_DRAFT``, or None (logged)
+    if hashing fails: the file is still indexed and the backfill pass will try again."""
+    try:
+        return perceptual.copy_hash_array(img)
+    except (ValueError, OSError, MemoryError) as e:
+        log.warning("cannot compute the perceptual hash: %s", str(e).splitlines()[0][:160])
+        return None
 
 
 def default_workers() -> int:
@@ -72,6 +91,7 @@ class Loaded:
     info: Optional[ImageInfo] = None
     error: Optional[str] = None  # why it failed (then pixels is None)
     known: bool = False  # content already in the store: not decoded
+    copy_hash: Optional[np.ndarray] = None  # (perceptual.COPY_ROWS, 32) uint8, when decoded
 
     @property
     def ok(self) -> bool:
@@ -127,14 +147,18 @@ def load_candidate(
 
 
 def decode_pixels(data: bytes, h: str, path: str, preprocess: Callable) -> Loaded:
+    hashing = copy_hashes_enabled()
+    drafts = (draft_side(preprocess), perceptual.HASH_DRAFT) if hashing else (draft_side(preprocess),)
     try:
-        img, info = decode(data, draft_side(preprocess), name=path)
+        images, info = decode_many(data, drafts, name=path)
     except DecodeError as e:
         return Loaded(content_hash=h, error=str(e))
+    img = images[0]
+    copy_hash = copy_hash_of(images[1]) if hashing else None
     try:
         pixels = np.asarray(preprocess(img), dtype=np.float32)
     except (ValueError, OSError, MemoryError) as e:
         return Loaded(
             content_hash=h, info=info, error=f"preprocessing failed: {str(e).splitlines()[0][:160]}"
         )
-    return Loaded(content_hash=h, pixels=pixels, info=info)
+    return Loaded(content_hash=h, pixels=pixels, info=info, copy_hash=copy_hash)

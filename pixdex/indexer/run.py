@@ -10,7 +10,10 @@ One run:
    preprocess unless the hash is already in the store; in the main thread resolve each file (touched:
    same hash; moved: takes over a vanished row and its id; copy: reuses another row's vector; else
    encode) and commit rows + vectors per batch in one transaction;
-5. delete the rows of vanished files; rebuild or retrain FAISS when due; save it atomically.
+5. delete the rows of vanished files;
+6. backfill: perceptual hashes (dedup's copy tier) for rows that have none yet, e.g. a store made
+   before them (:mod:`pixdex.indexer.backfill`: reads only those rows' files, loads no model);
+7. rebuild or retrain FAISS when due; save it atomically.
 
 The encoder is loaded only when something must be encoded (or the store is new): a run over an
 unchanged folder reads no file and loads no model.
@@ -31,8 +34,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pixdex.encoders.registry import DEFAULT_MODEL
 from pixdex.errors import PixdexError
+from pixdex.indexer.backfill import backfill_copy_hashes
 from pixdex.indexer.binding import LazyEncoder, check_spec, model_choice
-from pixdex.indexer.pipeline import DecodeGate, Loaded, default_workers, load_candidate, ordered_map
+from pixdex.indexer.pipeline import (
+    DecodeGate,
+    Loaded,
+    copy_hashes_enabled,
+    default_workers,
+    load_candidate,
+    ordered_map,
+)
 from pixdex.indexer.plan import Candidate, make_plan
 from pixdex.indexer.report import Progress, Tally, Timings, print_summary
 from pixdex.indexer.scan import normalise_roots, scan
@@ -210,6 +221,7 @@ class _Run:
                     camera_make=info.camera_make,
                     camera_model=info.camera_model,
                     vector=v,
+                    copy_hash=res.copy_hash,
                 ),
                 count,
             )
@@ -338,6 +350,12 @@ def index_paths(
                 run.batch.deletes.extend(gone)
                 run.commit()
             tally.add("deleted", len(gone))
+            if copy_hashes_enabled():
+                with timings("copy_hashes"):
+                    for k, n in backfill_copy_hashes(
+                        store, nworkers, lambda n: Progress(n, quiet=json_mode, description="hashing")
+                    ).items():
+                        tally.add(k, n)
             faiss_info = {}
             if store.identity is not None:
                 with timings("faiss"):
@@ -378,6 +396,8 @@ def index_paths(
         "encoded": c["encoded"],
         "hashed": c["hashed"],
         "reused_vectors": c["reused_vectors"],
+        "hashed_copy": c["hashed_copy"],  # rows given perceptual hashes by the backfill pass
+        "copy_unhashable": c["copy_unhashable"],
         "failures": tally.top_reasons(),
         "kept_from_empty_roots": plan.protected,
         "faiss_repaired": repaired,

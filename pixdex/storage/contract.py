@@ -55,6 +55,16 @@ T_VECTORS = "vectors"
 C_VEC_ID = "image_id"  # -> images.id
 C_VEC = "vector"
 
+# copy_hashes: the perceptual hashes of each STATUS_OK image for the copy tier of ``pixdex dedup``
+# (layout and version: ``pixdex.dedup.perceptual.COPY_LAYOUT`` / ``COPY_VERSION``), written in the same
+# transaction as the image row, or later by the indexer's backfill pass for rows made before it existed.
+# ``pdq`` NULL marks a row whose file could not be decoded for hashing (not retried; a changed file
+# gets a new row). Rows of another ``version`` are recomputed by the backfill pass.
+T_COPY_HASHES = "copy_hashes"
+C_COPY_ID = "image_id"  # -> images.id
+C_COPY_VERSION = "version"
+C_COPY_PDQ = "pdq"
+
 # meta: store-level key/value metadata (JSON text values)
 T_META = "meta"
 C_META_KEY = "key"
@@ -91,6 +101,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     ),
     T_VECTORS: (C_VEC_ID, C_VEC),
     T_META: (C_META_KEY, C_META_VALUE),
+    T_COPY_HASHES: (C_COPY_ID, C_COPY_VERSION, C_COPY_PDQ),
     T_MIGRATIONS: (C_MIGRATION_NAME, C_MIGRATION_APPLIED_AT),
 }
 

@@ -85,6 +85,18 @@ def m002_index_hash_and_root(conn: Connection) -> None:
     conn.execute(text(f"CREATE INDEX {c.IX_ROOT} ON {c.T_IMAGES} ({c.C_ROOT})"))
 
 
+@migration
+def m003_copy_hashes(conn: Connection) -> None:
+    # Perceptual hashes for dedup's copy tier; existing rows get theirs from the indexer's backfill pass.
+    conn.execute(
+        text(
+            f"CREATE TABLE {c.T_COPY_HASHES} ({c.C_COPY_ID} INTEGER NOT NULL PRIMARY KEY "
+            f"REFERENCES {c.T_IMAGES} ({c.C_ID}) ON DELETE CASCADE, "
+            f"{c.C_COPY_VERSION} INTEGER NOT NULL, {c.C_COPY_PDQ} BLOB)"
+        )
+    )
+
+
 _M = c.T_MIGRATIONS
 _M_NAME, _M_AT = c.C_MIGRATION_NAME, c.C_MIGRATION_APPLIED_AT
 

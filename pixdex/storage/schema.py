@@ -73,6 +73,20 @@ class VectorRow(Base):
     vector: Mapped[bytes] = mapped_column(c.C_VEC, LargeBinary)
 
 
+class CopyHashRow(Base):
+    """The perceptual hashes of one ``ok`` image (dedup's copy tier): ``pdq`` holds
+    ``perceptual.COPY_LAYOUT`` rows of 32 bytes for ``version == perceptual.COPY_VERSION``; NULL when
+    the file could not be decoded for hashing."""
+
+    __tablename__ = c.T_COPY_HASHES
+
+    image_id: Mapped[int] = mapped_column(
+        c.C_COPY_ID, Integer, ForeignKey(f"{c.T_IMAGES}.{c.C_ID}", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(c.C_COPY_VERSION, Integer)
+    pdq: Mapped[Optional[bytes]] = mapped_column(c.C_COPY_PDQ, LargeBinary)
+
+
 class MetaRow(Base):
     """Store-level key/value metadata (JSON text values): the bound model identity, etc."""
 

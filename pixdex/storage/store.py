@@ -47,7 +47,7 @@ from pixdex.storage.contract import (
     same_model,
 )
 from pixdex.storage.faiss_index import VectorIndex, id_checksum
-from pixdex.storage.schema import ImageRow, MetaRow, VectorRow
+from pixdex.storage.schema import CopyHashRow, ImageRow, MetaRow, VectorRow
 
 log = logging.getLogger(__name__)
 
@@ -380,6 +380,55 @@ class Store:
         keep = [i for i in ids if i in got]
         dim = (self.identity or {}).get("dim")
         return np.asarray(keep, dtype=np.int64), vectors_from_blobs([got[i] for i in keep], dim)
+
+    def copy_hashes(self, ids: Optional[Iterable[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64, hashes (n, COPY_ROWS, 32) uint8) for dedup's copy tier: the ``ok`` rows that have
+        perceptual hashes of the current version (``perceptual.COPY_VERSION``; layout
+        ``perceptual.COPY_ROWS``: 8 dihedral hashes, row 0 canonical, then the window hashes).
+        ``ids=None``: every such row, by id; else those among ``ids``, in the order given."""
+        from pixdex.dedup.perceptual import COPY_NBYTES, COPY_ROWS, COPY_VERSION
+
+        base = (
+            select(CopyHashRow.image_id, CopyHashRow.pdq)
+            .join(ImageRow, ImageRow.id == CopyHashRow.image_id)
+            .where(
+                ImageRow.status == STATUS_OK,
+                CopyHashRow.version == COPY_VERSION,
+                CopyHashRow.pdq.is_not(None),
+            )
+        )
+        got: dict[int, bytes] = {}
+        with self.session() as s:
+            if ids is None:
+                got.update((int(i), h) for i, h in s.execute(base.order_by(CopyHashRow.image_id)))
+                keep = list(got)
+            else:
+                want = [
+                    int(i)
+                    for i in np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).reshape(-1)
+                ]
+                for chunk in _chunks(want):
+                    got.update((int(i), h) for i, h in s.execute(base.where(CopyHashRow.image_id.in_(chunk))))
+                keep = [i for i in want if i in got]
+        blob = b"".join(got[i] for i in keep)
+        hashes = np.frombuffer(blob, dtype=np.uint8).reshape(len(keep), COPY_ROWS, COPY_NBYTES).copy()
+        return np.asarray(keep, dtype=np.int64), hashes
+
+    def copy_hash_counts(self) -> dict[str, int]:
+        """How many ``ok`` rows have copy hashes (``hashed``), could not be hashed (``unhashable``) or
+        have none of the current version yet (``missing``: the next ``pixdex index`` computes them)."""
+        from pixdex.dedup.perceptual import COPY_VERSION
+
+        with self.session() as s:
+            q = (
+                select(CopyHashRow.pdq.is_(None), func.count())
+                .join(ImageRow, ImageRow.id == CopyHashRow.image_id)
+                .where(ImageRow.status == STATUS_OK, CopyHashRow.version == COPY_VERSION)
+                .group_by(CopyHashRow.pdq.is_(None))
+            )
+            by_null = {bool(k): int(n) for k, n in s.execute(q)}
+        hashed, unhashable = by_null.get(False, 0), by_null.get(True, 0)
+        return {"hashed": hashed, "unhashable": unhashable, "missing": self.count() - hashed - unhashable}
 
     # ------------------------------------------------------------------ FAISS
 

@@ -1,13 +1,15 @@
 """The indexer's writes: one :class:`Batch` of changes committed in one transaction.
 
-A batch is applied in a fixed order: deletions, moves, stat updates, then insertions (rows and their
-vectors together), so that a path freed by a deletion or a move can be reused in the same batch.
-Either the whole batch is in the database after a crash or none of it is.
+A batch is applied in a fixed order: deletions, moves, stat updates, then insertions (rows, their
+vectors and their perceptual hashes together), so that a path freed by a deletion or a move can be
+reused in the same batch. Either the whole batch is in the database after a crash or none of it is.
+:func:`write_copy_hashes` commits the backfill pass's hashes of existing rows, also one transaction.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, Optional
@@ -15,8 +17,9 @@ from typing import NamedTuple, Optional
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 
-from pixdex.storage.contract import C_VEC, C_VEC_ID, STATUS_OK
-from pixdex.storage.schema import ImageRow, VectorRow
+from pixdex.dedup.perceptual import COPY_NBYTES, COPY_ROWS, COPY_VERSION
+from pixdex.storage.contract import C_COPY_ID, C_COPY_PDQ, C_COPY_VERSION, C_VEC, C_VEC_ID, STATUS_OK
+from pixdex.storage.schema import CopyHashRow, ImageRow, VectorRow
 from pixdex.storage.store import Store, _chunks, vectors_from_blobs
 
 
@@ -37,6 +40,9 @@ class NewRow:
     camera_model: Optional[str] = None
     vector: Optional[np.ndarray] = None  # (dim,) float32 for STATUS_OK rows ...
     copy_from: Optional[int] = None  # ... or the id of a row with the same content whose vector to copy
+    # (COPY_ROWS, 32) uint8 perceptual hashes (perceptual.copy_hash_array); None: none yet (a copy_from
+    # row takes its source's; else the backfill pass computes them)
+    copy_hash: Optional[np.ndarray] = None
 
 
 class Move(NamedTuple):
@@ -113,6 +119,7 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
                     r[0] for r in s.execute(select(VectorRow.image_id).where(VectorRow.image_id.in_(chunk)))
                 )
                 s.execute(delete(VectorRow).where(VectorRow.image_id.in_(chunk)))
+                s.execute(delete(CopyHashRow).where(CopyHashRow.image_id.in_(chunk)))
                 s.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
         for m in batch.moves:
             s.execute(
@@ -123,6 +130,7 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
         for t in batch.touches:
             s.execute(update(ImageRow).where(ImageRow.id == t.id).values(size=t.size, mtime_ns=t.mtime_ns))
         sources: dict[int, bytes] = {}
+        source_hashes: dict[int, Optional[bytes]] = {}
         meta: dict[int, tuple] = {}
         copy_ids = sorted({r.copy_from for r in batch.inserts if r.copy_from is not None})
         for chunk in _chunks(copy_ids):
@@ -143,7 +151,12 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
             for i, v, *m in s.execute(q):
                 sources[i] = v
                 meta[i] = tuple(m)
+            q = select(CopyHashRow.image_id, CopyHashRow.pdq).where(
+                CopyHashRow.image_id.in_(chunk), CopyHashRow.version == COPY_VERSION
+            )
+            source_hashes.update((i, h) for i, h in s.execute(q))
         rows: list[tuple[int, dict, Optional[bytes]]] = []
+        hashes: dict[int, Optional[bytes]] = {}  # index in batch.inserts -> copy_hashes blob
         for k, r in enumerate(batch.inserts):
             blob = None
             if r.status == STATUS_OK:
@@ -160,6 +173,10 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
                 else:
                     missing.append(k)
                     continue
+                if r.copy_hash is not None:
+                    hashes[k] = copy_hash_blob(r.copy_hash)
+                elif r.copy_from is not None and r.copy_from in source_hashes:
+                    hashes[k] = source_hashes[r.copy_from]
             rows.append(
                 (
                     k,
@@ -195,7 +212,7 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
                     (p, i)
                     for i, p in s.execute(select(ImageRow.id, ImageRow.path).where(ImageRow.path.in_(chunk)))
                 )
-            vec_rows = []
+            vec_rows, hash_rows = [], []
             for k, d, blob in rows:
                 image_id = id_of[d["path"]]
                 new_ids[k] = image_id
@@ -203,8 +220,14 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
                     vec_rows.append({C_VEC_ID: image_id, C_VEC: blob})
                     added_ids.append(image_id)
                     added_vecs.append(blob)
+                if k in hashes:
+                    hash_rows.append(
+                        {C_COPY_ID: image_id, C_COPY_VERSION: COPY_VERSION, C_COPY_PDQ: hashes[k]}
+                    )
             if vec_rows:
                 s.execute(insert(vectors), vec_rows)
+            if hash_rows:
+                s.execute(insert(CopyHashRow.__table__), hash_rows)
     return Applied(
         added_ids=np.asarray(added_ids, dtype=np.int64),
         added_vectors=vectors_from_blobs(added_vecs, dim),
@@ -212,3 +235,47 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
         new_ids=new_ids,
         copies_missing=missing,
     )
+
+
+def copy_hash_blob(hashes: np.ndarray) -> bytes:
+    """The ``copy_hashes.pdq`` bytes of a (COPY_ROWS, 32) uint8 array; a wrong shape is a ValueError."""
+    a = np.ascontiguousarray(hashes, dtype=np.uint8)
+    if a.shape != (COPY_ROWS, COPY_NBYTES):
+        raise ValueError(f"copy hashes must be ({COPY_ROWS}, {COPY_NBYTES}) uint8, got {a.shape}")
+    return a.tobytes()
+
+
+def write_copy_hashes(store: Store, items: Sequence[tuple[int, Optional[np.ndarray]]]) -> int:
+    """Store ``(image_id, hashes or None)`` in one transaction (None: the file could not be hashed,
+    recorded so that it is not tried again); rows deleted meanwhile are skipped. Returns rows written."""
+    if not items:
+        return 0
+    blobs = {int(i): (None if h is None else copy_hash_blob(h)) for i, h in items}
+    with store.session() as s, s.begin():
+        live: set[int] = set()
+        for chunk in _chunks(sorted(blobs)):
+            live.update(r[0] for r in s.execute(select(ImageRow.id).where(ImageRow.id.in_(chunk))))
+        rows = [
+            {C_COPY_ID: i, C_COPY_VERSION: COPY_VERSION, C_COPY_PDQ: b} for i, b in blobs.items() if i in live
+        ]
+        if rows:
+            for chunk in _chunks([r[C_COPY_ID] for r in rows]):
+                s.execute(delete(CopyHashRow).where(CopyHashRow.image_id.in_(chunk)))
+            s.execute(insert(CopyHashRow.__table__), rows)
+    return len(rows)
+
+
+def missing_copy_hashes(store: Store) -> list[tuple[int, str, Optional[str]]]:
+    """``(id, path, content_hash)`` of every ``ok`` row without copy hashes of the current version,
+    by id: what the indexer's backfill pass hashes."""
+    with store.session() as s:
+        q = (
+            select(ImageRow.id, ImageRow.path, ImageRow.content_hash)
+            .outerjoin(
+                CopyHashRow,
+                (CopyHashRow.image_id == ImageRow.id) & (CopyHashRow.version == COPY_VERSION),
+            )
+            .where(ImageRow.status == STATUS_OK, CopyHashRow.image_id.is_(None))
+            .order_by(ImageRow.id)
+        )
+        return [(int(i), p, h) for i, p, h in s.execute(q)]
