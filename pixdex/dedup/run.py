@@ -156,7 +156,7 @@ def _usable_tiers(
         if "semantic" in out and s.identity is None:
             drop("semantic", f"the store at {s.dir} has no model")
     if other is not None and "semantic" in out and not same_model(store.identity, other.identity):
-        a, b = store.identity.get("model"), other.identity.get("model")
+        a, b = _model_text(store.identity), _model_text(other.identity)
         drop(
             "semantic",
             f"the semantic tier needs both stores on the same model ({store.dir}: {a}, {other.dir}: {b}); "
@@ -165,6 +165,11 @@ def _usable_tiers(
     if not out:
         raise PixdexError("no tier left to run")
     return tuple(out)
+
+
+def _model_text(identity: dict) -> str:
+    sha = str(identity.get("checkpoint_sha256") or "")[:12]
+    return f"{identity.get('model')} (checkpoint {sha or 'none'}, dim {identity.get('dim')})"
 
 
 # ---------------------------------------------------------------------- members
