@@ -137,6 +137,17 @@ def test_copy_pairs_match_brute_force(nbytes, max_distance):
     assert got.as_set() == set(zip(ii.tolist(), jj.tolist()))
 
 
+def test_lsh_finds_exact_pairs_only_and_nearly_all_of_them():
+    hashes, dih = planted(3000, 32, 31, seed=5)
+    exact = copy_pairs(hashes, 31, dih, method="flat")
+    approx = copy_pairs(hashes, 31, dih, method="lsh")
+    want = dict(zip(zip(exact.i.tolist(), exact.j.tolist()), exact.distance.tolist()))
+    got = dict(zip(zip(approx.i.tolist(), approx.j.tolist()), approx.distance.tolist()))
+    assert len(want) >= 300 and set(got) <= set(want)  # never a pair beyond D
+    assert all(got[p] >= want[p] for p in got)  # a table may miss the best variant, never invent one
+    assert len(got) >= 0.95 * len(want)  # planned: <= 1% missed at distance D, fewer closer
+
+
 def test_cross_copy_pairs_match_brute_force():
     hashes, dih = planted(600, 32, 31, seed=3)
     q, b = slice(0, 250), slice(250, 600)

@@ -137,6 +137,11 @@ def print_summary(summary: dict, stream=None) -> None:
     )
     for r in c.get("failures", []):
         console.print(f"  {r['count']:>6}  {r['reason']}")
+    if c.get("hashed_copy") or c.get("copy_unhashable"):
+        console.print(
+            f"{c.get('hashed_copy', 0)} already indexed images given perceptual hashes for pixdex dedup"
+            + (f", {c['copy_unhashable']} could not be decoded for them" if c.get("copy_unhashable") else "")
+        )
     f = c.get("faiss") or {}
     console.print(
         f"store {c['store']}: {c['total']} images searchable, model {c['model']}, "
