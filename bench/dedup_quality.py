@@ -1,6 +1,6 @@
 """Copy-tier quality: PDQ vs pHash on ../shared/data plus generated copies, with a distance sweep.
 
-    python bench/dedup_quality.py [--data ../shared/data] [--draft 256] [--no-speed]
+    python bench/dedup_quality.py [--data ../shared/data] [--draft 256] [--no-speed] [--demo N | --demo-only N]
 
 Images are decoded as the indexer decodes them for the hashes (JPEG draft ``perceptual.HASH_DRAFT``,
 whatever the model). Besides PDQ and pHash with their dihedral variants, ``pdq+windows`` scores what
@@ -13,6 +13,13 @@ photos/ and the other formats/ files are distinct. Three corrections, measured h
 neardup/bridge-dih is the same photo as neardup/bridge (distance 0), formats/ukbench09380.webp is
 photos/ukbench09380.jpg re-encoded (distance 0 pHash, 14 PDQ) and formats/alpha_channel.png is the
 ukbench00120 photo mirrored, with an alpha channel (distance 0-2 pHash, 14-20 PDQ).
+
+``--demo N`` adds the end-to-end section: N ``pixdex demo-data`` images (those with two or more shapes;
+a lone shape on a flat background is the same picture as another lone shape, for PDQ and for this
+model) plus a copy by every transform, indexed with ``pixdex-demo`` and deduplicated by
+``pixdex.dedup.run.find_duplicates`` with each tier alone and all tiers: pair precision/recall per
+transform read from the groups, and the semantic tier's raw pair recall per goal class over a sweep
+of thresholds (what the default semantic threshold was chosen on).
 
 Prints, per hash: recall per transform for each distance D of the sweep, precision per transform,
 overall precision/recall, pairs that merge different original scenes, then the recommendation
@@ -204,6 +211,109 @@ def index_cost(data: Path, reps: int) -> None:
             os.environ["PIXDEX_COPY_HASHES"] = old
 
 
+def demo_section(n: int, seed: int = 7) -> None:
+    """End to end on demo-data with pixdex-demo (module docstring, ``--demo``)."""
+    import json
+    import tempfile
+    from collections import defaultdict
+
+    from pixdex.dedup import find
+    from pixdex.dedup.run import find_duplicates
+    from pixdex.indexer.run import index_paths
+    from pixdex.storage.store import Store
+    from pixdex.training.demo_data import generate
+
+    with tempfile.TemporaryDirectory(prefix="pixdex-bench-") as tmp:
+        tmp = Path(tmp)
+        generate(tmp / "gen", n=n, seed=seed)
+        meta = json.loads((tmp / "gen" / "objects.json").read_text())["images"]
+        (tmp / "lib").mkdir()
+        from PIL import Image
+
+        bases = 0
+        for rec in meta:
+            if len(rec["objects"]) < 2:
+                continue
+            src = tmp / "gen" / rec["image"]
+            (tmp / "lib" / src.name).write_bytes(src.read_bytes())
+            with Image.open(src) as im:
+                im = im.convert("RGB")
+                for t in TRANSFORMS:
+                    TRANSFORMS[t](im).save(tmp / "lib" / f"{src.stem}~{t}.jpg", quality=95)
+            bases += 1
+        t0 = time.perf_counter()
+        index_paths([tmp / "lib"], tmp / "store", model="pixdex-demo", json_mode=True)
+        print(
+            f"\n=== demo-data + pixdex-demo: {bases} images with 2+ shapes x {len(TRANSFORMS)} transforms, "
+            f"indexed in {time.perf_counter() - t0:.1f} s"
+        )
+
+        def parse(path: str) -> tuple[str, str | None]:
+            stem = Path(path).stem
+            return (stem.split("~")[0], stem.split("~")[1]) if "~" in stem else (stem, None)
+
+        runs = {}
+        for label, tiers in (("copy", ["copy"]), ("semantic", ["semantic"]), ("all", None)):
+            t0 = time.perf_counter()
+            rep = find_duplicates(tmp / "store", tiers=tiers)
+            dt = time.perf_counter() - t0
+            same = set()
+            for g in rep.groups:
+                ps = [m.path for m in g.members]
+                same |= {(a, b) for a in ps for b in ps if a != b}
+            per = {}
+            for t in TRANSFORMS:
+                hits = total = touching = true = 0
+                for g in rep.groups:
+                    for a in g.members:
+                        sa, ta = parse(a.path)
+                        if ta == t:
+                            for b in g.members:
+                                if b is not a:
+                                    touching += 1
+                                    true += parse(b.path)[0] == sa
+                for p in (tmp / "lib").glob(f"*~{t}.jpg"):
+                    total += 1
+                    hits += (str(p), str(tmp / "lib" / (parse(str(p))[0] + ".png"))) in same
+                per[t] = (true / touching if touching else 1.0, hits / total if total else float("nan"))
+            runs[label] = (per, rep.summary, dt)
+        print(fmt_row("transform (p/r)", list(runs), 13))
+        for t in TRANSFORMS:
+            print(fmt_row(t, [f"{runs[k][0][t][0]:.2f}/{runs[k][0][t][1]:.2f}" for k in runs], 13))
+        for k, (_, summ, dt) in runs.items():
+            print(f"{k}: {summ['groups']} groups, thresholds {summ['thresholds']}, {dt:.2f} s")
+        # raw semantic pair recall per goal class over a sweep (the default threshold's measurement)
+        store = Store.open_readonly(tmp / "store")
+        items = find.load_store_items(store, ("semantic",))
+        rows = store.rows(items.ids)
+        store.close()
+        names = [parse(rows[int(i)].path) for i in items.ids[items.vec_pos]]
+        pairs = find.semantic_within(items, 0.85)
+        pos_of = {int(p): k for k, p in enumerate(items.vec_pos)}
+        sweep = (0.85, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
+        found = defaultdict(list)
+        for i, j, s in zip(pairs.i.tolist(), pairs.j.tolist(), pairs.score.tolist()):
+            found[(pos_of[i], pos_of[j])] = s
+        print("--- semantic tier alone, raw pairs: precision/recall per goal class at cosine T")
+        print(fmt_row("class \\ T", sweep, 11))
+        for kind in GOAL_KINDS:
+            ts = set(names_of_kind(kind))
+            cells = []
+            for T in sweep:
+                got = [
+                    (a, b)
+                    for (a, b), s in found.items()
+                    if s >= T and (names[a][1] in ts or names[b][1] in ts)
+                ]
+                ok = sum(names[a][0] == names[b][0] for a, b in got)
+                src = {nm: k for k, nm in enumerate(names) if nm[1] is None}
+                cps = [k for k, nm in enumerate(names) if nm[1] in ts]
+                rec = sum(found.get(tuple(sorted((k, src[(names[k][0], None)]))), -1) >= T for k in cps)
+                cells.append(f"{ok / len(got) if got else 1:.2f}/{rec / len(cps):.2f}")
+            print(fmt_row(kind, cells, 11))
+        print(f"default semantic threshold for pixdex-demo: {find.MODEL_THRESHOLDS.get('pixdex-demo')}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -212,7 +322,12 @@ def main() -> None:
     )
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--demo", type=int, default=0, help="also the demo-data section with N generated images")
+    ap.add_argument("--demo-only", type=int, default=0, help="only the demo-data section, N images")
     args = ap.parse_args()
+    if args.demo_only:
+        demo_section(args.demo_only)
+        return
     if not args.data.is_dir():
         alt = ROOT.parents[1] / "shared" / "data"
         if not alt.is_dir():
@@ -268,6 +383,8 @@ def main() -> None:
             f"different-scene pairs={len(res['false_pairs'][D])}"
         )
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
+    if args.demo:
+        demo_section(args.demo)
     if not args.no_speed:
         speed(args.data, args.draft, args.reps)
         index_cost(args.data, max(5, args.reps // 4))

@@ -282,6 +282,71 @@ def serve(
     run_serve(_store_dir(store), host=host, port=port)
 
 
+# ----------------------------------------------------------------------------- dedup
+
+
+@app.command()
+def dedup(
+    store: Optional[Path] = StoreOpt,
+    against: Optional[Path] = typer.Option(
+        None, "--against", help="Reference store: report this store's images that duplicate its images."
+    ),
+    image: list[Path] = typer.Option([], "--image", help="Is this file already here? (repeatable)"),
+    tiers: Optional[str] = typer.Option(
+        None, "--tiers", help="Comma-separated: exact,copy,semantic (default: all that can run)."
+    ),
+    copy_distance: Optional[int] = typer.Option(
+        None, "--copy-distance", help="Copy tier: PDQ Hamming distance at or under which (default 31)."
+    ),
+    semantic_threshold: Optional[float] = typer.Option(
+        None, "--semantic-threshold", help="Semantic tier: cosine at or over which (default per model)."
+    ),
+    keep: str = typer.Option(
+        "largest", "--keep", help="Which copy to keep: largest, original, oldest, newest, shortest-path."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per member to FILE."),
+    html_out: Optional[Path] = typer.Option(
+        None, "--html", help="Write a self-contained HTML report to FILE."
+    ),
+    action: str = typer.Option(
+        "none",
+        "--action",
+        help="none, move, symlink (the non-kept files, into --to DIR) or list (into --to FILE).",
+    ),
+    to: Optional[Path] = typer.Option(
+        None, "--to", help="The DIR of --action move/symlink, the FILE of list."
+    ),
+    undo_dir: Optional[Path] = typer.Option(None, "--undo", help="Undo an --action move/symlink into DIR."),
+    calibrate: bool = typer.Option(
+        False, "--calibrate", help="Measure recall and false positives on transformed copies of a sample."
+    ),
+    sample: int = typer.Option(100, "--sample", help="--calibrate: images sampled from the store."),
+    device: str = DeviceOpt,
+):
+    """Find exact, copy and semantic duplicates in a store (report only; never deletes)."""
+    from pixdex.dedup.cli_dedup import run_dedup_command
+
+    run_dedup_command(
+        store_dir=_store_dir(store),
+        against=against,
+        images=[str(p) for p in image],
+        tiers=tiers,
+        copy_distance=copy_distance,
+        semantic_threshold=semantic_threshold,
+        keep=keep,
+        json_out=json_out,
+        csv_out=csv_out,
+        html_out=html_out,
+        action=action,
+        to=to,
+        undo_dir=undo_dir,
+        calibrate=calibrate,
+        sample=sample,
+        device=device,
+    )
+
+
 # ----------------------------------------------------------------------------- datasets
 
 dataset_app = typer.Typer(

@@ -73,3 +73,44 @@ def build_report(root: Path, extra_names: tuple[str, ...] = ()) -> Report:
 
 def non_kept_paths(report: Report) -> set[str]:
     return {m.path for g in report.groups for m in g.members if m.path != g.keep.path}
+
+
+# ---------------------------------------------------------------------- end-to-end helpers
+
+
+def shared_ground_truth():
+    """``(scene_of, NEARDUP_ORIGINALS)`` of bench/dedup_quality.py: the one place where the duplicate
+    ground truth of ../shared/data (README plus three corrections) is written down."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "dedup_quality.py"
+    spec = importlib.util.spec_from_file_location("pixdex_bench_dedup_quality", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.scene_of, mod.NEARDUP_ORIGINALS
+
+
+def run_cli(*args: str, env: dict | None = None):
+    """The real console script (``python -m pixdex``-equivalent: ``pixdex.cli.main``) in a subprocess:
+    (returncode, stdout, stderr)."""
+    import subprocess
+    import sys
+
+    e = dict(os.environ)
+    e.update(env or {})
+    code = "import sys; from pixdex.cli import main; sys.argv = ['pixdex'] + sys.argv[1:]; main()"
+    p = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=e, timeout=600
+    )
+    return p.returncode, p.stdout, p.stderr
+
+
+def group_pairs_of(doc: dict) -> set[tuple[str, str]]:
+    """Every unordered pair of paths that share a group of a ``--json`` report."""
+    out = set()
+    for g in doc["groups"]:
+        paths = sorted(m["path"] for m in g["members"])
+        for a in range(len(paths)):
+            for b in range(a + 1, len(paths)):
+                out.add((paths[a], paths[b]))
+    return out

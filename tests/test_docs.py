@@ -22,8 +22,6 @@ DOCS = ("docs/ARCHITECTURE.md", "CONTRIBUTING.md", "README.md", "docs/SECURITY.m
 # Parts built in parallel and described in ARCHITECTURE.md before they are merged: names under these
 # prefixes are accepted while the tree lacks them (remove an entry once its part is merged).
 PENDING = (
-    "pixdex/dedup/run.py",
-    "pixdex.dedup.run",
 )
 
 FILE_RE = re.compile(r"(?<![\w./-])pixdex/[\w/]+\.py\b")

@@ -236,7 +236,7 @@ def csv_rows(report: Report) -> Iterator[list[str]]:
             yield [
                 str(gi),
                 "true" if kept else "false",
-                str(m.id),
+                _cell(m.id),
                 m.path,
                 "" if kept else _cell(m.tier),
                 "" if kept else _cell(json_score(m)),

@@ -1,0 +1,242 @@
+"""The three tiers of ``pixdex dedup`` over loaded items: which pairs each tier links, never N x N.
+
+An :class:`ItemSet` is what the tiers read about a set of images (a store's ``ok`` rows, or files given
+with ``--image``): per item its content hash, and for the items that have them the stored copy hashes
+(``perceptual.COPY_ROWS`` x 32 bytes: 8 dihedral PDQ hashes, then the crop-window hashes) and the
+embedding. Nothing is decoded or encoded here: a store's items come from its database
+(:func:`load_store_items`), query files from :mod:`pixdex.dedup.files`.
+
+Tiers (pairs are :class:`pixdex.dedup.pairs.Pairs` over item positions, ``score`` as in
+:mod:`pixdex.dedup.groups`):
+
+- ``exact``: same content hash (blake2b of the file's bytes). Within a set an exact class is returned
+  as a list of positions (the caller links it as a star on the item its keep policy prefers, so a class
+  of k identical files costs k - 1 links, not k^2 / 2).
+- ``copy``: Hamming distance of PDQ hashes <= D, every stored row of one image (its 8 dihedral
+  variants and its crop windows) against the other's canonical hash, both ways
+  (:mod:`pixdex.dedup.hamming`: exact range search, multi-index hashing for large sets).
+- ``semantic``: cosine of the stored embeddings >= T (:mod:`pixdex.dedup.semantic`: exact blocked
+  products for small sets, SemDeDup-style cells above).
+
+Defaults: :data:`pixdex.dedup.perceptual.DEFAULT_DISTANCE` for the copy tier; :func:`default_threshold`
+for the semantic tier (a cosine depends on the model: see ARCHITECTURE.md "dedup", and
+``pixdex dedup --calibrate`` for a store's own figures).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from pixdex.dedup import hamming, perceptual, semantic
+from pixdex.dedup.pairs import Pairs
+from pixdex.errors import PixdexError
+
+log = logging.getLogger(__name__)
+
+TIERS = ("exact", "copy", "semantic")
+DEFAULT_DISTANCE = perceptual.DEFAULT_DISTANCE[perceptual.DEFAULT_ALGORITHM]
+# Semantic threshold: a cosine, so it depends on the model. Measured with pixdex-demo on demo-data
+# images and their copies (bench/dedup_quality.py, "demo" section): at 0.95 pair precision >= 0.99 on
+# JPEG re-encodes while distinct scenes of two or more objects stay below it; DataComp reports that
+# CLIP ViT-B/32 needs about 0.96 for 90% copy precision, so 0.95 is also the default for models not
+# measured here. MODEL_THRESHOLDS holds per-model values as they get measured.
+DEFAULT_THRESHOLD = 0.95
+MODEL_THRESHOLDS: dict[str, float] = {"pixdex-demo": 0.95}
+
+Progress = Callable[[str, int, int], None]  # (step, done, total)
+
+
+def default_threshold(identity: Optional[dict]) -> float:
+    """The semantic threshold for a store's model (its name in :data:`MODEL_THRESHOLDS`, else the default)."""
+    name = str((identity or {}).get("model") or "")
+    return MODEL_THRESHOLDS.get(name, MODEL_THRESHOLDS.get(name.split(":")[0], DEFAULT_THRESHOLD))
+
+
+def parse_tiers(text: Optional[str]) -> tuple[str, ...]:
+    """``"exact,copy"`` -> ("exact", "copy") in tier order; None or empty -> all tiers."""
+    if text is None or not text.strip():
+        return TIERS
+    asked = [t.strip().lower() for t in text.split(",") if t.strip()]
+    bad = [t for t in asked if t not in TIERS]
+    if bad:
+        raise PixdexError(f"unknown tier {bad[0]!r}: choose among {', '.join(TIERS)} (comma-separated)")
+    return tuple(t for t in TIERS if t in asked)
+
+
+def check_thresholds(copy_distance: Optional[int], semantic_threshold: Optional[float]) -> None:
+    if copy_distance is not None and not 0 <= copy_distance <= perceptual.NBITS["pdq"]:
+        raise PixdexError(
+            f"--copy-distance must be between 0 and {perceptual.NBITS['pdq']}, got {copy_distance}"
+        )
+    if semantic_threshold is not None and not -1.0 <= semantic_threshold <= 1.0:
+        raise PixdexError(f"--semantic-threshold must be a cosine in [-1, 1], got {semantic_threshold}")
+
+
+@dataclass
+class ItemSet:
+    """What the tiers read about n images. ``copy_pos``/``vec_pos`` are the positions (0..n-1) of the
+    items that have copy hashes / vectors, aligned with ``copy_rows`` / ``vectors``."""
+
+    ids: np.ndarray  # (n,) int64 store ids (-1 for a file outside any store)
+    content: np.ndarray  # (n,) object: content hash or None
+    copy_pos: np.ndarray  # (m,) int64
+    copy_rows: np.ndarray  # (m, COPY_ROWS, 32) uint8
+    vec_pos: np.ndarray  # (k,) int64
+    vectors: np.ndarray  # (k, d) float32
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+
+def empty_rows() -> np.ndarray:
+    return np.zeros((0, perceptual.COPY_ROWS, perceptual.COPY_NBYTES), np.uint8)
+
+
+def load_store_items(store, tiers: tuple[str, ...], progress: Optional[Progress] = None) -> ItemSet:
+    """The ``ok`` rows of a read-only store with what ``tiers`` need, read from the database only."""
+    from sqlalchemy import select
+
+    from pixdex.storage.contract import STATUS_OK
+    from pixdex.storage.schema import ImageRow
+
+    with store.session() as s:
+        q = (
+            select(ImageRow.id, ImageRow.content_hash)
+            .where(ImageRow.status == STATUS_OK)
+            .order_by(ImageRow.id)
+        )
+        got = s.execute(q).all()
+    ids = np.fromiter((r[0] for r in got), dtype=np.int64, count=len(got))
+    content = np.empty(len(got), dtype=object)
+    content[:] = [r[1] for r in got]
+    del got
+    copy_pos, copy_rows = np.zeros(0, np.int64), empty_rows()
+    vec_pos, vectors = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    if "copy" in tiers:
+        if progress:
+            progress("reading copy hashes", 0, 1)
+        cid, copy_rows = store.copy_hashes()
+        copy_pos, copy_rows = _positions(ids, cid, copy_rows)
+    if "semantic" in tiers:
+        if progress:
+            progress("reading vectors", 0, 1)
+        vid, vectors = store.vectors(store.live_ids())
+        vec_pos, vectors = _positions(ids, vid, vectors)
+    return ItemSet(ids, content, copy_pos, copy_rows, vec_pos, vectors)
+
+
+def _positions(ids: np.ndarray, got_ids: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``ids`` (sorted) of ``got_ids``, dropping ids not there (a row changed meanwhile)."""
+    if not ids.size:
+        return np.zeros(0, np.int64), data[:0]
+    pos = np.searchsorted(ids, got_ids)
+    ok = ids[np.minimum(pos, ids.size - 1)] == got_ids
+    return pos[ok].astype(np.int64), data[ok]
+
+
+# ---------------------------------------------------------------------- exact
+
+
+def exact_classes(content: np.ndarray) -> list[np.ndarray]:
+    """Positions sharing one content hash, for each hash held by two or more items."""
+    have = np.flatnonzero(np.array([c is not None for c in content], dtype=bool))
+    if have.size < 2:
+        return []
+    _, inv, counts = np.unique(content[have].astype(str), return_inverse=True, return_counts=True)
+    order = np.argsort(inv, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [have[order[bounds[c] : bounds[c + 1]]] for c in np.flatnonzero(counts >= 2)]
+
+
+def exact_cross(a: ItemSet, b: ItemSet) -> Pairs:
+    """(i in a, j in b) with the same content hash, score 1."""
+    where: dict[str, list[int]] = {}
+    for j, h in enumerate(b.content.tolist()):
+        if h is not None:
+            where.setdefault(h, []).append(j)
+    ii, jj = [], []
+    for i, h in enumerate(a.content.tolist()):
+        for j in where.get(h, ()) if h is not None else ():
+            ii.append(i)
+            jj.append(j)
+    return Pairs.of(ii, jj, np.ones(len(ii)))
+
+
+# ---------------------------------------------------------------------- copy
+
+
+def _from_hamming(p: hamming.Pairs, pos_i: np.ndarray, pos_j: np.ndarray) -> Pairs:
+    return Pairs(pos_i[p.i], pos_j[p.j], p.distance.astype(np.float32))
+
+
+def copy_within(items: ItemSet, distance: int, progress: Optional[Progress] = None) -> Pairs:
+    """Pairs of items within ``distance`` (any stored row of one against the other's canonical hash)."""
+    rows = items.copy_rows
+    if len(rows) < 2:
+        return Pairs.empty()
+    tick = _ticker(progress, "copy tier", len(rows) * rows.shape[1])
+    p = hamming.copy_pairs(rows[:, 0], distance, dihedral=rows, progress=tick)
+    return _from_hamming(p, items.copy_pos, items.copy_pos)
+
+
+def copy_cross(a: ItemSet, b: ItemSet, distance: int, progress: Optional[Progress] = None) -> Pairs:
+    """(i in a, j in b) within ``distance``, both ways: a's rows against b's canonical hashes (b is a
+    rotation/crop... of a) and b's rows against a's (a is a crop of b); one best distance per pair."""
+    if not len(a.copy_rows) or not len(b.copy_rows):
+        return Pairs.empty()
+    ra, rb = a.copy_rows, b.copy_rows
+    tick = _ticker(progress, "copy tier", (len(ra) * ra.shape[1] + len(rb) * rb.shape[1]))
+    p1 = hamming.cross_copy_pairs(ra[:, 0], rb[:, 0], distance, query_dihedral=ra, progress=tick)
+    off = len(ra) * ra.shape[1]
+    tick2 = (lambda n: tick(off + n)) if tick else None
+    p2 = hamming.cross_copy_pairs(rb[:, 0], ra[:, 0], distance, query_dihedral=rb, progress=tick2)
+    i = np.concatenate([a.copy_pos[p1.i], a.copy_pos[p2.j]])
+    j = np.concatenate([b.copy_pos[p1.j], b.copy_pos[p2.i]])
+    d = np.concatenate([p1.distance, p2.distance]).astype(np.float32)
+    return best_per_pair(Pairs(i, j, d), lower_is_closer=True)
+
+
+def best_per_pair(p: Pairs, lower_is_closer: bool) -> Pairs:
+    """One row per (i, j), its closest score; sorted by (i, j)."""
+    if not len(p):
+        return p
+    o = np.lexsort((p.score if lower_is_closer else -p.score, p.j, p.i))
+    i, j, s = p.i[o], p.j[o], p.score[o]
+    first = np.ones(i.size, bool)
+    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    return Pairs(i[first], j[first], s[first])
+
+
+# ---------------------------------------------------------------------- semantic
+
+
+def semantic_within(items: ItemSet, threshold: float, progress: Optional[Progress] = None) -> Pairs:
+    if len(items.vectors) < 2:
+        return Pairs.empty()
+    p = semantic.similar_pairs(items.vectors, threshold, progress=_ticker2(progress, "semantic tier"))
+    return Pairs(items.vec_pos[p.i], items.vec_pos[p.j], p.score)
+
+
+def semantic_cross(a: ItemSet, b: ItemSet, threshold: float, progress: Optional[Progress] = None) -> Pairs:
+    if not len(a.vectors) or not len(b.vectors):
+        return Pairs.empty()
+    p = semantic.cross_pairs(a.vectors, b.vectors, threshold, progress=_ticker2(progress, "semantic tier"))
+    return Pairs(a.vec_pos[p.i], b.vec_pos[p.j], p.score)
+
+
+def _ticker(progress: Optional[Progress], step: str, total: int) -> Optional[Callable[[int], None]]:
+    if progress is None:
+        return None
+    progress(step, 0, total)
+    return lambda done: progress(step, done, total)
+
+
+def _ticker2(progress: Optional[Progress], step: str) -> Optional[Callable[[int, int], None]]:
+    if progress is None:
+        return None
+    return lambda done, total: progress(step, done, total)
