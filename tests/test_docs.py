@@ -118,7 +118,7 @@ def test_every_cited_module_path_and_name_exists(doc):
 def test_the_architecture_document_cites_modules_at_all():
     """The check above sees references (a broken pattern would find none and pass on anything)."""
     text = (ROOT / "docs/ARCHITECTURE.md").read_text(encoding="utf-8")
-    assert len(set(FILE_RE.findall(text))) >= 10
+    assert len(set(FILE_RE.findall(text))) >= 5
     assert len(set(NAME_RE.findall(text))) >= 50
 
 
@@ -126,7 +126,7 @@ def test_missing_files_and_names_are_reported():
     text = (
         "`pixdex/images.py` `pixdex/nowhere.py` `pixdex.images.decode` `pixdex.images.no_such_function` "
         "`pixdex.no_such_package.x` `pixdex.storage.store.Store.open_readonly` `pixdex.storage.store.Store.nope` "
-        "`pixdex.dataset.dedup` `pixdex.dedup.run.anything` `pixdex.db`"
+        "`pixdex.dataset.dedup` `pixdex.dedup.run.find_duplicates` `pixdex.db`"
     )
     assert problems(text) == [
         "pixdex/nowhere.py: no such file",
