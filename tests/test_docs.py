@@ -21,8 +21,7 @@ DOCS = ("docs/ARCHITECTURE.md", "CONTRIBUTING.md", "README.md", "docs/SECURITY.m
 
 # Parts built in parallel and described in ARCHITECTURE.md before they are merged: names under these
 # prefixes are accepted while the tree lacks them (remove an entry once its part is merged).
-PENDING = (
-)
+PENDING = ()
 
 FILE_RE = re.compile(r"(?<![\w./-])pixdex/[\w/]+\.py\b")
 NAME_RE = re.compile(r"(?<![\w./-])pixdex(?:\.[A-Za-z_]\w*)+")
