@@ -99,8 +99,8 @@ class DecodeGate:
         if not really:
             yield
             return
-        self._open.clear()
-        try:
+        try:  # clear inside the try: a Ctrl-C between the two must not leave the workers waiting
+            self._open.clear()
             yield
         finally:
             self._open.set()
