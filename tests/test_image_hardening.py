@@ -4,7 +4,9 @@ data holds, and exceptions of any type inside one file's processing; each fails 
 from __future__ import annotations
 
 import io
+import os
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -183,3 +185,25 @@ def test_an_unexpected_decoder_exception_fails_that_file(tmp_path, monkeypatch):
     assert rows[str(photos[1])]["error"] == "cannot decode: RuntimeError"
     assert [rows[str(p)]["status"] for p in (photos[0], photos[2])] == ["ok", "ok"]
     assert s["failed"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="symbolic links")
+def test_symlinked_folder_outside_the_root_is_followed_and_named_in_the_summary(tmp_path):
+    from pixdex.indexer.report import print_summary
+
+    folder = tmp_path / "photos"
+    own = make_images(folder, 2)
+    outside = make_images(tmp_path / "nas" / "2019", 2, seed=3)
+    make_images(folder / "albums" / "best", 1, seed=4, start=50)
+    os.symlink(tmp_path / "nas", folder / "nas")  # a drive linked into the library: followed
+    os.symlink(folder / "albums", folder / "also_albums")  # inside the root: nothing to say
+    s = _index(folder, tmp_path / "store")
+    rows = db_rows(tmp_path / "store")
+    linked = [str(folder / "nas" / "2019" / p.name) for p in outside]
+    assert all(rows[p]["status"] == "ok" for p in linked) and all(rows[str(p)]["status"] == "ok" for p in own)
+    assert s["links_outside_roots"] == [
+        {"link": str(folder / "nas"), "target": str((tmp_path / "nas").resolve())}
+    ]
+    out = io.StringIO()
+    print_summary({**s, "json_mode": False}, stream=out)
+    assert f"followed the link {folder / 'nas'} to {(tmp_path / 'nas').resolve()}" in out.getvalue()

@@ -137,6 +137,10 @@ def print_summary(summary: dict, stream=None) -> None:
     )
     for r in c.get("failures", []):
         console.print(f"  {r['count']:>6}  {r['reason']}")
+    for link in c.get("links_outside_roots", []):
+        console.print(
+            f"followed the link {link['link']} to {link['target']}, outside the folders indexed", markup=False
+        )
     f = c.get("faiss") or {}
     console.print(
         f"store {c['store']}: {c['total']} images searchable, model {c['model']}, "

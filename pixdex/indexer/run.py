@@ -428,6 +428,7 @@ def _index_paths(
         "reused_vectors": c["reused_vectors"],
         "failures": tally.top_reasons(),
         "kept_from_empty_roots": plan.protected,
+        "links_outside_roots": [{"link": a, "target": b} for a, b in sc.outside_links],
         "faiss_repaired": repaired,
         "faiss": faiss_info,
         "total": faiss_info.get("ntotal", 0),
