@@ -13,7 +13,12 @@ search path imports this module.
 - JPEGs decoded with ``draft()`` at the smallest DCT scale that still covers ``draft_size`` (a 12 MP
   photo decodes at 1/8 scale for a 224-256 px model), other large images reduced by an integer
   factor to at least twice ``draft_size``;
-- Pillow's decompression-bomb guard kept (over ``Image.MAX_IMAGE_PIXELS`` is a failure);
+- Pillow's decompression-bomb guard kept (over ``Image.MAX_IMAGE_PIXELS`` is a failure), and images
+  more than :data:`MAX_ASPECT_RATIO` times longer than wide (or the reverse) fail before any pixel is
+  decoded (:func:`check_shape`): resizing a 1 x 40,000,000 strip's short side to a model's 224 pixels
+  would need billions of pixels;
+- JPEGs whose data is far too short for the size their header claims fail as truncated (libjpeg would
+  fill the missing blocks with grey and report nothing);
 - animated images: the first frame;
 - HEIC/HEIF through pillow-heif, registered lazily on the first such file (without pillow-heif: a
   :class:`DecodeError`); AVIF through Pillow.
@@ -40,6 +45,9 @@ from PIL import Image, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 1 << 30  # a 1 GiB "photo" is not a photo
+# Long side / short side. Stitched panoramas reach about 1:20; a strip beyond 1:100 is no photo, and
+# preprocessing that resizes its short side to the model's size would need short * 100 * size pixels.
+MAX_ASPECT_RATIO = 100
 HASH_DIGEST = 16  # blake2b-128
 
 _TAG_ORIENTATION = 0x0112
@@ -260,10 +268,43 @@ def to_rgb(im: Image.Image) -> Image.Image:
         raise DecodeError(f"unsupported image mode {mode}") from e
 
 
-def _bomb_check(w: int, h: int) -> None:
+def check_shape(w: int, h: int) -> None:
+    """The pixel budget of every image pixdex decodes or preprocesses: at most Pillow's
+    ``Image.MAX_IMAGE_PIXELS`` pixels and an aspect ratio of at most :data:`MAX_ASPECT_RATIO`;
+    :class:`DecodeError` naming the size otherwise."""
+    if w <= 0 or h <= 0:
+        raise DecodeError("image has no pixels")
     limit = Image.MAX_IMAGE_PIXELS
     if limit and w * h > limit:
         raise DecodeError(f"decompression bomb guard: {w}x{h} pixels is over Pillow's limit of {limit}")
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise DecodeError(f"extreme aspect ratio {w}x{h} (over 1:{MAX_ASPECT_RATIO})")
+
+
+# SOF9-SOF15 and DAC: arithmetic coding, whose blocks can take less than one bit each
+_ARITHMETIC_MARKERS = tuple(bytes((0xFF, m)) for m in range(0xC9, 0xD0))
+
+
+def _jpeg_data_check(im: Image.Image, data: bytes) -> None:
+    """A Huffman-coded JPEG spends at least one bit per 8x8 block of each component (its DC code), so a
+    file shorter than that for the size its header claims is truncated, even if it ends with an EOI
+    marker: libjpeg would fill the missing blocks with grey and report nothing."""
+    layers = getattr(im, "layer", None) or []
+    if not layers or any(m in data for m in _ARITHMETIC_MARKERS):
+        return
+    w, h = im.size
+    hmax = max(int(c[1]) for c in layers) or 1
+    vmax = max(int(c[2]) for c in layers) or 1
+
+    def ceil(a: int, b: int) -> int:
+        return -(-a // b)
+
+    blocks = max(ceil(ceil(w * int(c[1]), hmax), 8) * ceil(ceil(h * int(c[2]), vmax), 8) for c in layers)
+    need = blocks // 8
+    if len(data) < need:
+        raise DecodeError(
+            f"truncated image data: a {w}x{h} JPEG needs at least {need} bytes, the file has {len(data)}"
+        )
 
 
 def _open(data: bytes, name: str) -> Image.Image:
@@ -300,9 +341,12 @@ def decode_many(
     except Image.DecompressionBombError as e:
         raise DecodeError(f"decompression bomb guard: {e}") from e
     except (OSError, ValueError, SyntaxError) as e:
-        raise DecodeError(f"truncated or corrupt image header: {_short(e)}") from e
+        raise DecodeError(f"truncated or corrupt image header: {reason_of(e)}") from e
     try:
         with im:
+            if im.format == "JPEG":
+                check_shape(*im.size)  # first: the block count below assumes a sane size
+                _jpeg_data_check(im, data)
             return _decode_open(im, data, name, list(draft_sizes))
     except DecodeError:
         raise
@@ -312,12 +356,14 @@ def decode_many(
         raise DecodeError("image too large to decode (out of memory)") from e
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError) as e:
         # Pillow reports truncated and corrupt data through all of these
-        raise DecodeError(f"truncated or corrupt image data: {_short(e)}") from e
+        raise DecodeError(f"truncated or corrupt image data: {reason_of(e)}") from e
 
 
-def _short(e: BaseException) -> str:
-    s = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return s[:160]
+def reason_of(e: BaseException) -> str:
+    """One line saying why: the exception's first line, or its type when the message is empty
+    (``MemoryError()``)."""
+    s = str(e).strip()
+    return s.splitlines()[0][:160] if s else type(e).__name__
 
 
 def _draft(im: Image.Image, draft_size: int) -> None:
@@ -329,9 +375,7 @@ def _decode_open(
 ) -> tuple[list[Image.Image], ImageInfo]:
     fmt = im.format
     w, h = im.size
-    if w <= 0 or h <= 0:
-        raise DecodeError("image has no pixels")
-    _bomb_check(w, h)
+    check_shape(w, h)
     orientation, taken, make, model = read_exif(im)
     # JPEG drafts that end at the same size decode the same pixels: one decode per distinct size
     scale_of: dict[Optional[int], tuple[int, int]] = {}

@@ -200,6 +200,51 @@ def test_pickles_cannot_run_code(tmp_path):
     assert not os.path.exists(marker)
 
 
+def _torchscript_archive(path, data_pkl: bytes):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("arch/code/__torch__.py", "")
+        zf.writestr("arch/constants.pkl", pickle.dumps(()))
+        zf.writestr("arch/data.pkl", data_pkl)
+    return path
+
+
+# Hand-written pickles (protocol 2 opcodes) that only use globals the reader allows, but misuse them.
+_MISUSED_ALLOWED_GLOBALS = {
+    # torch.FloatStorage resolves to the dtype torch.float32, which the pickle then calls
+    "non_callable_global": b"\x80\x02ctorch\nFloatStorage\n)R.",
+    # the tensor rebuild function called with too few arguments
+    "wrong_arguments": b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(K\x01K\x02tR.",
+    # OrderedDict called with a number
+    "bad_ordereddict": b"\x80\x02ccollections\nOrderedDict\nK\x05\x85R.",
+    # a storage whose dtype is a string, not a torch dtype
+    "bad_storage_dtype": b"\x80\x02(X\x07\x00\x00\x00storageX\x01\x00\x00\x00xX\x01\x00\x00\x000tQ.",
+    # a module object whose attribute is itself: a cycle
+    "cycle": b"\x80\x02c__torch__\nM\n)\x81q\x00}q\x01X\x01\x00\x00\x00ah\x00sb.",
+}
+
+
+@pytest.mark.parametrize("case", sorted(_MISUSED_ALLOWED_GLOBALS))
+def test_torchscript_reader_every_failure_is_the_one_line_refusal(case, tmp_path):
+    ts = _torchscript_archive(tmp_path / f"{case}.pt", _MISUSED_ALLOWED_GLOBALS[case])
+    if case == "bad_storage_dtype":  # the archive must hold the storage it names
+        with zipfile.ZipFile(ts, "a") as zf:
+            zf.writestr("arch/data/0", b"\x00" * 8)
+    with pytest.raises(PixdexError, match=r"cannot read TorchScript checkpoint .*\.pt: \S") as e:
+        read_state_dict(ts)
+    assert "\n" not in str(e.value)
+
+
+def test_corrupt_member_of_a_torchscript_archive_is_one_line(tmp_path):
+    good = _torchscript_archive(tmp_path / "good.pt", pickle.dumps({}))
+    data = bytearray(good.read_bytes())
+    at = data.find(b"arch/data.pkl") + len(b"arch/data.pkl")  # the member's bytes follow its local name
+    data[at + 1] ^= 0xFF  # zipfile then reports a bad CRC (zipfile.BadZipFile)
+    bad = tmp_path / "garbled.pt"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(PixdexError, match=r"cannot read TorchScript checkpoint .*CRC"):
+        read_state_dict(bad)
+
+
 def test_text_tower_only_keeps_no_image_weights(tmp_path):
     ref = _model()
     full = _save(ref.state_dict(), tmp_path / "w.safetensors")

@@ -145,7 +145,9 @@ def test_readonly_open_of_a_missing_store(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / DB_FILE).write_bytes(b"not a database" * 100)
-    with pytest.raises(PixdexError, match="cannot open the store database"):
+    with pytest.raises(
+        PixdexError, match=r"the store database .* is damaged .*: pixdex index FOLDER --store"
+    ):
         Store.open_writer(bad)
 
 

@@ -168,30 +168,42 @@ def _flatten_script(obj, prefix: str, out: dict) -> None:
 
 
 def _read_torchscript(path: Path, zf: zipfile.ZipFile, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a TorchScript archive. Its bytes are hostile until proven otherwise: whatever goes
+    wrong (a refused global, an allowed one called with wrong arguments or not callable at all, a cycle,
+    a broken zip member) is the one-line refusal, never a traceback."""
     try:
         root = _TorchScriptUnpickler(zf.read(prefix + "data.pkl"), zf, prefix, path).load()
-    except (pickle.UnpicklingError, KeyError, EOFError, ValueError, RuntimeError) as e:
-        raise PixdexError(f"cannot read TorchScript checkpoint {path}: {e}") from e
-    if not isinstance(root, _ScriptObject):
-        raise PixdexError(f"cannot read TorchScript checkpoint {path}: no module at its root")
-    out: dict[str, torch.Tensor] = {}
-    _flatten_script(root, "", out)
-    return out
+        if not isinstance(root, _ScriptObject):
+            raise PixdexError(f"cannot read TorchScript checkpoint {path}: no module at its root")
+        out: dict[str, torch.Tensor] = {}
+        _flatten_script(root, "", out)
+        return out
+    except PixdexError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a crafted pickle can raise any type (TypeError, RecursionError...)
+        raise PixdexError(f"cannot read TorchScript checkpoint {path}: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:200] if s else type(e).__name__
 
 
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            prefix = _torchscript_prefix(zf)
-            if prefix is not None:
-                return _read_torchscript(path, zf, prefix)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                prefix = _torchscript_prefix(zf)
+                if prefix is not None:
+                    return _read_torchscript(path, zf, prefix)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise PixdexError(f"cannot read checkpoint {path}: {_first_line(e)}") from e
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # noqa: BLE001 - torch.load fails on foreign bytes with many error types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PixdexError(f"cannot read checkpoint {path}: {first}") from e
+        raise PixdexError(f"cannot read checkpoint {path}: {_first_line(e)}") from e
     return _unwrap(obj, path)
 
 

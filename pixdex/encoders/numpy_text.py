@@ -78,20 +78,28 @@ def read_safetensors(path: Path, mmap: bool = True) -> dict[str, np.ndarray]:
     else:
         buf = np.fromfile(path, dtype=np.uint8)
     out: dict[str, np.ndarray] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        raw = buf[base + begin : base + end]
-        shape = tuple(info["shape"])
-        dt = info["dtype"]
-        if dt == "BF16":
-            arr = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-        elif dt in _ST_DTYPES:
-            arr = raw.view(_ST_DTYPES[dt])
-        else:
-            raise PixdexError(f"{path}: unsupported tensor dtype {dt} for {name}")
-        out[name] = arr.reshape(shape)
+    try:
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = (int(x) for x in info["data_offsets"])
+            if not 0 <= begin <= end or base + end > buf.size:
+                raise PixdexError(
+                    f"{path}: truncated or damaged (tensor {name} ends at byte {base + end}, "
+                    f"the file has {buf.size})"
+                )
+            raw = buf[base + begin : base + end]
+            shape = tuple(int(d) for d in info["shape"])
+            dt = info["dtype"]
+            if dt == "BF16":
+                arr = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+            elif dt in _ST_DTYPES:
+                arr = raw.view(_ST_DTYPES[dt])
+            else:
+                raise PixdexError(f"{path}: unsupported tensor dtype {dt} for {name}")
+            out[name] = arr.reshape(shape)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a header that lies about its tensors
+        raise PixdexError(f"{path}: damaged safetensors header ({e})") from e
     return out
 
 

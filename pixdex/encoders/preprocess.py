@@ -3,6 +3,8 @@
 ``shortest``: resize the short side to ``image_size`` (long side ``int(size * long / short)``, as
 torchvision computes it), center crop with torchvision's rounding. ``squash``: resize to exactly
 ``(size, size)``. Then ``/255`` and ``(x - mean) / std`` in float32, channels first.
+Images over the decoder's pixel budget (:func:`pixdex.images.check_shape`: pixel count, aspect ratio)
+raise :class:`pixdex.images.DecodeError` instead of being resized.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from pixdex.encoders.config import PreprocessConfig
+from pixdex.images import check_shape
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -61,6 +64,7 @@ class Preprocessor:
         w, h = img.size
         if w < 1 or h < 1:
             raise ValueError(f"empty image ({w}x{h})")
+        check_shape(w, h)  # the pixel budget: a 1 x 40,000,000 strip would resize to billions of pixels
         if self.config.resize_mode == "squash":
             return img if (w, h) == (s, s) else img.resize((s, s), self.resample)
         nw, nh = shortest_side_size(w, h, s)

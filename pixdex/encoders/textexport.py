@@ -96,25 +96,17 @@ def canonical_text_weights(state: Mapping[str, object]) -> dict[str, np.ndarray]
     return out
 
 
-def export_text_tower(encoder, store_dir: Path) -> Path:
+def export_text_tower(encoder, store_dir: Path, force: bool = False) -> Path:
     """Write the encoder's text tower into ``store_dir``; returns the weights path.
 
-    Skips the work when the store already holds the tower of the same identity.
+    Skips the work when the store already holds a loadable tower of the same identity (unless ``force``).
     """
     store_dir = Path(store_dir)
     identity = encoder.identity()
-    meta_path = store_dir / TEXT_TOWER_META
     weights_path = store_dir / TEXT_TOWER_FILE
-    try:
-        old = json.loads(meta_path.read_text())
-        if (
-            old.get("format") == TEXT_TOWER_FORMAT
-            and same_model(old.get("identity"), identity)
-            and weights_path.exists()
-        ):
-            return weights_path
-    except (OSError, ValueError):
-        pass
+    if not force and text_tower_problem(store_dir, identity) is None:
+        return weights_path
+    meta_path = store_dir / TEXT_TOWER_META
     config = encoder.config
     if config.text.kind not in ("clip", "siglip"):
         raise PixdexError(f"cannot export a {config.text.kind!r} text tower")
@@ -161,27 +153,62 @@ class TextQueryEncoder:
         return self.tower.encode_ids(ids)
 
 
-def load_text_encoder(store_dir: Path, identity: Optional[dict] = None) -> Optional[TextQueryEncoder]:
-    """The store's exported text tower, or None when absent, outdated or exported for another model."""
-    store_dir = Path(store_dir)
+def _read_meta(store_dir: Path) -> Optional[dict]:
     try:
         meta = json.loads((store_dir / TEXT_TOWER_META).read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("format") != TEXT_TOWER_FORMAT:
-        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == TEXT_TOWER_FORMAT else None
+
+
+def text_tower_problem(store_dir: Path, identity: Optional[dict] = None) -> Optional[str]:
+    """Why the store's exported text tower cannot serve ``identity`` (missing, another model's,
+    truncated or damaged), or None when it looks whole. Cheap (no tokenizer, no numpy tower): the
+    metadata and the weights' header, every tensor within the file; the index command runs it."""
+    try:
+        _load(Path(store_dir), identity, build=False)
+    except _Unusable as e:
+        return str(e)
+    return None
+
+
+class _Unusable(Exception):
+    pass
+
+
+def _load(store_dir: Path, identity: Optional[dict], build: bool = True) -> Optional[TextQueryEncoder]:
+    meta = _read_meta(store_dir)
+    if meta is None:
+        raise _Unusable(f"no exported text tower in {store_dir} ({TEXT_TOWER_META} missing or unreadable)")
     if identity is not None and not same_model(meta.get("identity"), identity):
-        log.info("the store's exported text tower belongs to another model; ignoring it")
-        return None
+        raise _Unusable("the store's exported text tower belongs to another model")
     weights = store_dir / TEXT_TOWER_FILE
     if not weights.exists():
-        return None
+        raise _Unusable(f"{weights} is missing")
     from pixdex.encoders.config import ModelConfig
-    from pixdex.encoders.numpy_text import from_safetensors
+    from pixdex.encoders.numpy_text import from_safetensors, read_safetensors
     from pixdex.encoders.tokenizer import get_tokenizer
 
-    t = meta["tower"]
-    tower = from_safetensors(weights, kind=t["kind"], heads=t["heads"], act=t["act"], ln_eps=t["ln_eps"])
-    config = ModelConfig.from_dict(meta["config"])
-    tokenizer = get_tokenizer(config, model_dir=store_dir)  # SigLIP: the exported spiece.model
-    return TextQueryEncoder(tower, tokenizer, int(t["dim"]), meta.get("identity") or {})
+    try:
+        if not build:
+            read_safetensors(weights)
+            return None
+        t = meta["tower"]
+        tower = from_safetensors(weights, kind=t["kind"], heads=t["heads"], act=t["act"], ln_eps=t["ln_eps"])
+        config = ModelConfig.from_dict(meta["config"])
+        tokenizer = get_tokenizer(config, model_dir=store_dir)  # SigLIP: the exported spiece.model
+        return TextQueryEncoder(tower, tokenizer, int(t["dim"]), meta.get("identity") or {})
+    except PixdexError as e:
+        raise _Unusable(str(e)) from e
+    except (KeyError, TypeError, ValueError, OSError) as e:  # a damaged text_tower.json or weights
+        raise _Unusable(f"the store's exported text tower is damaged ({type(e).__name__}: {e})") from e
+
+
+def load_text_encoder(store_dir: Path, identity: Optional[dict] = None) -> Optional[TextQueryEncoder]:
+    """The store's exported text tower, or None when absent, outdated, exported for another model, or
+    damaged (truncated weights...): search then exports it again from the model."""
+    try:
+        return _load(Path(store_dir), identity)
+    except _Unusable as e:
+        log.info("%s", e)
+        return None

@@ -44,6 +44,7 @@ class LazyEncoder:
         self._pre = None
         self._lock = threading.Lock()
         self.newly_bound = False
+        self.repair_text_tower = False  # the store's exported text tower is damaged: export it again
 
     def get(self):
         with self._lock:
@@ -58,7 +59,7 @@ class LazyEncoder:
 
     def _load(self):
         new_store = self.store.identity is None
-        towers = ("image", "text") if new_store else ("image",)
+        towers = ("image", "text") if new_store or self.repair_text_tower else ("image",)
         if self._loader is not None:
             enc = self._loader(self.spec, self.checkpoint, self.device, towers)
         else:
@@ -68,7 +69,7 @@ class LazyEncoder:
         maybe_speed_up(enc)
         ident = enc.identity()
         self.newly_bound = self.store.bind_model(ident, checkpoint=ident.get("checkpoint") or self.checkpoint)
-        if self.newly_bound:
+        if self.newly_bound or self.repair_text_tower:
             with self.timings("export_text_tower"):
                 _export_text_tower(enc, self.store.dir)
         return enc
@@ -158,6 +159,60 @@ def model_choice(
         return bound["model"], bound_ckpt, False
     # An explicit model or checkpoint on a bound store: load it now, so a mismatch fails before any work.
     return model or bound["model"], ckpt, True
+
+
+def recorded_model(store_dir: Path) -> Optional[str]:
+    """The model spec ``store.json`` records (None without one): a store whose database was lost or
+    set aside is rebuilt with its own model, not the default."""
+    import json
+
+    from pixdex.storage.contract import SIDECAR_FILE
+
+    try:
+        d = json.loads((Path(store_dir) / SIDECAR_FILE).read_text(encoding="utf-8"))
+        spec = d["model"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return spec if isinstance(spec, str) and spec else None
+
+
+def store_is_bound(store: Store) -> bool:
+    """Whether the store is bound to a model, read on a connection of its own that takes no lock (the
+    writer's engine starts every transaction with a write lock, which an interrupted batch may still
+    hold). Any doubt answers True: the caller removes an unbound store."""
+    import sqlite3
+
+    from pixdex.storage.contract import C_META_KEY, DB_FILE, META_MODEL, T_META
+    from pixdex.storage.readonly import connect_readonly
+
+    if recorded_model(store.dir) is not None:
+        return True
+    try:
+        conn = connect_readonly(store.dir / DB_FILE, timeout=1)
+        try:
+            row = conn.execute(f"SELECT 1 FROM {T_META} WHERE {C_META_KEY} = ?", (META_MODEL,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return True
+    return row is not None
+
+
+def text_tower_needs_repair(store: Store) -> bool:
+    """Whether a bound store's exported text tower is missing or damaged (the run then loads the text
+    tower too and exports it again)."""
+    try:
+        from pixdex.encoders.textexport import text_tower_problem
+    except ImportError:
+        return False
+    from pixdex.storage.contract import TEXT_TOWER_META
+
+    if not (store.dir / TEXT_TOWER_META).exists():
+        return False  # never exported (or not exportable): search exports it on first use
+    problem = text_tower_problem(store.dir, store.identity)
+    if problem:
+        log.warning("%s: exporting the text tower again", problem)
+    return problem is not None
 
 
 def check_spec(spec: str, checkpoint: Optional[Path]) -> None:

@@ -26,7 +26,7 @@ from typing import Optional, TypeVar
 import numpy as np
 
 from pixdex.dedup import perceptual
-from pixdex.images import DecodeError, ImageInfo, content_hash, decode_many, draft_side, read_file
+from pixdex.images import DecodeError, ImageInfo, content_hash, decode_many, draft_side, read_file, reason_of
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,8 @@ class DecodeGate:
         if not really:
             yield
             return
-        self._open.clear()
-        try:
+        try:  # clear inside the try: a Ctrl-C between the two must not leave the workers waiting
+            self._open.clear()
             yield
         finally:
             self._open.set()
@@ -133,11 +133,18 @@ def load_candidate(
     decode_known: bool = False,
     gate: Optional[DecodeGate] = None,
 ) -> Loaded:
-    """Read + hash ``path``; unless its hash is in ``known_hashes``, decode and preprocess it."""
+    """Read + hash ``path``; unless its hash is in ``known_hashes``, decode and preprocess it.
+
+    Never raises (a file's failure is that file's, never the run's): whatever goes wrong is the
+    ``error`` of the result, one line, never empty.
+    """
     try:
         data = read_file(path)
     except DecodeError as e:
-        return Loaded(error=str(e))
+        return Loaded(error=reason_of(e))
+    except Exception as e:  # noqa: BLE001 - one file must not end the run, whatever it raises
+        log.debug("reading %s failed", path, exc_info=True)
+        return Loaded(error=f"cannot read the file: {reason_of(e)}")
     h = content_hash(data)
     if h in known_hashes and not decode_known:
         return Loaded(content_hash=h, known=True)
@@ -147,18 +154,23 @@ def load_candidate(
 
 
 def decode_pixels(data: bytes, h: str, path: str, preprocess: Callable) -> Loaded:
+    """Decode and preprocess ``data``; never raises (see :func:`load_candidate`)."""
     hashing = copy_hashes_enabled()
     drafts = (draft_side(preprocess), perceptual.HASH_DRAFT) if hashing else (draft_side(preprocess),)
     try:
         images, info = decode_many(data, drafts, name=path)
     except DecodeError as e:
-        return Loaded(content_hash=h, error=str(e))
+        return Loaded(content_hash=h, error=reason_of(e))
+    except Exception as e:  # noqa: BLE001 - a decoder bug on a hostile file fails that file only
+        log.debug("decoding %s failed", path, exc_info=True)
+        return Loaded(content_hash=h, error=f"cannot decode: {reason_of(e)}")
     img = images[0]
-    copy_hash = copy_hash_of(images[1]) if hashing else None
     try:
+        copy_hash = copy_hash_of(images[1]) if hashing else None
         pixels = np.asarray(preprocess(img), dtype=np.float32)
-    except (ValueError, OSError, MemoryError) as e:
-        return Loaded(
-            content_hash=h, info=info, error=f"preprocessing failed: {str(e).splitlines()[0][:160]}"
-        )
+    except DecodeError as e:
+        return Loaded(content_hash=h, info=info, error=reason_of(e))
+    except Exception as e:  # noqa: BLE001 - OverflowError, MemoryError (empty message), ...
+        log.debug("preprocessing %s failed", path, exc_info=True)
+        return Loaded(content_hash=h, info=info, error=f"preprocessing failed: {reason_of(e)}")
     return Loaded(content_hash=h, pixels=pixels, info=info, copy_hash=copy_hash)

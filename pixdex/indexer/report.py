@@ -142,6 +142,10 @@ def print_summary(summary: dict, stream=None) -> None:
             f"{c.get('hashed_copy', 0)} already indexed images given perceptual hashes for pixdex dedup"
             + (f", {c['copy_unhashable']} could not be decoded for them" if c.get("copy_unhashable") else "")
         )
+    for link in c.get("links_outside_roots", []):
+        console.print(
+            f"followed the link {link['link']} to {link['target']}, outside the folders indexed", markup=False
+        )
     f = c.get("faiss") or {}
     console.print(
         f"store {c['store']}: {c['total']} images searchable, model {c['model']}, "

@@ -21,6 +21,7 @@ unchanged folder reads no file and loads no model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -35,7 +36,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from pixdex.encoders.registry import DEFAULT_MODEL
 from pixdex.errors import PixdexError
 from pixdex.indexer.backfill import backfill_copy_hashes
-from pixdex.indexer.binding import LazyEncoder, check_spec, model_choice
+from pixdex.indexer.binding import (
+    LazyEncoder,
+    check_spec,
+    model_choice,
+    recorded_model,
+    store_is_bound,
+    text_tower_needs_repair,
+)
 from pixdex.indexer.pipeline import (
     DecodeGate,
     Loaded,
@@ -54,8 +62,10 @@ from pixdex.storage.contract import (
     SIDECAR_FILE,
     STATUS_FAILED,
     STATUS_OK,
+    db_problem,
+    is_corrupt_db_error,
 )
-from pixdex.storage.store import Store
+from pixdex.storage.store import DamagedStore, Store, StoreLock, set_aside_damaged_db
 from pixdex.storage.writes import Batch, KnownFile, Move, NewRow, Touch, apply_batch, known_files
 from pixdex.threads import cpu_threads, uses_all_cores
 
@@ -123,7 +133,7 @@ class _Run:
             return {}
         self.dim = int(ident["dim"])
         if self.index is None:
-            self.index = self.store.load_faiss()
+            self.index = self.store.load_faiss(verify=True)  # garbled or another store's: rebuilt
         self.index, counts = faiss_index.reconcile(
             self.index, self.dim, self.store.live_ids(), self._vectors, threshold
         )
@@ -280,7 +290,36 @@ def index_paths(
     """Index ``paths`` into the store at ``store_dir``; return the summary dict (printed unless json_mode).
 
     ``encoder_loader(spec, checkpoint, device, towers) -> Encoder`` replaces ``load_encoder`` (tests).
+    A damaged database is set aside (renamed, never deleted) and the store rebuilt from the photos with
+    the model recorded in ``store.json``.
     """
+    args = (paths, store_dir, model, checkpoint, device, batch_size, workers, json_mode, ivf_threshold)
+    try:
+        return _index_paths(*args, encoder_loader=encoder_loader)
+    except DamagedStore as e:
+        store_dir = Path(store_dir).expanduser()
+        lock = StoreLock(store_dir)
+        lock.acquire()  # another indexer may have started meanwhile: then it is its business
+        try:
+            aside = set_aside_damaged_db(store_dir)
+        finally:
+            lock.release()
+        log.warning("%s; set it aside as %s and rebuilding the store", e, aside.name)
+    return _index_paths(*args, encoder_loader=encoder_loader)
+
+
+def _index_paths(
+    paths: Sequence[Path],
+    store_dir: Path,
+    model: Optional[str] = None,
+    checkpoint: Optional[Path] = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int = 0,
+    json_mode: bool = False,
+    ivf_threshold: Optional[int] = None,
+    encoder_loader: Optional[Callable] = None,
+) -> dict:
     if not paths:
         raise PixdexError("give at least one folder or file to index")
     if batch_size < 1:
@@ -291,7 +330,9 @@ def index_paths(
     normalise_roots(paths)  # a missing root fails before anything is created or loaded
     store_dir = Path(store_dir).expanduser()
     new_store = not (store_dir / DB_FILE).exists()
-    if new_store and encoder_loader is None:
+    # the database gone but store.json kept: the model recorded there, not the default
+    recorded = recorded_model(store_dir) if new_store and model is None and checkpoint is None else None
+    if new_store and encoder_loader is None and recorded is None:
         check_spec(model or DEFAULT_MODEL, checkpoint)  # fail before creating anything
     store = Store.open_writer(store_dir)
     tally = Tally()
@@ -306,6 +347,8 @@ def index_paths(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             spec, ckpt, load_now = model_choice(store, model, checkpoint)
             enc = LazyEncoder(store, spec, ckpt, device, loader=encoder_loader, timings=timings)
+            if not load_now and text_tower_needs_repair(store):
+                enc.repair_text_tower = load_now = True
             if load_now:
                 enc.get()
             run = _Run(store, enc, batch_size, tally, progress)
@@ -339,11 +382,13 @@ def index_paths(
                 return load_candidate(c.entry.path, enc.preprocess, known_hashes, gate=run.gate)
 
             lookahead = 2 * batch_size + 2 * nworkers
-            for cand, res in timings.waiting(
-                ordered_map(work, plan.candidates, nworkers, lookahead), "wait_decode"
-            ):
-                tally.add("hashed", 1 if res.content_hash else 0)
-                run.resolve(cand, res)
+            # closing: on Ctrl-C the queued reads are cancelled now, not run to the end at exit
+            with contextlib.closing(
+                timings.waiting(ordered_map(work, plan.candidates, nworkers, lookahead), "wait_decode")
+            ) as loaded:
+                for cand, res in loaded:
+                    tally.add("hashed", 1 if res.content_hash else 0)
+                    run.resolve(cand, res)
             run.finish_files()
             gone = [k.id for p, k in plan.vanished.items() if p not in run.claimed]
             if gone:
@@ -363,6 +408,9 @@ def index_paths(
                     faiss_info = run.save_faiss()
         ok = True
     except SQLAlchemyError as e:  # disk full, I/O error, ...: committed batches stay, the next run goes on
+        detail = str(getattr(e, "orig", e)).splitlines()[0]
+        if is_corrupt_db_error(detail):
+            raise DamagedStore(db_problem(store_dir, detail)) from e
         raise PixdexError(
             f"cannot write the store database {store_dir / DB_FILE}: "
             f"{str(getattr(e, 'orig', e)).splitlines()[0]} (what was indexed is kept; run again)"
@@ -373,12 +421,12 @@ def index_paths(
         ) from e
     finally:
         progress.close()
-        try:
-            unbound = store.identity is None
-        except SQLAlchemyError:
-            unbound = False
+        # Whether this first run bound the store: read without a transaction of the writer's engine (its
+        # BEGIN IMMEDIATE would wait on a write lock that an interrupted batch may still hold, for
+        # SQLite's whole busy timeout), and only when the answer matters.
+        unbound = not ok and new_store and not store_is_bound(store)
         store.close()
-        if not ok and new_store and unbound:
+        if unbound:
             _remove_empty_store(store_dir)
     elapsed = time.monotonic() - t0
     c = tally.counts
@@ -400,6 +448,7 @@ def index_paths(
         "copy_unhashable": c["copy_unhashable"],
         "failures": tally.top_reasons(),
         "kept_from_empty_roots": plan.protected,
+        "links_outside_roots": [{"link": a, "target": b} for a, b in sc.outside_links],
         "faiss_repaired": repaired,
         "faiss": faiss_info,
         "total": faiss_info.get("ntotal", 0),

@@ -3,6 +3,10 @@
 Recursive ``os.scandir`` (entries sorted, so runs are deterministic). Skips hidden folders (``.name``)
 and AppleDouble ``._*`` files; follows symbolic links to folders without looping (each folder is entered
 once, by its ``(st_dev, st_ino)``) and indexes each file once even when reachable by several paths.
+
+Links to folders outside every root are followed too (a photo library often links in a drive, a NAS
+share or another export; skipping them would silently drop photos the user sees in the folder), and
+listed in :attr:`ScanResult.outside_links` so the run's summary names them (docs/SECURITY.md).
 Nothing here raises for a bad entry: problems are returned as ``(path, reason)`` so they can be counted.
 """
 
@@ -39,6 +43,7 @@ class ScanResult:
     files: list[FileEntry] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), not stored
     unlisted: list[str] = field(default_factory=list)  # folders that could not be listed
+    outside_links: list[tuple[str, str]] = field(default_factory=list)  # (link, target outside the roots)
 
     def covers(self, path: str) -> bool:
         """Whether ``path`` lies under a scanned root and no folder that failed to list.
@@ -151,6 +156,12 @@ def _add_file(
     res.files.append(FileEntry(path, root, int(st.st_size), int(st.st_mtime_ns)))
 
 
+def _note_outside_link(link: str, res: ScanResult) -> None:
+    target = os.path.realpath(link)
+    if not any(is_under(target, os.path.realpath(r)) for r in res.roots):
+        res.outside_links.append((link, target))
+
+
 def _walk(
     folder: str,
     root: str,
@@ -193,6 +204,8 @@ def _walk(
                     continue
                 try:
                     subdirs.append((e.path, e.stat()))
+                    if e.is_symlink():
+                        _note_outside_link(e.path, res)
                 except OSError as err:
                     res.problems.append((e.path, _reason(err)))
                     res.unlisted.append(e.path)

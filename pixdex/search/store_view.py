@@ -39,7 +39,10 @@ from pixdex.storage.contract import (
     STATUS_OK,
     T_IMAGES,
     T_VECTORS,
+    db_problem,
+    is_corrupt_db_error,
 )
+from pixdex.storage.readonly import connect_readonly
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,13 @@ def _taken_str(v) -> Optional[str]:
     return d.isoformat() if d is not None else None
 
 
+def _db_error(store_dir: Path, e: sqlite3.Error) -> str:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if is_corrupt_db_error(msg) or "no such table" in msg:
+        return db_problem(store_dir, msg)
+    return f"cannot read the store database {store_dir / DB_FILE}: {msg}"
+
+
 def _chunks(ids: np.ndarray) -> Iterable[list[int]]:
     ids = [int(i) for i in ids]
     for s in range(0, len(ids), SQL_CHUNK):
@@ -104,10 +114,12 @@ class StoreView:
         except (OSError, ValueError) as e:
             raise PixdexError(f"cannot read {self.dir / SIDECAR_FILE}: {e}") from e
         try:
-            self.conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            if db.stat().st_size == 0:
+                raise PixdexError(db_problem(self.dir, "empty"))
+            self.conn = connect_readonly(db)
             self.conn.execute("PRAGMA query_only = 1")
         except sqlite3.Error as e:
-            raise PixdexError(f"cannot open {db}: {e}") from e
+            raise PixdexError(_db_error(self.dir, e)) from e
         self._lock = threading.RLock()
         self._all: Optional[tuple[np.ndarray, np.ndarray]] = None
         self._dim: Optional[int] = None
@@ -129,7 +141,7 @@ class StoreView:
             try:
                 return self.conn.execute(sql, args).fetchall()
             except sqlite3.Error as e:
-                raise PixdexError(f"cannot read the store database {self.dir / DB_FILE}: {e}") from e
+                raise PixdexError(_db_error(self.dir, e)) from e
 
     def live_count(self) -> int:
         return int(self._q(f"SELECT COUNT(*) FROM {T_IMAGES} WHERE {LIVE_SQL}")[0][0])

@@ -137,3 +137,28 @@ def same_model(a: Optional[dict], b: Optional[dict]) -> bool:
     if ha and not str(ha).startswith(RANDOM_INIT_PREFIX):
         return True
     return a.get("model") == b.get("model")
+
+
+# ---------------------------------------------------------------------- store errors, one line each
+
+_CORRUPT_MARKERS = ("malformed", "not a database", "file is encrypted", "disk image")
+
+
+def is_corrupt_db_error(message: str) -> bool:
+    """Whether an SQLite error message says the database file itself is damaged."""
+    m = str(message).lower()
+    return any(k in m for k in _CORRUPT_MARKERS)
+
+
+def db_problem(store_dir, detail: str) -> str:
+    """The one line for a store whose database is damaged or empty, with the command that fixes it.
+
+    ``detail``: SQLite's message, or ``"empty"`` for a 0-byte file. ``pixdex index`` sets a damaged
+    database aside (renamed, never deleted) and rebuilds it from the photos with the model recorded in
+    ``store.json``: vectors are derived data, the photos are the source.
+    """
+    what = "is empty (0 bytes)" if detail == "empty" else f"is damaged ({detail})"
+    return (
+        f"the store database {store_dir}/{DB_FILE} {what}; rebuild it from the photos with: "
+        f"pixdex index FOLDER --store {store_dir}"
+    )

@@ -28,6 +28,9 @@ from pixdex.storage.contract import FAISS_FILE
 
 log = logging.getLogger(__name__)
 
+IdsFn = Callable[[], np.ndarray]
+VectorsFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
 DEFAULT_IVF_THRESHOLD = 50_000
 MIN_POINTS_PER_LIST = 39
 MAX_POINTS_PER_LIST = 256
@@ -71,6 +74,72 @@ def id_checksum(ids: Iterable[int]) -> str:
         x = int(np.bitwise_xor.reduce(z))
         s = int(z.sum(dtype=np.uint64))
     return f"{x:016x}{s:016x}"
+
+
+SAMPLE_SIZE = 32  # vectors compared with the database by status and at the start of each index run
+
+
+def file_checksum(path: Path) -> str:
+    """blake2b-128 of a file's bytes (recorded in ``store.json`` when the FAISS file is saved)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sample(index: VectorIndex, k: int = SAMPLE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of up to ``k`` entries spread evenly over the index, as the file holds them."""
+    import faiss
+
+    n = index.ntotal
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros((0, index.dim), np.float32)
+    if index.kind == "flat":
+        pos = np.unique(np.linspace(0, n - 1, min(k, n)).astype(np.int64))
+        ids = faiss.vector_to_array(index.index.id_map)[pos].astype(np.int64)
+        inner = faiss.downcast_index(index.index.index)
+        vecs = np.stack([inner.reconstruct(int(p)) for p in pos]).astype(np.float32)
+        return ids, vecs
+    inv = index.index.invlists
+    lists = [lst for lst in range(index.index.nlist) if inv.list_size(lst)]
+    pick = [lists[int(i)] for i in np.unique(np.linspace(0, len(lists) - 1, min(k, len(lists))).astype(int))]
+    ids, vecs = [], []
+    for lst in pick:
+        n_l = inv.list_size(lst)
+        j = n_l // 2  # the middle entry: not always the first bytes of a list
+        id_ptr, code_ptr = inv.get_ids(lst), inv.get_codes(lst)
+        ids.append(int(faiss.rev_swig_ptr(id_ptr, n_l)[j]))
+        codes = faiss.rev_swig_ptr(code_ptr, n_l * inv.code_size)
+        row = np.array(codes[j * inv.code_size : (j + 1) * inv.code_size], dtype=np.uint8, copy=True)
+        inv.release_ids(lst, id_ptr)
+        inv.release_codes(lst, code_ptr)
+        vecs.append(row.view(np.float32))
+    return np.asarray(ids, np.int64), np.stack(vecs)
+
+
+def sample_problem(index: VectorIndex, fetch: VectorsFn, k: int = SAMPLE_SIZE) -> Optional[str]:
+    """Whether a sample of the index's vectors equals the database's vectors of the same ids (the
+    database is the source of truth); a one-line reason when not, None when they agree."""
+    ids, vecs = sample(index, k)
+    if ids.size == 0:
+        return None
+    got_ids, got = fetch(ids)
+    by_id = {int(i): v for i, v in zip(got_ids, got)}
+    common = [j for j, i in enumerate(ids) if int(i) in by_id]
+    if not common:
+        return None  # only ids the database no longer has: the id comparison reports those
+    want = np.stack([by_id[int(ids[j])] for j in common])
+    if want.shape[1] != vecs.shape[1]:
+        return f"its vectors have {vecs.shape[1]} dimensions, the database's {want.shape[1]}"
+    bad = int((~np.all(np.abs(vecs[common] - want) <= 1e-6, axis=1)).sum())
+    if bad:
+        return (
+            f"{bad} of {len(common)} sampled vectors differ from the database's (garbled, or another store's)"
+        )
+    return None
 
 
 def _gpu_count() -> int:
@@ -217,9 +286,6 @@ def default_nprobe(nlist: Optional[int]) -> int:
 
 
 # ---------------------------------------------------------------------- keeping it in line with the db
-
-IdsFn = Callable[[], np.ndarray]
-VectorsFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def wanted_kind(n: int, current: Optional[VectorIndex], threshold: int) -> tuple[str, bool]:

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
+from pixdex.errors import PixdexError
 from pixdex.storage import migrations
-from pixdex.storage.contract import STATUS_FAILED, STATUS_OK
+from pixdex.storage.contract import STATUS_FAILED, STATUS_OK, db_problem, is_corrupt_db_error
 from pixdex.storage.faiss_index import id_checksum
 from pixdex.storage.store import Store
 
@@ -17,7 +19,20 @@ log = logging.getLogger(__name__)
 
 
 def store_status(store_dir: Path) -> dict:
-    """Counts, model, FAISS type/ntotal and agreement with the database (read-only; safe while indexing)."""
+    """Counts, model, FAISS type/ntotal and agreement with the database (read-only; safe while indexing).
+
+    A damaged database is one line saying the command that rebuilds it, never a traceback.
+    """
+    try:
+        return _store_status(Path(store_dir).expanduser())
+    except SQLAlchemyError as e:
+        detail = str(getattr(e, "orig", e)).splitlines()[0]
+        if is_corrupt_db_error(detail) or "no such table" in detail:
+            raise PixdexError(db_problem(Path(store_dir).expanduser(), detail)) from e
+        raise PixdexError(f"cannot read the store database in {store_dir}: {detail}") from e
+
+
+def _store_status(store_dir: Path) -> dict:
     with Store.open_readonly(store_dir) as store:
         by_root = store.counts_by_root()
         indexed = sum(v.get(STATUS_OK, 0) for v in by_root.values())
@@ -36,6 +51,7 @@ def store_status(store_dir: Path) -> dict:
             missing = int(np.setdiff1d(live, uniq, assume_unique=True).size)
             extra = int(np.setdiff1d(uniq, live, assume_unique=True).size)
             checksum = id_checksum(ids)
+            problem = store.faiss_problem(index, recorded)
             faiss.update(
                 type=index.kind,
                 ntotal=index.ntotal,
@@ -47,10 +63,12 @@ def store_status(store_dir: Path) -> dict:
                 duplicates=int(ids.size - uniq.size),
                 checksum_matches_sidecar=recorded.get("id_checksum") == checksum
                 and recorded.get("ntotal") == index.ntotal,
+                problem=problem,
                 agrees=missing == 0
                 and extra == 0
                 and ids.size == uniq.size
-                and index.dim == ident.get("dim", index.dim),
+                and index.dim == ident.get("dim", index.dim)
+                and problem is None,
             )
         return {
             "store": str(store.dir),
@@ -85,14 +103,13 @@ def print_status(info: dict, stream=None) -> None:
     for r in info["failures"]:
         console.print(f"  {r['count']:>6}  {r['reason']}")
     f = info["faiss"]
-    agree = (
-        "[green]agrees with the database[/]"
-        if f["agrees"]
-        else (
-            f"[red]does not agree with the database[/] ({f['missing']} missing, {f['extra']} extra; "
-            "the next pixdex index repairs it)"
-        )
-    )
+    if f["agrees"]:
+        agree = "[green]agrees with the database[/]"
+    else:
+        why = f"{f['missing']} missing, {f['extra']} extra"
+        if f.get("problem"):
+            why += f"; {f['problem']}"
+        agree = f"[red]does not agree with the database[/] ({why}; the next pixdex index repairs it)"
     kind = f["type"] or "none"
     if f.get("nlist"):
         kind += f" (nlist {f['nlist']})"

@@ -44,9 +44,12 @@ from pixdex.storage.contract import (
     SIDECAR_FORMAT,
     SQL_CHUNK,
     STATUS_OK,
+    db_problem,
+    is_corrupt_db_error,
     same_model,
 )
-from pixdex.storage.faiss_index import VectorIndex, id_checksum
+from pixdex.storage.faiss_index import VectorIndex, file_checksum, id_checksum, sample_problem
+from pixdex.storage.readonly import connect_readonly
 from pixdex.storage.schema import CopyHashRow, ImageRow, MetaRow, VectorRow
 
 log = logging.getLogger(__name__)
@@ -65,13 +68,7 @@ def make_engine(db: Path, readonly: bool) -> Engine:
 
     def connect():
         if readonly:
-            conn = sqlite3.connect(
-                f"{db.resolve().as_uri()}?mode=ro",
-                uri=True,
-                timeout=30,
-                check_same_thread=False,
-                isolation_level=None,
-            )
+            conn = connect_readonly(db, timeout=30, isolation_level=None)
         else:
             conn = sqlite3.connect(str(db), timeout=30, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -87,6 +84,23 @@ def make_engine(db: Path, readonly: bool) -> Engine:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine
+
+
+class DamagedStore(PixdexError):
+    """The store's database file is damaged (``pixdex index`` sets it aside and rebuilds it)."""
+
+
+def set_aside_damaged_db(store_dir: Path) -> Path:
+    """Rename a damaged ``pixdex.db`` (and its ``-wal``/``-shm``, which must not be replayed into a new
+    database) to ``pixdex.db.damaged-TIMESTAMP``; nothing is deleted. Returns the new name."""
+    store_dir = Path(store_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = store_dir / f"{DB_FILE}.damaged-{stamp}"
+    for suffix in ("", "-wal", "-shm"):
+        src = store_dir / (DB_FILE + suffix)
+        if src.exists():
+            os.replace(src, store_dir / f"{DB_FILE}.damaged-{stamp}{suffix}")
+    return target
 
 
 class StoreLock:
@@ -183,13 +197,18 @@ class Store:
             raise PixdexError(
                 f"no pixdex store at {store_dir} (create one with: pixdex index FOLDER --store {store_dir})"
             )
+        if db.stat().st_size == 0:
+            raise PixdexError(db_problem(store_dir, "empty"))
         engine = make_engine(db, readonly=True)
         try:
             with engine.connect() as c:
                 c.exec_driver_sql("SELECT count(*) FROM sqlite_master").fetchall()
         except Exception as e:  # sqlalchemy wraps sqlite3 errors
             engine.dispose()
-            raise PixdexError(f"cannot open {db}: {getattr(e, 'orig', e)}") from e
+            msg = str(getattr(e, "orig", e))
+            if is_corrupt_db_error(msg):
+                raise DamagedStore(db_problem(store_dir, msg)) from e
+            raise PixdexError(f"cannot open {db}: {msg}") from e
         store = cls(store_dir, engine, readonly=True)
         if migrations.pending(engine):
             store.close()
@@ -225,9 +244,10 @@ class Store:
             lock.release()
             if engine is not None:
                 engine.dispose()
-            raise PixdexError(
-                f"cannot open the store database {store_dir / DB_FILE}: {getattr(e, 'orig', e)}"
-            ) from e
+            msg = str(getattr(e, "orig", e))
+            if is_corrupt_db_error(msg):
+                raise DamagedStore(db_problem(store_dir, msg)) from e
+            raise PixdexError(f"cannot open the store database {store_dir / DB_FILE}: {msg}") from e
         return cls(store_dir, engine, readonly=False, lock=lock)
 
     def close(self) -> None:
@@ -301,7 +321,15 @@ class Store:
                     f"(dim {identity.get('dim')}, checkpoint {str(identity.get('checkpoint_sha256'))[:12]}). "
                     "Use another --store."
                 )
+            if self.get_meta(META_MODEL) is None:  # a rebuilt database: store.json remembered the model
+                self._write_binding(
+                    current, checkpoint if checkpoint is not None else current.get("checkpoint")
+                )
             return False
+        self._write_binding(identity, checkpoint)
+        return True
+
+    def _write_binding(self, identity: dict, checkpoint: Optional[str]) -> None:
         ident = {k: identity.get(k) for k in IDENTITY_KEYS if k in identity}
         for k, v in identity.items():
             ident.setdefault(k, v)
@@ -310,7 +338,6 @@ class Store:
             self.set_meta(s, META_CHECKPOINT, checkpoint)
             self.set_meta(s, META_BOUND_AT, time.time())
         self.write_sidecar()
-        return True
 
     # ------------------------------------------------------------------ reads
 
@@ -436,14 +463,35 @@ class Store:
     def faiss_path(self) -> Path:
         return self.dir / FAISS_FILE
 
-    def load_faiss(self) -> Optional[VectorIndex]:
+    def load_faiss(self, verify: bool = False) -> Optional[VectorIndex]:
+        """The FAISS index, or None when missing or unreadable; with ``verify`` also None (rebuild it)
+        when :meth:`faiss_problem` finds it garbled or another store's."""
         info = self.read_sidecar().get("faiss") or {}
-        return VectorIndex.load(self.faiss_path, trained_on=int(info.get("trained_on") or 0))
+        index = VectorIndex.load(self.faiss_path, trained_on=int(info.get("trained_on") or 0))
+        if verify and index is not None:
+            problem = self.faiss_problem(index, info)
+            if problem:
+                log.warning("%s: %s; rebuilding it from the database", self.faiss_path, problem)
+                return None
+        return index
+
+    def faiss_problem(self, index: VectorIndex, recorded: Optional[dict] = None) -> Optional[str]:
+        """Why the FAISS file cannot be trusted though its ids may agree (None: no reason found).
+
+        Cheap: the file's checksum against the one recorded when it was saved (garbled in place), and a
+        sample of its vectors against the database's (another store's file, or a store rebuilt since).
+        """
+        recorded = self.read_sidecar().get("faiss") or {} if recorded is None else recorded
+        want = recorded.get("file_checksum")
+        if want and want != file_checksum(self.faiss_path):
+            return "its bytes changed since it was saved (checksum mismatch)"
+        return sample_problem(index, self.vectors)
 
     def save_faiss(self, index: VectorIndex) -> dict:
         """Write ``index`` to the store's FAISS file and describe it in ``store.json``; returns that."""
         index.save(self.faiss_path)
         info = index.describe()
         info["id_checksum"] = id_checksum(index.ids())
+        info["file_checksum"] = file_checksum(self.faiss_path)
         self.write_sidecar(info)
         return info
