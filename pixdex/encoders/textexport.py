@@ -110,6 +110,7 @@ def export_text_tower(encoder, store_dir: Path) -> Path:
         if (
             old.get("format") == TEXT_TOWER_FORMAT
             and same_model(old.get("identity"), identity)
+            and "logit_scale" in old.get("tower", {})  # older exports lack the temperature (tags)
             and weights_path.exists()
         ):
             return weights_path
@@ -140,6 +141,9 @@ def export_text_tower(encoder, store_dir: Path) -> Path:
             "act": config.text.act,
             "ln_eps": config.text.ln_eps,
             "dim": int(tensors["proj"].shape[1]),
+            # the model's temperature, for zero-shot probabilities (pixdex.encoders.zeroshot)
+            "logit_scale": encoder.logit_scale,
+            "logit_bias": encoder.logit_bias,
         },
     }
     atomic_write(meta_path, json.dumps(meta, indent=1, default=str))
@@ -150,11 +154,22 @@ def export_text_tower(encoder, store_dir: Path) -> Path:
 class TextQueryEncoder:
     """Numpy text encoder: tokenizer + :class:`NumpyTextTower`; ``encode_texts`` is L2-normalised."""
 
-    def __init__(self, tower, tokenizer, dim: int, identity: dict):
+    def __init__(
+        self,
+        tower,
+        tokenizer,
+        dim: int,
+        identity: dict,
+        logit_scale: Optional[float] = None,
+        logit_bias: Optional[float] = None,
+    ):
         self.tower = tower
         self.tokenizer = tokenizer
         self.dim = dim
         self.identity = identity
+        self.kind = tower.kind
+        self.logit_scale = logit_scale  # None: exported by a pixdex that did not record it
+        self.logit_bias = logit_bias
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         ids = np.asarray(self.tokenizer(list(texts)), dtype=np.int64)
@@ -184,4 +199,29 @@ def load_text_encoder(store_dir: Path, identity: Optional[dict] = None) -> Optio
     tower = from_safetensors(weights, kind=t["kind"], heads=t["heads"], act=t["act"], ln_eps=t["ln_eps"])
     config = ModelConfig.from_dict(meta["config"])
     tokenizer = get_tokenizer(config, model_dir=store_dir)  # SigLIP: the exported spiece.model
-    return TextQueryEncoder(tower, tokenizer, int(t["dim"]), meta.get("identity") or {})
+    return TextQueryEncoder(
+        tower, tokenizer, int(t["dim"]), meta.get("identity") or {}, t.get("logit_scale"), t.get("logit_bias")
+    )
+
+
+def open_text_encoder(store_dir: Path, identity: dict, checkpoint: Optional[str] = None, need_logits=False):
+    """The store's numpy text tower for ``identity``, exported once through torch when the store lacks it
+    (or, with ``need_logits``, when its export predates the recorded temperature). Falls back to the torch
+    encoder itself when the store cannot be written."""
+    enc = load_text_encoder(store_dir, identity or None)
+    if enc is not None and (enc.logit_scale is not None or not need_logits):
+        return enc
+    spec = (identity or {}).get("model")
+    if not spec:
+        raise PixdexError(f"the store at {store_dir} is not bound to a model yet; run: pixdex index FOLDER")
+    log.warning("the store has no usable exported text tower for %s; loading it with torch (once)", spec)
+    from pixdex.encoders.encoder import load_encoder
+
+    torch_enc = load_encoder(spec, checkpoint=checkpoint, device="cpu", towers=("text",))
+    try:
+        export_text_tower(torch_enc, store_dir)
+        enc = load_text_encoder(store_dir, identity or None)
+    except (OSError, PixdexError) as e:
+        log.warning("cannot export the text tower into the store: %s", e)
+        enc = None
+    return enc if enc is not None else torch_enc

@@ -264,10 +264,13 @@ def index_paths(
     json_mode: bool = False,
     ivf_threshold: Optional[int] = None,
     encoder_loader: Optional[Callable] = None,
+    tag: bool = False,
 ) -> dict:
     """Index ``paths`` into the store at ``store_dir``; return the summary dict (printed unless json_mode).
 
     ``encoder_loader(spec, checkpoint, device, towers) -> Encoder`` replaces ``load_encoder`` (tests).
+    ``tag``: then tag the images not tagged yet (:func:`pixdex.tags.tagger.tag_with_store`, the store's
+    last label set or the default one); the summary's ``tags`` describes it.
     """
     if not paths:
         raise PixdexError("give at least one folder or file to index")
@@ -286,6 +289,7 @@ def index_paths(
     timings = Timings()
     progress = Progress(0, quiet=True)
     ok = False
+    tag_summary: Optional[dict] = None
     try:
         with warnings.catch_warnings():
             # Pillow warns for images over MAX_IMAGE_PIXELS; pixdex.images records those as failures.
@@ -343,6 +347,11 @@ def index_paths(
                 with timings("faiss"):
                     run.reconcile(threshold)
                     faiss_info = run.save_faiss()
+            if tag and store.identity is not None:
+                from pixdex.tags.tagger import tag_with_store
+
+                with timings("tag"):
+                    tag_summary = tag_with_store(store)
         ok = True
     except SQLAlchemyError as e:  # disk full, I/O error, ...: committed batches stay, the next run goes on
         raise PixdexError(
@@ -387,6 +396,12 @@ def index_paths(
         "timings_s": timings.as_dict(),
         "images_per_s": round(c["encoded"] / elapsed, 2) if elapsed > 0 else 0.0,
     }
+    if tag_summary is not None:
+        summary["tags"] = tag_summary
     if not json_mode:
         print_summary(summary)
+        if tag_summary is not None:
+            from pixdex.tags.tagger import print_tag_summary
+
+            print_tag_summary(tag_summary)
     return summary

@@ -85,6 +85,21 @@ def m002_index_hash_and_root(conn: Connection) -> None:
     conn.execute(text(f"CREATE INDEX {c.IX_ROOT} ON {c.T_IMAGES} ({c.C_ROOT})"))
 
 
+@migration
+def m004_tags(conn: Connection) -> None:
+    # Zero-shot tags (pixdex tag); rows go with their image (ON DELETE CASCADE; the writer enables
+    # foreign keys). The label index serves `search --tag` and `pixdex tags`.
+    conn.execute(
+        text(
+            f"CREATE TABLE {c.T_TAGS} ({c.C_TAG_ID} INTEGER NOT NULL "
+            f"REFERENCES {c.T_IMAGES} ({c.C_ID}) ON DELETE CASCADE, "
+            f"{c.C_TAG_LABEL} TEXT NOT NULL COLLATE NOCASE, {c.C_TAG_PROB} FLOAT NOT NULL, "
+            f"{c.C_TAG_SET} VARCHAR(32) NOT NULL, PRIMARY KEY ({c.C_TAG_ID}, {c.C_TAG_LABEL}))"
+        )
+    )
+    conn.execute(text(f"CREATE INDEX {c.IX_TAGS_LABEL} ON {c.T_TAGS} ({c.C_TAG_LABEL}, {c.C_TAG_PROB})"))
+
+
 _M = c.T_MIGRATIONS
 _M_NAME, _M_AT = c.C_MIGRATION_NAME, c.C_MIGRATION_APPLIED_AT
 
