@@ -64,8 +64,12 @@ def _read_spec_file(spec: str, what: str) -> Optional[str]:
     """The text of the file ``spec`` names, None when ``spec`` is not a file."""
     path = Path(spec).expanduser()
     try:
-        if not path.is_file():
-            return None
+        is_file = path.is_file()
+    except (OSError, ValueError):  # a name too long or with a NUL byte: not a file
+        return None
+    if not is_file:
+        return None
+    try:
         return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise PixdexError(f"cannot read the {what} file {spec}: {e}") from e
