@@ -140,11 +140,23 @@ class ZeroShotClassifier:
         z = self.logits(image_vectors)
         return _softmax(z) if self.kind == "clip" else _sigmoid(z)
 
+    def top_probs(self, image_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, probs)`` of each image's ``k`` most probable classes, most probable first: the
+        top-k of the logits (the same order), probabilities computed for those alone."""
+        z = self.logits(image_vectors)
+        idx, zt = top_k(z, k)
+        if self.kind == "siglip":
+            return idx, _sigmoid(zt)
+        m = z.max(axis=1, keepdims=True)
+        z -= m
+        np.exp(z, out=z)
+        return idx, np.exp(zt - m) / z.sum(axis=1, keepdims=True)
+
     def top(
         self, image_vectors: np.ndarray, k: int = 5, min_prob: float = 0.0
     ) -> list[list[tuple[str, float]]]:
         """Per image, up to ``k`` ``(label, prob)`` with ``prob >= min_prob``, most probable first."""
-        idx, p = top_k(self.probs(image_vectors), k)
+        idx, p = self.top_probs(image_vectors, k)
         return [
             [(self.labels[j], float(q)) for j, q in zip(ri, rp) if q >= min_prob] for ri, rp in zip(idx, p)
         ]
@@ -156,9 +168,9 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = max(0, min(int(k), c))
     if k == 0 or n == 0:
         return np.zeros((n, 0), np.int64), np.zeros((n, 0), probs.dtype)
-    part = np.argpartition(-probs, k - 1, axis=1)[:, :k] if k < c else np.tile(np.arange(c), (n, 1))
+    part = np.argpartition(probs, c - k, axis=1)[:, c - k :] if k < c else np.tile(np.arange(c), (n, 1))
     vals = np.take_along_axis(probs, part, axis=1)
-    order = np.lexsort((part, -vals), axis=1) if n else part
+    order = np.lexsort((part, -vals), axis=-1)
     idx = np.take_along_axis(part, order, axis=1)
     return idx, np.take_along_axis(vals, order, axis=1)
 

@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 from sqlalchemy import func, select
 
-from pixdex.encoders.zeroshot import ZeroShotClassifier, build_classifier, top_k
+from pixdex.encoders.zeroshot import ZeroShotClassifier, build_classifier
 from pixdex.errors import PixdexError
 from pixdex.storage import contract as c
 from pixdex.storage.schema import ImageRow, VectorRow
@@ -50,7 +50,7 @@ CHUNK = 8192  # images per matrix product and per transaction
 MAX_TOP = 100
 
 _INSERT = (
-    f"INSERT OR REPLACE INTO {c.T_TAGS} ({c.C_TAG_ID}, {c.C_TAG_LABEL}, {c.C_TAG_PROB}, {c.C_TAG_SET}) "
+    f"INSERT INTO {c.T_TAGS} ({c.C_TAG_ID}, {c.C_TAG_LABEL}, {c.C_TAG_PROB}, {c.C_TAG_SET}) "
     "VALUES (?, ?, ?, ?)"
 )
 
@@ -181,7 +181,7 @@ def tag_with_store(
         store.set_meta(s, c.META_TAGS, new_state)
     for start in range(0, len(ids), CHUNK):
         chunk_ids, vecs = store.vectors(ids[start : start + CHUNK])
-        idx, probs = top_k(clf.probs(vecs), top)
+        idx, probs = clf.top_probs(vecs, top)
         keep = probs >= min_prob
         rows = [
             (int(chunk_ids[i]), clf.labels[j], float(p), set_id)
