@@ -198,6 +198,9 @@ def index(
     batch_size: int = typer.Option(32, "--batch-size"),
     workers: int = typer.Option(0, "--workers", help="Decode workers (0: automatic)."),
     json_out: bool = typer.Option(False, "--json", help="Quiet; print the summary as JSON."),
+    tag: bool = typer.Option(
+        False, "--tag", help="Also tag new images (the store's last label set, else builtin:everyday)."
+    ),
 ):
     """Index photo folders into a store (incremental, crash-safe)."""
     from pixdex.indexer.run import index_paths
@@ -211,6 +214,7 @@ def index(
         batch_size=batch_size,
         workers=workers,
         json_mode=json_out,
+        tag=tag,
     )
     if json_out:
         _echo_json(summary)
@@ -247,10 +251,13 @@ def search(
     path_glob: Optional[str] = typer.Option(None, "--path", help="Only paths matching this glob."),
     after: Optional[str] = typer.Option(None, "--after", help="Taken on or after DATE (YYYY-MM-DD)."),
     before: Optional[str] = typer.Option(None, "--before", help="Taken before DATE (YYYY-MM-DD)."),
+    tag: list[str] = typer.Option(
+        [], "--tag", help="Only images tagged with this label (repeatable; alone: list them by probability)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON array."),
     paths_out: bool = typer.Option(False, "--paths", help="Print one path per line."),
 ):
-    """Search the store with text, images, or both."""
+    """Search the store with text, images, or both; or list the images of a tag."""
     from pixdex.search.cli_search import run_search_command
 
     run_search_command(
@@ -267,7 +274,87 @@ def search(
         before=before,
         json_out=json_out,
         paths_out=paths_out,
+        tags=tag,
     )
+
+
+# ----------------------------------------------------------------------------- zero-shot tags
+
+LabelsOpt = typer.Option(
+    None, "--labels", help='builtin:everyday, builtin:imagenet, a labels file, or "cat,dog,car".'
+)
+TemplatesOpt = typer.Option(
+    None, "--templates", help="builtin:photo (default), builtin:openai, builtin:simple, a file, or 'a {}.'."
+)
+
+
+@app.command("tag")
+def tag_cmd(
+    store: Optional[Path] = StoreOpt,
+    labels: Optional[str] = LabelsOpt,
+    templates: Optional[str] = TemplatesOpt,
+    top: Optional[int] = typer.Option(None, "--top", help="Labels kept per image (default 5)."),
+    min_prob: Optional[float] = typer.Option(
+        None, "--min-prob", help="Lowest probability kept (default 0.1)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Tag every indexed image with zero-shot labels from its stored vector (new images only next time)."""
+    from pixdex.tags.tagger import print_tag_summary, tag_store
+
+    summary = tag_store(_store_dir(store), labels, templates, top, min_prob)
+    if json_out:
+        _echo_json(summary)
+    else:
+        print_tag_summary(summary)
+
+
+@app.command("tags")
+def tags_cmd(
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON array of {label, count}."),
+):
+    """List the store's tags with the number of images carrying each."""
+    from pixdex.tags.commands import print_tag_counts, tag_counts
+
+    store_dir = _store_dir(store)
+    rows = tag_counts(store_dir)
+    if json_out:
+        _echo_json(rows)
+    else:
+        print_tag_counts(rows, store_dir)
+
+
+@app.command()
+def classify(
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    labels: str = typer.Option(
+        ..., "--labels", help='builtin:everyday, builtin:imagenet, a file, or "cat,dog".'
+    ),
+    templates: Optional[str] = TemplatesOpt,
+    top: int = typer.Option(5, "--top", help="Labels shown per image."),
+    model: Optional[str] = ModelOpt,
+    checkpoint: Optional[Path] = CheckpointOpt,
+    device: str = DeviceOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Zero-shot classify image files (no store): the top labels of each with probabilities."""
+    from pixdex.tags.commands import classify_images, print_classified
+    from pixdex.tags.labelsets import DEFAULT_TEMPLATES
+
+    results = classify_images(
+        [str(p) for p in images],
+        labels,
+        templates or DEFAULT_TEMPLATES,
+        top=top,
+        model=model,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        device=device,
+    )
+    if json_out:
+        _echo_json(results)
+    else:
+        print_classified(results)
 
 
 @app.command()

@@ -52,7 +52,7 @@ def test_like_search_ranks_by_stored_vectors_and_skips_dead_rows(store):
     hits = run_search(d, like=[q_id], k=30)
     assert [h["id"] for h in hits] == exact(vecs, status, vecs[q_id - 1])[:30]
     assert hits[0]["id"] == q_id and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
-    assert set(hits[0]) == {"rank", "score", "path", "id", "width", "height", "taken_at"}
+    assert set(hits[0]) == {"rank", "score", "path", "id", "width", "height", "taken_at", "tags"}
     assert [h["rank"] for h in hits] == list(range(1, 31))
     assert all(paths[h["id"] - 1] == h["path"] for h in hits)
     dead = {i + 1 for i, s in enumerate(status) if s != STATUS_OK}

@@ -82,7 +82,7 @@ def test_orm_and_migrated_database_use_the_contract_names(tmp_path):
     for mapper in Base.registry.mappers:  # attribute names are the column names (Core inserts use them)
         assert [a.key for a in mapper.column_attrs] == [col.name for col in mapper.local_table.columns]
     orm_index = {i.name for t in Base.metadata.sorted_tables for i in t.indexes}
-    assert orm_index == {contract.IX_CONTENT_HASH, contract.IX_ROOT} <= db_index
+    assert orm_index == {contract.IX_CONTENT_HASH, contract.IX_ROOT, contract.IX_TAGS_LABEL} <= db_index
     assert set(contract.STATUSES) == {contract.STATUS_OK, contract.STATUS_FAILED}
 
 

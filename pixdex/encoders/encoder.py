@@ -106,6 +106,21 @@ class Encoder:
             feats = F.normalize(feats.float(), dim=-1)
         return feats.cpu().numpy()
 
+    @property
+    def kind(self) -> str:
+        """``clip`` (softmax over classes) or ``siglip`` (sigmoid per label): see :mod:`.zeroshot`."""
+        return self.config.text.kind
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned log inverse temperature (its cosines are multiplied by ``exp`` of it)."""
+        return float(self.model.logit_scale.detach().float().cpu())
+
+    @property
+    def logit_bias(self) -> Optional[float]:
+        b = getattr(self.model, "logit_bias", None)
+        return None if b is None else float(b.detach().float().cpu())
+
     def checkpoint_sha256(self) -> str:
         if self.weights_path is None:
             return f"{RANDOM_INIT_PREFIX}-seed{RANDOM_SEED}"

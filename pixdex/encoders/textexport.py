@@ -132,6 +132,9 @@ def export_text_tower(encoder, store_dir: Path, force: bool = False) -> Path:
             "act": config.text.act,
             "ln_eps": config.text.ln_eps,
             "dim": int(tensors["proj"].shape[1]),
+            # the model's temperature, for zero-shot probabilities (pixdex.encoders.zeroshot)
+            "logit_scale": encoder.logit_scale,
+            "logit_bias": encoder.logit_bias,
         },
     }
     atomic_write(meta_path, json.dumps(meta, indent=1, default=str))
@@ -142,11 +145,22 @@ def export_text_tower(encoder, store_dir: Path, force: bool = False) -> Path:
 class TextQueryEncoder:
     """Numpy text encoder: tokenizer + :class:`NumpyTextTower`; ``encode_texts`` is L2-normalised."""
 
-    def __init__(self, tower, tokenizer, dim: int, identity: dict):
+    def __init__(
+        self,
+        tower,
+        tokenizer,
+        dim: int,
+        identity: dict,
+        logit_scale: Optional[float] = None,
+        logit_bias: Optional[float] = None,
+    ):
         self.tower = tower
         self.tokenizer = tokenizer
         self.dim = dim
         self.identity = identity
+        self.kind = tower.kind
+        self.logit_scale = logit_scale  # None: exported by a pixdex that did not record it
+        self.logit_bias = logit_bias
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         ids = np.asarray(self.tokenizer(list(texts)), dtype=np.int64)
@@ -192,12 +206,21 @@ def _load(store_dir: Path, identity: Optional[dict], build: bool = True) -> Opti
     try:
         if not build:
             read_safetensors(weights)
+            if "logit_scale" not in meta["tower"]:  # an older export: zero-shot tags need the temperature
+                raise _Unusable("the store's exported text tower predates the recorded temperature")
             return None
         t = meta["tower"]
         tower = from_safetensors(weights, kind=t["kind"], heads=t["heads"], act=t["act"], ln_eps=t["ln_eps"])
         config = ModelConfig.from_dict(meta["config"])
         tokenizer = get_tokenizer(config, model_dir=store_dir)  # SigLIP: the exported spiece.model
-        return TextQueryEncoder(tower, tokenizer, int(t["dim"]), meta.get("identity") or {})
+        return TextQueryEncoder(
+            tower,
+            tokenizer,
+            int(t["dim"]),
+            meta.get("identity") or {},
+            t.get("logit_scale"),
+            t.get("logit_bias"),
+        )
     except PixdexError as e:
         raise _Unusable(str(e)) from e
     except (KeyError, TypeError, ValueError, OSError) as e:  # a damaged text_tower.json or weights
@@ -212,3 +235,26 @@ def load_text_encoder(store_dir: Path, identity: Optional[dict] = None) -> Optio
     except _Unusable as e:
         log.info("%s", e)
         return None
+
+
+def open_text_encoder(store_dir: Path, identity: dict, checkpoint: Optional[str] = None, need_logits=False):
+    """The store's numpy text tower for ``identity``, exported once through torch when the store lacks it
+    (or, with ``need_logits``, when its export predates the recorded temperature). Falls back to the torch
+    encoder itself when the store cannot be written."""
+    enc = load_text_encoder(store_dir, identity or None)
+    if enc is not None and (enc.logit_scale is not None or not need_logits):
+        return enc
+    spec = (identity or {}).get("model")
+    if not spec:
+        raise PixdexError(f"the store at {store_dir} is not bound to a model yet; run: pixdex index FOLDER")
+    log.warning("the store has no usable exported text tower for %s; loading it with torch (once)", spec)
+    from pixdex.encoders.encoder import load_encoder
+
+    torch_enc = load_encoder(spec, checkpoint=checkpoint, device="cpu", towers=("text",))
+    try:
+        export_text_tower(torch_enc, store_dir)
+        enc = load_text_encoder(store_dir, identity or None)
+    except (OSError, PixdexError) as e:
+        log.warning("cannot export the text tower into the store: %s", e)
+        enc = None
+    return enc if enc is not None else torch_enc

@@ -286,16 +286,19 @@ def index_paths(
     json_mode: bool = False,
     ivf_threshold: Optional[int] = None,
     encoder_loader: Optional[Callable] = None,
+    tag: bool = False,
 ) -> dict:
     """Index ``paths`` into the store at ``store_dir``; return the summary dict (printed unless json_mode).
 
     ``encoder_loader(spec, checkpoint, device, towers) -> Encoder`` replaces ``load_encoder`` (tests).
     A damaged database is set aside (renamed, never deleted) and the store rebuilt from the photos with
     the model recorded in ``store.json``.
+    ``tag``: then tag the images not tagged yet (:func:`pixdex.tags.tagger.tag_with_store`, the store's
+    last label set or the default one); the summary's ``tags`` describes it.
     """
     args = (paths, store_dir, model, checkpoint, device, batch_size, workers, json_mode, ivf_threshold)
     try:
-        return _index_paths(*args, encoder_loader=encoder_loader)
+        return _index_paths(*args, encoder_loader=encoder_loader, tag=tag)
     except DamagedStore as e:
         store_dir = Path(store_dir).expanduser()
         lock = StoreLock(store_dir)
@@ -305,7 +308,7 @@ def index_paths(
         finally:
             lock.release()
         log.warning("%s; set it aside as %s and rebuilding the store", e, aside.name)
-    return _index_paths(*args, encoder_loader=encoder_loader)
+    return _index_paths(*args, encoder_loader=encoder_loader, tag=tag)
 
 
 def _index_paths(
@@ -319,6 +322,7 @@ def _index_paths(
     json_mode: bool = False,
     ivf_threshold: Optional[int] = None,
     encoder_loader: Optional[Callable] = None,
+    tag: bool = False,
 ) -> dict:
     if not paths:
         raise PixdexError("give at least one folder or file to index")
@@ -339,6 +343,7 @@ def _index_paths(
     timings = Timings()
     progress = Progress(0, quiet=True)
     ok = False
+    tag_summary: Optional[dict] = None
     try:
         with warnings.catch_warnings():
             # Pillow warns for images over MAX_IMAGE_PIXELS; pixdex.images records those as failures.
@@ -406,6 +411,11 @@ def _index_paths(
                 with timings("faiss"):
                     run.reconcile(threshold)
                     faiss_info = run.save_faiss()
+            if tag and store.identity is not None:
+                from pixdex.tags.tagger import tag_with_store
+
+                with timings("tag"):
+                    tag_summary = tag_with_store(store)
         ok = True
     except SQLAlchemyError as e:  # disk full, I/O error, ...: committed batches stay, the next run goes on
         detail = str(getattr(e, "orig", e)).splitlines()[0]
@@ -456,6 +466,12 @@ def _index_paths(
         "timings_s": timings.as_dict(),
         "images_per_s": round(c["encoded"] / elapsed, 2) if elapsed > 0 else 0.0,
     }
+    if tag_summary is not None:
+        summary["tags"] = tag_summary
     if not json_mode:
         print_summary(summary)
+        if tag_summary is not None:
+            from pixdex.tags.tagger import print_tag_summary
+
+            print_tag_summary(tag_summary)
     return summary

@@ -32,27 +32,34 @@ def run_search(
     path_glob: Optional[str] = None,
     after: Optional[str] = None,
     before: Optional[str] = None,
+    tags: Sequence[str] = (),
 ) -> list[dict]:
-    """Search and return the hits as dicts (rank, score, path, id, width, height, taken_at)."""
+    """Search and return the hits as dicts (rank, score, path, id, width, height, taken_at, tags).
+
+    With ``tags`` and no query, the images carrying those tags, by probability (``score``)."""
     from pixdex.search.engine import SearchEngine
     from pixdex.search.filters import make_filters
     from pixdex.search.query import build_parts
 
     if not 1 <= k <= MAX_K:
         raise PixdexError(f"-k must be between 1 and {MAX_K}")
-    parts = build_parts(query, texts, images, like, minus)
-    filters = make_filters(path_glob, after, before, min_score)
+    no_query = query is None and not (texts or images or like or minus)
+    parts = None if (no_query and tags) else build_parts(query, texts, images, like, minus)
+    filters = make_filters(path_glob, after, before, min_score, tags)
     engine = SearchEngine(Path(store_dir))
     try:
         if engine.count() == 0:
             raise PixdexError(f"the store at {store_dir} has no indexed images; run: pixdex index FOLDER")
+        if parts is None:
+            return [h.to_dict() for h in engine.list_tagged(k, filters)]
         return [h.to_dict() for h in engine.search_parts(parts, k, filters)]
     finally:
         engine.close()
 
 
-def _describe(query, texts, images, like, minus) -> str:
+def _describe(query, texts, images, like, minus, tags=()) -> str:
     bits = [repr(query)] if query else []
+    bits += [f"tag {t!r}" for t in tags]
     bits += [f"text {t!r}" for t in texts] + [f"image {i}" for i in images] + [f"like #{i}" for i in like]
     bits += [f"minus {m!r}" for m in minus]
     return ", ".join(bits)
@@ -72,11 +79,14 @@ def run_search_command(
     before: Optional[str],
     json_out: bool,
     paths_out: bool,
+    tags: Sequence[str] = (),
 ) -> None:
     if json_out and paths_out:
         raise PixdexError("give at most one of --json and --paths")
     single_thread_blas()
-    hits = run_search(store_dir, query, k, texts, images, like, minus, min_score, path_glob, after, before)
+    hits = run_search(
+        store_dir, query, k, texts, images, like, minus, min_score, path_glob, after, before, tags
+    )
     out = sys.stdout
     if json_out:
         out.write(json.dumps(hits, ensure_ascii=False) + "\n")
@@ -86,23 +96,28 @@ def run_search_command(
         return
     if not hits:
         out.write(
-            f"No images match {_describe(query, texts, images, like, minus)}"
-            f"{' with these filters' if (path_glob or after or before or min_score is not None) else ''}.\n"
+            f"No images match {_describe(query, texts, images, like, minus, tags)}"
+            f"{' with these filters' if (path_glob or after or before or tags or min_score is not None) else ''}.\n"
         )
         return
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    with_tags = any(h.get("tags") for h in hits)
     table = Table(
         "rank",
         "score",
         "path",
-        title=Text(f"pixdex: {_describe(query, texts, images, like, minus)}"),
+        *(["tags"] if with_tags else []),
+        title=Text(f"pixdex: {_describe(query, texts, images, like, minus, tags)}"),
         title_justify="left",
         show_edge=False,
         pad_edge=False,
     )
     for h in hits:
-        table.add_row(str(h["rank"]), f"{h['score']:.3f}", Text(h["path"]))  # Text: no markup in file names
+        cells = [str(h["rank"]), f"{h['score']:.3f}", Text(h["path"])]  # Text: no markup in file names
+        if with_tags:
+            cells.append(Text(", ".join(t["label"] for t in h.get("tags", [])[:3])))
+        table.add_row(*cells)
     Console(soft_wrap=True).print(table)

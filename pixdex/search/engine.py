@@ -106,25 +106,13 @@ class SearchEngine:
         """The store's numpy text tower; exported once through torch when the store lacks it."""
         with self._lock:
             if self._text is None:
-                from pixdex.encoders.textexport import export_text_tower, load_text_encoder
+                from pixdex.encoders.textexport import load_text_encoder, open_text_encoder
 
                 ident = self.view.identity
                 self._text = load_text_encoder(self.store_dir, ident or None)
                 if self._text is None:
                     spec, ckpt = self._model_spec()
-                    log.warning(
-                        "the store has no exported text tower for %s; loading it with torch (once)", spec
-                    )
-                    from pixdex.encoders.encoder import load_encoder
-
-                    enc = load_encoder(spec, checkpoint=ckpt, device="cpu", towers=("text",))
-                    try:
-                        export_text_tower(enc, self.store_dir)
-                        self._text = load_text_encoder(self.store_dir, ident or None)
-                    except (OSError, PixdexError) as e:
-                        log.warning("cannot export the text tower into the store: %s", e)
-                    if self._text is None:
-                        self._text = enc
+                    self._text = open_text_encoder(self.store_dir, {**ident, "model": spec}, ckpt)
             return self._text
 
     def image_encoder(self):
@@ -188,6 +176,22 @@ class SearchEngine:
         live = [
             (rows[i], s) for i, s in pairs if i in rows
         ]  # a row deleted between the two reads is left out
+        return [Hit(rank, s, r) for rank, (r, s) in enumerate(live, 1)]
+
+    def list_tagged(self, k: int = 20, filters: Optional[Filters] = None) -> list[Hit]:
+        """Images carrying every tag of ``filters.tags`` (and passing its other filters), by probability
+        (for several tags: the lowest of theirs), ties by id; ``score`` is that probability."""
+        filters = filters or Filters()
+        if not filters.tags:
+            raise PixdexError("give a query or at least one --tag")
+        with self._lock:
+            ids, scores = self.view.tag_scores(self.view.matching_ids(filters), filters.tags)
+            order = np.lexsort((ids, -scores))
+            if filters.min_score is not None:
+                order = order[scores[order] >= filters.min_score]
+            order = order[:k]
+            rows = self.view.rows(ids[order].tolist())
+        live = [(rows[int(ids[j])], float(scores[j])) for j in order if int(ids[j]) in rows]
         return [Hit(rank, s, r) for rank, (r, s) in enumerate(live, 1)]
 
     def search_parts(

@@ -1,4 +1,4 @@
-"""Search filters: path glob, taken-date range and minimum score.
+"""Search filters: path glob, taken-date range, zero-shot tags and minimum score.
 
 Row filters (path, dates) select which images may be returned; retrieval guarantees they never shrink
 the answer below k while more matching images exist. ``min_score`` only cuts the ranked list.
@@ -9,6 +9,9 @@ separators. A pattern that is not absolute is matched against the tail of the pa
 
 Dates are ``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD`` or an ISO date-time. ``--after`` is inclusive,
 ``--before`` exclusive; images without a known date are left out when either is given.
+
+Tags (``--tag dog``, repeatable: all of them) are labels stored by ``pixdex tag``, compared
+case-insensitively.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -54,10 +58,13 @@ class Filters:
     after: Optional[datetime] = None
     before: Optional[datetime] = None
     min_score: Optional[float] = None
+    tags: tuple[str, ...] = ()
 
     @property
     def restricts_rows(self) -> bool:
-        return self.path_glob is not None or self.after is not None or self.before is not None
+        return (
+            self.path_glob is not None or self.after is not None or self.before is not None or bool(self.tags)
+        )
 
     def path_ok(self, path: str) -> bool:
         return self.path_glob is None or fnmatchcase(path.replace("\\", "/").lower(), self.path_glob)
@@ -79,6 +86,7 @@ def make_filters(
     after: Optional[str] = None,
     before: Optional[str] = None,
     min_score: Optional[float] = None,
+    tags: Sequence[str] = (),
 ) -> Filters:
     a = parse_date(after, "--after") if after else None
     b = parse_date(before, "--before") if before else None
@@ -86,4 +94,7 @@ def make_filters(
         raise PixdexError(f"--after ({after}) must be earlier than --before ({before})")
     if min_score is not None and not math.isfinite(min_score):
         raise PixdexError("--min-score must be a number")
-    return Filters(normalize_glob(path_glob) if path_glob else None, a, b, min_score)
+    clean = tuple({" ".join(t.split()).casefold(): " ".join(t.split()) for t in tags}.values())
+    if any(not t for t in clean):
+        raise PixdexError("--tag: empty tag")
+    return Filters(normalize_glob(path_glob) if path_glob else None, a, b, min_score, clean)

@@ -4,7 +4,9 @@ Routes (GET and HEAD only)::
 
     /                       the UI (pixdex/search/static/index.html)
     /static/app.js|style.css
-    /api/search?q=TEXT&k=N  {"query", "results": [hit, ...]}
+    /api/search?q=TEXT&k=N  {"query", "results": [hit, ...]}  (each hit with its "tags")
+    /api/search?tag=L&q=..  only images tagged L (repeatable); without q: those images by probability
+    /api/tags               {"tags": [{"label", "count"}, ...]}  (from `pixdex tag`, most frequent first)
     /api/similar/ID?k=N     {"source": row, "results": [...]}  (the stored vector, no model needed)
     /api/image/ID           the original file (converted to JPEG when browsers cannot show its format)
     /api/thumb/ID           a JPEG thumbnail, cached under STORE/thumbs/
@@ -223,13 +225,25 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if route == "/api/search":
                 q = (params.get("q") or [""])[-1].strip()
-                if not q:
-                    raise _ApiError(400, "missing query: /api/search?q=TEXT")
-                if len(q) > 1000:
+                tags = [t for t in params.get("tag", []) if t.strip()]
+                if not q and not tags:
+                    raise _ApiError(400, "missing query: /api/search?q=TEXT (or ?tag=LABEL)")
+                if len(q) > 1000 or any(len(t) > 200 for t in tags):
                     raise _ApiError(400, "query too long")
                 k = _int_param(params, "k", 20, 1, MAX_K)
-                hits = self.engine.search_text(q, k)
-                self._json(200, {"query": q, "results": [_shown(h.to_dict()) for h in hits]})
+                from pixdex.search.filters import make_filters
+
+                filters = make_filters(tags=tags) if tags else None
+                if q:
+                    hits = self.engine.search_text(q, k, filters)
+                else:
+                    hits = self.engine.list_tagged(k, filters)
+                body = {"query": q, "tags": tags, "results": [_shown(h.to_dict()) for h in hits]}
+                self._json(200, body)
+                return
+            if route == "/api/tags":
+                counts = self.engine.view.tag_counts()
+                self._json(200, {"tags": [{"label": label, "count": n} for label, n in counts]})
                 return
             m = _ID_ROUTE.match(route)
             if not m:

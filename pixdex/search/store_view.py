@@ -38,10 +38,14 @@ from pixdex.storage.contract import (
     SQL_CHUNK,
     STATUS_OK,
     T_IMAGES,
+    T_TAGS,
     T_VECTORS,
     db_problem,
     is_corrupt_db_error,
 )
+from pixdex.storage.contract import C_TAG_ID as _TAG_ID
+from pixdex.storage.contract import C_TAG_LABEL as _TAG_LABEL
+from pixdex.storage.contract import C_TAG_PROB as _TAG_PROB
 from pixdex.storage.readonly import connect_readonly
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ class Row:
     taken_at: Optional[str]
     size: Optional[int] = None  # bytes and content hash recorded at indexing (serve re-checks them)
     content_hash: Optional[str] = None
+    tags: tuple[tuple[str, float], ...] = ()  # (label, prob) from `pixdex tag`, most probable first
 
     def to_dict(self) -> dict:
         return {
@@ -67,6 +72,7 @@ class Row:
             "width": self.width,
             "height": self.height,
             "taken_at": self.taken_at,
+            "tags": [{"label": label, "prob": round(p, 4)} for label, p in self.tags],
         }
 
 
@@ -123,6 +129,7 @@ class StoreView:
         self._lock = threading.RLock()
         self._all: Optional[tuple[np.ndarray, np.ndarray]] = None
         self._dim: Optional[int] = None
+        self._has_tags = False  # cached once true: `pixdex tag` may create the table while serving
 
     # ------------------------------------------------------------------ metadata
 
@@ -155,9 +162,61 @@ class StoreView:
                 f"SELECT {C_ID}, {C_PATH}, {C_WIDTH}, {C_HEIGHT}, {C_TAKEN}, {C_SIZE}, {C_CONTENT_HASH} "
                 f"FROM {T_IMAGES} WHERE {LIVE_SQL} AND {C_ID} IN ({','.join('?' * len(chunk))})"
             )
+            tags = self.tags_of(chunk)
             for i, p, w, h, t, size, chash in self._q(sql, chunk):
-                out[int(i)] = Row(int(i), p, w, h, _taken_str(t), size, chash)
+                out[int(i)] = Row(int(i), p, w, h, _taken_str(t), size, chash, tuple(tags.get(int(i), ())))
         return out
+
+    # ------------------------------------------------------------------ tags (pixdex tag)
+
+    def has_tags(self) -> bool:
+        """Whether the store has a tags table (stores made before tags were added have none)."""
+        if not self._has_tags:
+            found = self._q("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (T_TAGS,))
+            self._has_tags = bool(found)
+        return self._has_tags
+
+    def _need_tags(self) -> None:
+        if not self.has_tags():
+            raise PixdexError(f"the store at {self.dir} has no tags yet; run: pixdex tag")
+
+    def tags_of(self, ids: list[int]) -> dict[int, list[tuple[str, float]]]:
+        """``{id: [(label, prob), ...]}`` most probable first, for the given ids (one chunk)."""
+        if not ids or not self.has_tags():
+            return {}
+        out: dict[int, list[tuple[str, float]]] = {}
+        sql = (
+            f"SELECT {_TAG_ID}, {_TAG_LABEL}, {_TAG_PROB} FROM {T_TAGS} "
+            f"WHERE {_TAG_ID} IN ({','.join('?' * len(ids))}) ORDER BY {_TAG_ID}, {_TAG_PROB} DESC, {_TAG_LABEL}"
+        )
+        for i, label, p in self._q(sql, [int(i) for i in ids]):
+            out.setdefault(int(i), []).append((label, float(p)))
+        return out
+
+    def tag_counts(self) -> list[tuple[str, int]]:
+        """``[(label, live images tagged with it)]``, most frequent first."""
+        if not self.has_tags():
+            return []
+        sql = (
+            f"SELECT {T_TAGS}.{_TAG_LABEL}, COUNT(*) AS n FROM {T_TAGS} JOIN {T_IMAGES} "
+            f"ON {T_IMAGES}.{C_ID} = {T_TAGS}.{_TAG_ID} WHERE {LIVE_SQL} "
+            f"GROUP BY {T_TAGS}.{_TAG_LABEL} ORDER BY n DESC, {T_TAGS}.{_TAG_LABEL}"
+        )
+        return [(label, int(n)) for label, n in self._q(sql)]
+
+    def tag_scores(self, ids: np.ndarray, tags: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, score)`` for images carrying every tag in ``tags``, ``ids`` among the given ones;
+        the score is the lowest probability of those tags (the image's weakest requested tag)."""
+        self._need_tags()
+        marks = ",".join("?" * len(tags))
+        sql = (
+            f"SELECT {_TAG_ID}, MIN({_TAG_PROB}), COUNT(*) FROM {T_TAGS} WHERE {_TAG_LABEL} IN ({marks}) "
+            f"GROUP BY {_TAG_ID}"
+        )
+        rows = [(i, p) for i, p, n in self._q(sql, list(tags)) if n == len(tags)]
+        got = dict(rows)
+        keep = [int(i) for i in ids if int(i) in got]
+        return np.asarray(keep, dtype=np.int64), np.asarray([got[i] for i in keep], dtype=np.float64)
 
     def row(self, image_id: int) -> Optional[Row]:
         return self.rows([image_id]).get(int(image_id))
@@ -192,7 +251,7 @@ class StoreView:
         return self._all
 
     def matching_ids(self, filters: Filters) -> np.ndarray:
-        """Sorted ids of live rows that pass the path and date filters.
+        """Sorted ids of live rows that pass the path, date and tag filters.
 
         SQLite does the work: GLOB on the ASCII-lower-cased path, date bounds compared as text (whole-day
         bounds as ``YYYY-MM-DD`` prefixes, right for both ``T`` and space separators). Python re-checks
@@ -220,6 +279,11 @@ class StoreView:
                 recheck = True
                 day = bound.date() if op == ">=" else bound.date() + timedelta(days=1)
                 args.append(day.isoformat())
+        if filters.tags:
+            self._need_tags()
+            for tag in filters.tags:  # the label column compares case-insensitively (NOCASE)
+                sql += f" AND {C_ID} IN (SELECT {_TAG_ID} FROM {T_TAGS} WHERE {_TAG_LABEL} = ?)"
+                args.append(tag)
         rows = self._q(sql + f" ORDER BY {C_ID}", args)
         if recheck:
             rows = [r for r in rows if filters.path_ok(r[1]) and filters.date_ok(_to_datetime(r[2]))]

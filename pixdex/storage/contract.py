@@ -65,6 +65,17 @@ C_COPY_ID = "image_id"  # -> images.id
 C_COPY_VERSION = "version"
 C_COPY_PDQ = "pdq"
 
+# tags: zero-shot labels of STATUS_OK images (``pixdex tag``): the top labels of one label set, each with
+# its probability; the whole table belongs to the label set recorded in meta ``tags`` (another label set,
+# template set or model replaces it). ``label`` compares case-insensitively (COLLATE NOCASE).
+T_TAGS = "tags"
+C_TAG_ID = "image_id"  # -> images.id (ON DELETE CASCADE)
+C_TAG_LABEL = "label"
+C_TAG_PROB = "prob"
+C_TAG_SET = "label_set"  # pixdex.tags.labelsets.label_set_id of labels + templates + model
+IX_TAGS_LABEL = "ix_tags_label"
+TAG_CLASSES_FILE = "tag_classes.safetensors"  # cached class embeddings of the current label set
+
 # meta: store-level key/value metadata (JSON text values)
 T_META = "meta"
 C_META_KEY = "key"
@@ -72,6 +83,7 @@ C_META_VALUE = "value"
 META_MODEL = "model"  # the bound encoder identity
 META_CHECKPOINT = "checkpoint"  # the checkpoint path given when the store was bound, or null
 META_BOUND_AT = "bound_at"
+META_TAGS = "tags"  # the tagging state: label set id and specs, top, min_prob, through_id (tags.py)
 
 # migrations: one row per applied named migration
 T_MIGRATIONS = "migrations"
@@ -102,6 +114,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     T_VECTORS: (C_VEC_ID, C_VEC),
     T_META: (C_META_KEY, C_META_VALUE),
     T_COPY_HASHES: (C_COPY_ID, C_COPY_VERSION, C_COPY_PDQ),
+    T_TAGS: (C_TAG_ID, C_TAG_LABEL, C_TAG_PROB, C_TAG_SET),
     T_MIGRATIONS: (C_MIGRATION_NAME, C_MIGRATION_APPLIED_AT),
 }
 

@@ -97,6 +97,22 @@ def m003_copy_hashes(conn: Connection) -> None:
     )
 
 
+@migration
+def m004_tags(conn: Connection) -> None:
+    # Zero-shot tags (pixdex tag); rows go with their image (ON DELETE CASCADE; the writer enables
+    # foreign keys). WITHOUT ROWID: the (image_id, label) key is the table (written in image order);
+    # the label index serves `search --tag` and `pixdex tags`.
+    conn.execute(
+        text(
+            f"CREATE TABLE {c.T_TAGS} ({c.C_TAG_ID} INTEGER NOT NULL "
+            f"REFERENCES {c.T_IMAGES} ({c.C_ID}) ON DELETE CASCADE, "
+            f"{c.C_TAG_LABEL} TEXT NOT NULL COLLATE NOCASE, {c.C_TAG_PROB} FLOAT NOT NULL, "
+            f"{c.C_TAG_SET} VARCHAR(32) NOT NULL, PRIMARY KEY ({c.C_TAG_ID}, {c.C_TAG_LABEL})) WITHOUT ROWID"
+        )
+    )
+    conn.execute(text(f"CREATE INDEX {c.IX_TAGS_LABEL} ON {c.T_TAGS} ({c.C_TAG_LABEL}, {c.C_TAG_PROB})"))
+
+
 _M = c.T_MIGRATIONS
 _M_NAME, _M_AT = c.C_MIGRATION_NAME, c.C_MIGRATION_APPLIED_AT
 

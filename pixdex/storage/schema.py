@@ -87,6 +87,20 @@ class CopyHashRow(Base):
     pdq: Mapped[Optional[bytes]] = mapped_column(c.C_COPY_PDQ, LargeBinary)
 
 
+class TagRow(Base):
+    """One zero-shot label of one ``ok`` image with its probability (see contract.T_TAGS)."""
+
+    __tablename__ = c.T_TAGS
+    __table_args__ = (Index(c.IX_TAGS_LABEL, c.C_TAG_LABEL, c.C_TAG_PROB),)
+
+    image_id: Mapped[int] = mapped_column(
+        c.C_TAG_ID, Integer, ForeignKey(f"{c.T_IMAGES}.{c.C_ID}", ondelete="CASCADE"), primary_key=True
+    )
+    label: Mapped[str] = mapped_column(c.C_TAG_LABEL, Text(collation="NOCASE"), primary_key=True)
+    prob: Mapped[float] = mapped_column(c.C_TAG_PROB, Float)
+    label_set: Mapped[str] = mapped_column(c.C_TAG_SET, String(32))
+
+
 class MetaRow(Base):
     """Store-level key/value metadata (JSON text values): the bound model identity, etc."""
 

@@ -1,0 +1,1 @@
+"""Zero-shot tags: label and template sets, tagging a store, classifying image files."""
