@@ -1,6 +1,7 @@
 """Copy-tier quality: PDQ vs pHash on ../shared/data plus generated copies, with a distance sweep.
 
     python bench/dedup_quality.py [--data ../shared/data] [--draft 256] [--no-speed] [--demo N | --demo-only N]
+                                  [--groups | --groups-only]
 
 Images are decoded as the indexer decodes them for the hashes (JPEG draft ``perceptual.HASH_DRAFT``,
 whatever the model). Besides PDQ and pHash with their dihedral variants, ``pdq+windows`` scores what
@@ -14,6 +15,9 @@ neardup/bridge-dih is the same photo as neardup/bridge (distance 0), formats/ukb
 photos/ukbench09380.jpg re-encoded (distance 0 pHash, 14 PDQ) and formats/alpha_channel.png is the
 ukbench00120 photo mirrored, with an alpha channel (distance 0-2 pHash, 14-20 PDQ).
 
+``--groups`` adds the end-to-end groups section on the shared photos (``groups_section``: goal-class
+copies, ``pixdex index`` with pixdex-demo, exact and copy tiers under ``--keep largest`` and ``oldest``,
+precision/recall per class read from the groups, as tests/test_dedup_quality.py asserts them).
 ``--demo N`` adds the end-to-end section: N ``pixdex demo-data`` images (those with two or more shapes;
 a lone shape on a flat background is the same picture as another lone shape, for PDQ and for this
 model) plus a copy by every transform, indexed with ``pixdex-demo`` and deduplicated by
@@ -314,6 +318,66 @@ def demo_section(n: int, seed: int = 7) -> None:
         print(f"default semantic threshold for pixdex-demo: {find.MODEL_THRESHOLDS.get('pixdex-demo')}")
 
 
+def groups_section(data: Path, policies=("largest", "oldest")) -> None:
+    """End to end on the shared photos: the goal-class copies of each base image (JPEG q95, as the
+    test writes them), indexed with ``pixdex-demo``, exact and copy tiers through
+    ``find_duplicates`` under each keep policy; precision/recall per goal class read from the groups
+    (a copy counts when it shares a group with its original) and groups joining different scenes."""
+    import shutil
+    import tempfile
+
+    from pixdex.dedup.run import find_duplicates
+    from pixdex.indexer.run import index_paths
+
+    goal = {kind: names_of_kind(kind) for kind in GOAL_KINDS}
+    with tempfile.TemporaryDirectory(prefix="pixdex-bench-") as tmp:
+        tmp = Path(tmp)
+        lib = tmp / "data"
+        shutil.copytree(data, lib, ignore=shutil.ignore_patterns("*.md"))
+        bases = sorted(p.relative_to(lib).as_posix() for p in (lib / "photos").iterdir())
+        bases += [f"neardup/{r}" for r in NEARDUP_ORIGINALS]
+        copies = {}  # copy path -> (base rel, transform)
+        (tmp / "copies").mkdir()
+        for rel in bases:
+            img, _ = decode(read_file(str(lib / rel)), None, rel)
+            for names in goal.values():
+                for t in names:
+                    out = tmp / "copies" / f"{rel.replace('/', '__')}~{t}.jpg"
+                    TRANSFORMS[t](img).save(out, format="JPEG", quality=95)
+                    copies[str(out)] = (rel, t)
+        scene = {str(p): scene_of(p.relative_to(lib).as_posix()) for p in lib.rglob("*") if p.is_file()}
+        scene.update({p: scene_of(rel) for p, (rel, _) in copies.items()})
+        t0 = time.perf_counter()
+        index_paths([lib, tmp / "copies"], tmp / "store", model="pixdex-demo", json_mode=True)
+        print(
+            f"\n=== groups: shared photos + {len(copies)} goal-class copies ({len(bases)} originals), "
+            f"tiers exact,copy, indexed in {time.perf_counter() - t0:.1f} s; per class precision/recall "
+            "from the groups"
+        )
+        print(fmt_row("keep \\ class", list(goal) + ["mixed groups"], 13))
+        for policy in policies:
+            t0 = time.perf_counter()
+            rep = find_duplicates(tmp / "store", tiers=["exact", "copy"], keep=policy)
+            dt = time.perf_counter() - t0
+            together = set()
+            for g in rep.groups:
+                ps = sorted(m.path for m in g.members)
+                together |= {(a, b) for k, a in enumerate(ps) for b in ps[k + 1 :]}
+            cells = []
+            for names in goal.values():
+                cps = [p for p, (_, t) in copies.items() if t in names]
+                truth = {tuple(sorted((p, str(lib / copies[p][0])))) for p in cps}
+                touching = [
+                    (a, b)
+                    for a, b in together
+                    if copies.get(a, ("", ""))[1] in names or copies.get(b, ("", ""))[1] in names
+                ]
+                prec = sum(scene[a] == scene[b] for a, b in touching) / len(touching) if touching else 1.0
+                cells.append(f"{prec:.2f}/{len(truth & together) / len(truth):.2f}")
+            mixed = sum(len({scene[m.path] for m in g.members}) > 1 for g in rep.groups)
+            print(fmt_row(policy, cells + [mixed], 13) + f"   ({len(rep.groups)} groups, {dt:.2f} s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -324,6 +388,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=40)
     ap.add_argument("--demo", type=int, default=0, help="also the demo-data section with N generated images")
     ap.add_argument("--demo-only", type=int, default=0, help="only the demo-data section, N images")
+    ap.add_argument("--groups", action="store_true", help="also the end-to-end groups section")
+    ap.add_argument("--groups-only", action="store_true", help="only the groups section")
     args = ap.parse_args()
     if args.demo_only:
         demo_section(args.demo_only)
@@ -333,6 +399,9 @@ def main() -> None:
         if not alt.is_dir():
             sys.exit(f"no shared data at {args.data}")
         args.data = alt
+    if args.groups_only:
+        groups_section(args.data)
+        return
     t0 = time.perf_counter()
     labels, images, names, nbases = load(args.data, args.draft)
     n_orig = sum(1 for t in labels.transform if t is None)
@@ -383,6 +452,8 @@ def main() -> None:
             f"different-scene pairs={len(res['false_pairs'][D])}"
         )
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
+    if args.groups:
+        groups_section(args.data)
     if args.demo:
         demo_section(args.demo)
     if not args.no_speed:

@@ -163,6 +163,103 @@ def test_cross_copy_pairs_match_brute_force():
         assert all(ref[i, j] == d for i, j, d in zip(got.i, got.j, got.distance))
 
 
+def brute_base_distances(q_rows: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """(M, N) min over every row of query m against every row of base n (reference)."""
+    qb, bb = _bits(q_rows), _bits(base)  # (M, K, nbits), (N, KB, nbits)
+    d = np.full((len(qb), len(bb)), 10**6, dtype=np.int64)
+    for g in range(qb.shape[1]):
+        v = qb[:, g]
+        for r in range(bb.shape[1]):
+            w = bb[:, r]
+            d = np.minimum(d, v @ (1 - w).T + (1 - v) @ w.T)
+    return d
+
+
+def test_cross_copy_pairs_switch_to_lsh_above_exact_max(monkeypatch):
+    """``--against`` between large stores: ``method="auto"`` goes to LSH above EXACT_MAX base hashes
+    (as copy_pairs does); its pairs are the brute-force ones less a few misses, never one beyond D."""
+    from pixdex.dedup import hamming
+
+    _, dih = planted(1400, 32, 31, seed=4)
+    q_rows, base = dih[:600].copy(), np.ascontiguousarray(dih[600:, 0])
+    rng = np.random.default_rng(2)
+    for k in range(0, 600, 3):  # a row of query k within 0..33 bits of base k's hash
+        bits = np.unpackbits(base[k])
+        bits[rng.choice(256, int(rng.integers(0, 34)), replace=False)] ^= 1
+        q_rows[k, int(rng.integers(0, 8))] = np.packbits(bits)
+    ref = brute_base_distances(q_rows, base[:, None])
+    ii, jj = np.nonzero(ref <= 31)
+    expected = {(int(i), int(j)): int(ref[i, j]) for i, j in zip(ii, jj)}
+    assert len(expected) >= 150
+    exact = cross_copy_pairs(q_rows[:, 0], base, 31, query_dihedral=q_rows, method="auto")
+    assert dict(zip(zip(exact.i.tolist(), exact.j.tolist()), exact.distance.tolist())) == expected
+    picked = []
+    real = hamming.lsh_range_pairs
+
+    def spy(*args, **kwargs):
+        picked.append("lsh")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hamming, "lsh_range_pairs", spy)
+    monkeypatch.setattr(hamming, "EXACT_MAX", len(base) - 1)
+    approx = cross_copy_pairs(q_rows[:, 0], base, 31, query_dihedral=q_rows, method="auto")
+    assert picked == ["lsh"]
+    got = dict(zip(zip(approx.i.tolist(), approx.j.tolist()), approx.distance.tolist()))
+    assert set(got) <= set(expected) and len(got) >= 0.95 * len(expected)
+    assert all(got[p] >= expected[p] for p in got)
+
+
+@pytest.mark.parametrize("kept", ["mirror", "flip_vertical"])
+def test_crop_of_the_original_joins_the_kept_mirrored_copy(kept):
+    """When a mirrored copy is the kept item (``--keep largest`` keeps a q95 mirror of a JPEG
+    original), crops of the original must be linked to it directly (star rule): copy_within's
+    two-hop links meet the mirror's windows with the crop's mirror row."""
+    from pixdex.dedup import find
+    from pixdex.dedup.groups import group_pairs
+
+    orig = synthetic_photo(5, size=(320, 240))
+    names = [kept, "crop_corner_05", "crop_center_10", "crop_corner_10"]
+    images = [orig] + [make_copy(orig, t) for t in names]
+    rows = np.stack([perceptual.copy_hash_array(im) for im in images])
+    # reference: crop vs kept copy, every stored row of one against every dihedral row of the other
+    ref = brute_base_distances(rows, rows[:, : len(perceptual.DIHEDRAL)])
+    ref = np.minimum(ref, ref.T)
+    assert all(ref[1, c] <= D for c in (2, 3, 4))
+    searched = copy_pairs(rows[:, 0], D, rows).as_set()  # the search alone misses some of them
+    assert {(0, c) for c in (1, 2, 3, 4)} <= searched and not {(1, c) for c in (2, 3, 4)} <= searched
+    n = len(images)
+    pixels = np.array([im.width * im.height for im in images], np.int64)
+    items = find.ItemSet(
+        np.arange(n, dtype=np.int64), np.array([None] * n, dtype=object), np.arange(n), rows,
+        np.zeros(0, np.int64), np.zeros((0, 0), np.float32), pixels,
+    )  # fmt: skip
+    pairs = find.copy_within(items, D)
+    got = {(int(i), int(j)): s for i, j, s in zip(pairs.i, pairs.j, pairs.score)}
+    assert all(got[(1, c)] == ref[1, c] for c in (2, 3, 4))
+    rank = np.array([1, 0, 2, 3, 4])  # the mirrored copy is kept
+    (group,) = group_pairs([("copy", pairs)], rank)
+    assert group.keep == 1 and sorted(m.index for m in group.members) == [0, 1, 2, 3, 4]
+
+
+def test_two_hop_needs_a_smaller_crop():
+    """A window of y matching x is a crop link only when x has fewer pixels than y: two unrelated
+    images of the same size whose window matched by chance do not pull in each other's copies."""
+    from pixdex.dedup import find
+
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 256, (3, perceptual.COPY_ROWS, 32), dtype=np.uint8)
+    rows[1, perceptual.FIRST_WINDOW + 4] = rows[0, 0]  # a window of 1 is item 0
+    rows[2, 4] = rows[1, 0]  # item 2 is 1 mirrored ...
+    rows[2, 0] = rows[1, 4]
+    rows[2, perceptual.FIRST_WINDOW + 4] = rows[0, 4]  # ... and its (centre) window is 0 mirrored
+    i, j = np.array([0, 1]), np.array([1, 2])
+    x, z, d = find.two_hop_links(rows, i, j, D)
+    assert (x.tolist(), z.tolist(), d.tolist()) == ([0], [2], [0])
+    same = np.array([100, 100, 100])
+    assert find.two_hop_links(rows, i, j, D, pixels=same)[0].size == 0
+    assert find.two_hop_links(rows, i, j, D, pixels=np.array([80, 100, 100]))[0].tolist() == [0]
+
+
 # ---------------------------------------------------------------------- transforms
 
 

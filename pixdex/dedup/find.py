@@ -13,7 +13,8 @@ Tiers (pairs are :class:`pixdex.dedup.pairs.Pairs` over item positions, ``score`
   as a list of positions (the caller links it as a star on the item its keep policy prefers, so a class
   of k identical files costs k - 1 links, not k^2 / 2).
 - ``copy``: Hamming distance of PDQ hashes <= D, every stored row of one image (its 8 dihedral
-  variants and its crop windows) against the other's canonical hash, both ways
+  variants and its crop windows) against the other's canonical hash, both ways, plus two-hop links
+  checked on all dihedral rows (:func:`two_hop_links`)
   (:mod:`pixdex.dedup.hamming`: exact range search, multi-index hashing for large sets).
 - ``semantic``: cosine of the stored embeddings >= T (:mod:`pixdex.dedup.semantic`: exact blocked
   products for small sets, SemDeDup-style cells above).
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 TIERS = ("exact", "copy", "semantic")
 DEFAULT_DISTANCE = perceptual.DEFAULT_DISTANCE[perceptual.DEFAULT_ALGORITHM]
+TWO_HOP_MAX_DEGREE = (
+    64  # copy_within checks two-hop candidates only through items with at most this many links
+)
 # Semantic threshold: a cosine, so it depends on the model. Measured with pixdex-demo on demo-data
 # images and their copies (bench/dedup_quality.py, "demo" section): at 0.95 pair precision >= 0.99 on
 # JPEG re-encodes while distinct scenes of two or more objects stay below it; DataComp reports that
@@ -88,6 +92,7 @@ class ItemSet:
     copy_rows: np.ndarray  # (m, COPY_ROWS, 32) uint8
     vec_pos: np.ndarray  # (k,) int64
     vectors: np.ndarray  # (k, d) float32
+    pixels: Optional[np.ndarray] = None  # (n,) int64 width x height, 0 when unknown
 
     def __len__(self) -> int:
         return int(self.ids.size)
@@ -106,7 +111,7 @@ def load_store_items(store, tiers: tuple[str, ...], progress: Optional[Progress]
 
     with store.session() as s:
         q = (
-            select(ImageRow.id, ImageRow.content_hash)
+            select(ImageRow.id, ImageRow.content_hash, ImageRow.width, ImageRow.height)
             .where(ImageRow.status == STATUS_OK)
             .order_by(ImageRow.id)
         )
@@ -114,6 +119,7 @@ def load_store_items(store, tiers: tuple[str, ...], progress: Optional[Progress]
     ids = np.fromiter((r[0] for r in got), dtype=np.int64, count=len(got))
     content = np.empty(len(got), dtype=object)
     content[:] = [r[1] for r in got]
+    pixels = np.fromiter(((r[2] or 0) * (r[3] or 0) for r in got), dtype=np.int64, count=len(got))
     del got
     copy_pos, copy_rows = np.zeros(0, np.int64), empty_rows()
     vec_pos, vectors = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
@@ -127,7 +133,7 @@ def load_store_items(store, tiers: tuple[str, ...], progress: Optional[Progress]
             progress("reading vectors", 0, 1)
         vid, vectors = store.vectors(store.live_ids())
         vec_pos, vectors = _positions(ids, vid, vectors)
-    return ItemSet(ids, content, copy_pos, copy_rows, vec_pos, vectors)
+    return ItemSet(ids, content, copy_pos, copy_rows, vec_pos, vectors, pixels)
 
 
 def _positions(ids: np.ndarray, got_ids: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,23 +176,102 @@ def exact_cross(a: ItemSet, b: ItemSet) -> Pairs:
 # ---------------------------------------------------------------------- copy
 
 
-def _from_hamming(p: hamming.Pairs, pos_i: np.ndarray, pos_j: np.ndarray) -> Pairs:
-    return Pairs(pos_i[p.i], pos_j[p.j], p.distance.astype(np.float32))
-
-
 def copy_within(items: ItemSet, distance: int, progress: Optional[Progress] = None) -> Pairs:
-    """Pairs of items within ``distance`` (any stored row of one against the other's canonical hash)."""
+    """Pairs of items within ``distance``: any stored row of one against the other's canonical hash
+    (the search), plus the two-hop links of :func:`two_hop_links`."""
     rows = items.copy_rows
     if len(rows) < 2:
         return Pairs.empty()
     tick = _ticker(progress, "copy tier", len(rows) * rows.shape[1])
     p = hamming.copy_pairs(rows[:, 0], distance, dihedral=rows, progress=tick)
-    return _from_hamming(p, items.copy_pos, items.copy_pos)
+    pixels = items.pixels[items.copy_pos] if items.pixels is not None else None
+    i, j, d = two_hop_links(rows, p.i, p.j, distance, pixels)
+    found = Pairs(np.concatenate([p.i, i]), np.concatenate([p.j, j]), np.concatenate([p.distance, d]))
+    return Pairs(items.copy_pos[found.i], items.copy_pos[found.j], found.score.astype(np.float32))
+
+
+def two_hop_links(
+    rows: np.ndarray, i: np.ndarray, j: np.ndarray, distance: int, pixels: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Links (x, z, distance), x < z, from a crop x of an image y to a whole-image copy z of y.
+
+    The search compares each row with the other's canonical hash only, so a crop x of an original y
+    (a window of y matched x) is not linked to a mirrored or flipped copy z of y (the crop's windows
+    are not mirrored); with the star rule of the grouping, a kept z would then leave the crops out.
+    For each such x ~ y ~ z (x ~ y: a window row of y within ``distance`` of x's canonical hash; y ~ z:
+    a dihedral row of one within ``distance`` of the other's canonical hash), x and z not linked, the
+    distance over every stored row of one against every dihedral row of the other is computed (z's
+    windows meet x's mirror row) and kept when within ``distance``. Only these candidates are
+    checked: all 8 dihedral rows as the search's base would cost about 3.3x its time and links an
+    image whose window matched a copy of an unrelated image to that image's whole family. Items with
+    more than :data:`TWO_HOP_MAX_DEGREE` links are not used as y (bounded work). With ``pixels`` (per
+    row, 0 = unknown), x must have fewer pixels than y to count as its crop: a window of one image
+    matching another of the same size is a chance match between low-texture images (measured on
+    demo-data), not a crop."""
+    n = len(rows)
+    z0 = np.zeros(0, np.int64)
+    if not len(i):
+        return z0, z0.copy(), np.zeros(0, np.int32)
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    words = np.ascontiguousarray(rows).view(np.uint64)  # (n, COPY_ROWS, 4)
+    nd = len(perceptual.DIHEDRAL)
+
+    def best(a: np.ndarray, b: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """min over rows lo:hi of a against b's canonical hash (in blocks: memory stays bounded)."""
+        out = np.empty(a.size, np.int32)
+        for s in range(0, a.size, 16384):
+            aa, bb = a[s : s + 16384], b[s : s + 16384]
+            out[s : s + 16384] = _popcount(words[aa, lo:hi] ^ words[bb, None, 0]).min(axis=1)
+        return out
+
+    # per link, both directions: (y, x) when a window of y matched x; (y, z) when a dihedral row matched
+    src, dst = np.concatenate([i, j]), np.concatenate([j, i])
+    deg = np.bincount(src, minlength=n)
+    ok = deg[src] <= TWO_HOP_MAX_DEGREE
+    src, dst = src[ok], dst[ok]
+    crop = best(src, dst, nd, rows.shape[1]) <= distance
+    if pixels is not None:
+        px = np.asarray(pixels, np.int64)
+        crop &= (px[dst] < px[src]) | (px[dst] <= 0) | (px[src] <= 0)
+    whole = np.minimum(best(src, dst, 0, nd), best(dst, src, 0, nd)) <= distance
+    o = np.argsort(src, kind="stable")
+    src, dst, crop, whole = src[o], dst[o], crop[o], whole[o]
+    start = np.searchsorted(src, np.arange(n + 1))
+    cand = []
+    for y in np.unique(src[crop]).tolist():
+        sl = slice(start[y], start[y + 1])
+        xs, zs = dst[sl][crop[sl]], dst[sl][whole[sl]]
+        if zs.size:
+            xx, zz = np.repeat(xs, zs.size), np.tile(zs, xs.size)
+            diff = xx != zz
+            cand.append(np.minimum(xx, zz)[diff] * n + np.maximum(xx, zz)[diff])
+    if not cand:
+        return z0, z0.copy(), np.zeros(0, np.int32)
+    key = np.setdiff1d(np.concatenate(cand), np.minimum(i, j) * n + np.maximum(i, j))
+    x, z = key // n, key % n
+    dih = words[:, :nd]
+    d = np.empty(key.size, np.int32)
+    for s in range(0, key.size, 1024):
+        bx, bz = x[s : s + 1024], z[s : s + 1024]
+        d1 = _popcount(words[bx][:, :, None] ^ dih[bz][:, None]).min(axis=(1, 2))
+        d2 = _popcount(words[bz][:, :, None] ^ dih[bx][:, None]).min(axis=(1, 2))
+        d[s : s + 1024] = np.minimum(d1, d2)
+    keep = d <= distance
+    return x[keep], z[keep], d[keep]
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits over the last axis of a uint64 array, as int32."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).sum(axis=-1, dtype=np.int32)
+    return np.unpackbits(x.view(np.uint8), axis=-1).sum(axis=-1, dtype=np.int32)
 
 
 def copy_cross(a: ItemSet, b: ItemSet, distance: int, progress: Optional[Progress] = None) -> Pairs:
     """(i in a, j in b) within ``distance``, both ways: a's rows against b's canonical hashes (b is a
-    rotation/crop... of a) and b's rows against a's (a is a crop of b); one best distance per pair."""
+    rotation/crop... of a) and b's rows against a's (a is a crop of b); one best distance per pair.
+    Exact up to ``hamming.EXACT_MAX`` base hashes, LSH above (``method="auto"``), each way. No two-hop
+    links: with ``--against`` each image joins the group of the reference image it is closest to."""
     if not len(a.copy_rows) or not len(b.copy_rows):
         return Pairs.empty()
     ra, rb = a.copy_rows, b.copy_rows
