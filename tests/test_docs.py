@@ -25,7 +25,8 @@ PENDING = ()
 
 FILE_RE = re.compile(r"(?<![\w./-])pixdex/[\w/]+\.py\b")
 NAME_RE = re.compile(r"(?<![\w./-])pixdex(?:\.[A-Za-z_]\w*)+")
-NOT_NAMES = {"pixdex.db"}  # the store's database file, not a module
+# the store's database file and the name a damaged one is set aside under: files, not modules
+NOT_NAMES = {"pixdex.db", "pixdex.db.damaged"}
 
 
 def _pending(ref: str) -> bool:

@@ -170,14 +170,14 @@ def test_any_exception_in_a_file_is_that_files_failure_never_the_runs(tmp_path, 
 def test_an_unexpected_decoder_exception_fails_that_file(tmp_path, monkeypatch):
     import pixdex.indexer.pipeline as pipeline
 
-    real = pipeline.decode
+    real = pipeline.decode_many
 
-    def decode_or_explode(data, draft, name=""):
+    def decode_or_explode(data, drafts, name=""):
         if name.endswith("img_00001.png"):
             raise RuntimeError()  # a decoder bug on a hostile file, with no message
-        return real(data, draft, name=name)
+        return real(data, drafts, name=name)
 
-    monkeypatch.setattr(pipeline, "decode", decode_or_explode)
+    monkeypatch.setattr(pipeline, "decode_many", decode_or_explode)
     folder = tmp_path / "photos"
     photos = make_images(folder, 3)
     s = _index(folder, tmp_path / "store")
