@@ -461,6 +461,10 @@ def dataset_dedup(
     image_threshold: Optional[float] = typer.Option(None, "--image-threshold", help="Image cosine."),
     caption_threshold: Optional[float] = typer.Option(None, "--caption-threshold", help="Caption cosine."),
     keep: str = typer.Option("first", "--keep", help="first (input order) or best (image-caption score)."),
+    copy_distance: Optional[int] = typer.Option(
+        None, "--copy-distance", help="Copy tier: PDQ Hamming distance of 256 bits (default 31)."
+    ),
+    no_copy: bool = typer.Option(False, "--no-copy", help="Turn the copy tier off (exact + semantic only)."),
     write_shards: bool = typer.Option(False, "--write-shards", help="Webdataset: write the kept shards."),
     store: Optional[Path] = typer.Option(None, "--store", help="Embedding store (default OUT/store)."),
     batch_size: int = typer.Option(32, "--batch-size"),
@@ -469,8 +473,12 @@ def dataset_dedup(
     json_out: bool = typer.Option(False, "--json", help="Quiet; print the summary as JSON."),
 ):
     """Label duplicate pairs, images and captions, mismatches and leaks of a dataset; write a clean copy."""
-    from pixdex.dataset.api import dedup, summary_of
+    from pixdex.dataset.api import COPY_DISTANCE, dedup, summary_of
 
+    if no_copy:
+        copy_distance = None
+    elif copy_distance is None:
+        copy_distance = COPY_DISTANCE
     result = dedup(
         data,
         out=out,
@@ -485,6 +493,7 @@ def dataset_dedup(
         image_threshold=image_threshold,
         caption_threshold=caption_threshold,
         keep=keep,
+        copy_distance=copy_distance,
         store=store,
         write_shards=write_shards,
         batch_size=batch_size,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pixdex.dataset import labels as L
+from pixdex.dataset.copies import DEFAULT_DISTANCE as COPY_DISTANCE
 from pixdex.errors import PixdexError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def dedup(
     image_threshold: float | None = None,
     caption_threshold: float | None = None,
     keep: str = "first",
+    copy_distance: int | None = COPY_DISTANCE,
     store=None,
     write_shards: bool = False,
     batch_size: int = 32,
@@ -62,7 +64,10 @@ def dedup(
     ``"images"`` also duplicate images, ``"strict"`` also duplicate captions; ``drop_mismatch`` drops
     mismatches. ``keep``: which row of a group stays, ``"first"`` in input order or ``"best"``
     image-caption score. Thresholds are cosines (defaults :data:`pixdex.dataset.labels.IMAGE_THRESHOLD`,
-    ``CAPTION_THRESHOLD``).
+    ``CAPTION_THRESHOLD``). Image duplicates are found by three tiers: equal content hash (``exact``),
+    PDQ perceptual hashes within Hamming distance ``copy_distance`` (``copy``: mirrored, rotated,
+    slightly cropped or re-encoded copies; default 31 of 256 bits, ``None`` turns the tier off; its
+    score is ``1 - d / 256``, see :mod:`pixdex.dataset.copies`) and image cosine (``semantic``).
 
     Vectors come from the embedding store ``store`` (default ``out/store``, or without ``out`` the
     folder ``datasets`` in pixdex's data folder), bound to one model: images are keyed by content hash,
@@ -99,6 +104,10 @@ def dedup(
         keep=keep,
     )
     options.check()
+    if copy_distance is not None:
+        from pixdex.dedup.find import check_thresholds
+
+        check_thresholds(int(copy_distance), None)
     if batch_size < 1:
         raise PixdexError("--batch-size must be at least 1")
     is_pandas = _is_pandas(data)
@@ -125,10 +134,11 @@ def dedup(
                 bar.close()
         spec = lazy.spec
     with timings("label"):
-        table = _label(emb, against_emb, options, finder)
+        table = _label(emb, against_emb, options, finder, copy_distance)
     summary = table.summary()
     summary.update(
         model=spec,
+        copy_distance=copy_distance,
         store=str(store_dir),
         embeddings={
             **emb.counts,
@@ -221,13 +231,17 @@ def _row_count(dataset) -> int | None:
     return None
 
 
-def _label(emb, against_emb, options, finder) -> L.LabelTable:
+def _label(emb, against_emb, options, finder, copy_distance: int | None = None) -> L.LabelTable:
     ok = np.flatnonzero(emb.readable)
     if not len(ok):
         first = min(emb.errors)
         raise PixdexError(
             f"none of the {len(emb)} images can be read (row {emb.keys[first]!r}: {emb.errors[first]})"
         )
+    from pixdex.dataset import copies
+
+    hashes = [emb.image_hashes[i] for i in ok]
+    use_copy = copy_distance is not None
     against = None
     if against_emb is not None:
         a_ok = np.flatnonzero(against_emb.readable)
@@ -240,12 +254,17 @@ def _label(emb, against_emb, options, finder) -> L.LabelTable:
             captions=[against_emb.captions[i] for i in a_ok],
             image_hashes=[against_emb.image_hashes[i] for i in a_ok],
         )
+        if use_copy:
+            against.copy_pairs = copies.cross(
+                hashes, emb.copy_hashes, against.image_hashes, against_emb.copy_hashes, int(copy_distance)
+            )
     sub = L.label_dataset(
         [emb.keys[i] for i in ok],
         emb.image_vectors[ok],
         emb.caption_vectors[ok],
         [emb.captions[i] for i in ok],
-        image_hashes=[emb.image_hashes[i] for i in ok],
+        image_hashes=hashes,
+        copy_pairs=copies.within(hashes, emb.copy_hashes, int(copy_distance)) if use_copy else None,
         against=against,
         options=options,
         finder=finder,

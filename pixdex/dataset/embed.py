@@ -3,16 +3,20 @@
 One streaming pass over the rows (:meth:`pixdex.dataset.readers.Dataset.rows`), the way ``pixdex index``
 reads files: worker threads (:func:`pixdex.indexer.pipeline.ordered_map`, bounded look-ahead) read each
 image (a path relative to the manifest, or the bytes of a webdataset member / parquet cell), hash it,
-and decode + preprocess it only when its hash is not in the store (``decode_pixels``, the indexer's
-decode path, at the model's draft size). The main thread encodes the new images in batches of
+and decode + preprocess it only when its hash is not settled in the store (``decode_pixels``, the
+indexer's decode path, at the model's draft size, which also gives the copy tier's perceptual hashes at
+``perceptual.HASH_DRAFT`` when ``copy_hashes_enabled()``). The main thread encodes the new images in batches of
 ``batch_size`` and the new caption texts in batches of ``max(batch_size, CAPTION_BATCH)``, and commits
 each batch to the store before going on, so a killed run loses at most one batch. Each distinct image content and each distinct caption text is encoded once.
+An image's copy hashes are committed with its vector; an image already in the store without them (a
+store made before them) is decoded for them and not re-encoded (``counts["copy_hashed"]``).
 
 The encoder is loaded only when something must be encoded (or the store is new): a run whose images
 and captions are all in the store loads no model, and its workers only read and hash.
 
 Memory: per row its key, caption and two hashes, then the ``(n, d)`` float32 image and caption vectors,
-read back from the store at the end (one vector per distinct content, gathered per row).
+read back from the store at the end (one vector per distinct content, gathered per row), and the copy
+hashes once per distinct image content (``COPY_ROWS`` x 32 bytes each).
 
 An image that cannot be read or decoded makes its row *unreadable*: ``Embedded.errors[row]`` says why
 (and the decode error of its bytes is kept in the store); such rows get a zero image vector.
@@ -35,6 +39,7 @@ from pixdex.images import content_hash
 from pixdex.indexer.pipeline import (
     DecodeGate,
     Loaded,
+    copy_hashes_enabled,
     decode_pixels,
     default_workers,
     load_candidate,
@@ -45,6 +50,7 @@ from pixdex.indexer.report import Progress, Timings
 log = logging.getLogger(__name__)
 
 CAPTION_BATCH = 128  # captions are encoded in batches of max(batch_size, this): text batches are cheap
+COPY_COMMIT = 256  # copy hashes of images already encoded (a store made before them): rows per commit
 
 
 class LazyModel:
@@ -148,6 +154,8 @@ class Embedded:
     caption_vectors: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)  # row -> why its image is unreadable
     counts: dict = field(default_factory=dict)
+    # the copy tier: perceptual hashes per distinct image content that has them (store.copy_hashes)
+    copy_hashes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -176,6 +184,9 @@ def embed_rows(
     timings = model.timings
     progress = progress or Progress(0, quiet=True)
     known_images = store.known_images()
+    hashing = copy_hashes_enabled()
+    # what the workers need not decode: with copy hashing, images with a vector but no hashes are decoded
+    settled = store.settled_images() if hashing else known_images
     known_captions = store.known_captions()
     pre = _Preprocess(model)
     gate = DecodeGate()
@@ -183,9 +194,9 @@ def embed_rows(
 
     def work(row: DatasetRow) -> Loaded:
         if isinstance(row.image, Path):
-            return load_candidate(str(row.image), pre, known_images, gate=gate)
+            return load_candidate(str(row.image), pre, settled, gate=gate)
         h = content_hash(row.image)
-        if h in known_images:
+        if h in settled:
             return Loaded(content_hash=h, known=True)
         gate.wait()
         return decode_pixels(row.image, h, row.image_name, pre)
@@ -199,10 +210,11 @@ def embed_rows(
     pending_images: dict[str, np.ndarray] = {}
     pending_failed: dict[str, str] = {}
     pending_captions: dict[str, str] = {}
-    counts = {"images_encoded": 0, "captions_encoded": 0}
+    pending_copies: dict[str, np.ndarray | None] = {}  # None: hashing failed (a marker)
+    counts = {"images_encoded": 0, "captions_encoded": 0, "copy_hashed": 0}
 
     def flush_images() -> None:
-        if not pending_images and not pending_failed:
+        if not pending_images and not pending_failed and not pending_copies:
             return
         rows_out = [(h, None, e) for h, e in pending_failed.items()]
         if pending_images:
@@ -216,11 +228,16 @@ def embed_rows(
                 vecs = enc.encode_images(batch)
             rows_out += [(h, v, None) for h, v in zip(pending_images, vecs)]
             counts["images_encoded"] += len(pending_images)
+        counts["copy_hashed"] += sum(1 for h in pending_copies if h in known_images)
         with timings("commit"):
-            store.add(images=rows_out)
+            store.add(images=rows_out, copies=pending_copies.items())
         known_images.update(h for h, _, _ in rows_out)
+        if settled is not known_images:
+            settled.update(pending_copies)
+            settled.update(pending_failed)
         pending_images.clear()
         pending_failed.clear()
+        pending_copies.clear()
 
     def flush_captions() -> None:
         if not pending_captions:
@@ -246,6 +263,8 @@ def embed_rows(
             pending_captions[th] = row.caption
         h = res.content_hash
         image_hashes.append(h)
+        if h is not None and hashing and res.ok and h not in pending_copies and h not in settled:
+            pending_copies[h] = res.copy_hash
         if h is None:
             errors[i] = res.error or "cannot be read"
         elif h not in known_images and h not in pending_images and h not in pending_failed:
@@ -255,7 +274,7 @@ def embed_rows(
                 pass
             else:
                 pending_failed[h] = res.error or "cannot be decoded"
-        if len(pending_images) >= batch_size:
+        if len(pending_images) >= batch_size or len(pending_copies) >= COPY_COMMIT:
             flush_images()
         if len(pending_captions) >= max(batch_size, CAPTION_BATCH):
             flush_captions()
@@ -266,13 +285,15 @@ def embed_rows(
     with timings("read_vectors"):
         dim = model.dim
         img_vecs, cap_vecs = _gather(store, image_hashes, text_hashes, dim, errors)
+        copies = store.copy_hashes(sorted({h for r, h in enumerate(image_hashes) if h and r not in errors}))
     counts.update(
         rows=len(keys),
         images=len({h for h in image_hashes if h is not None}),
         captions=len(set(text_hashes)),
         unreadable=len(errors),
+        images_with_copy_hashes=len(copies),
     )
-    return Embedded(keys, captions, names, image_hashes, img_vecs, cap_vecs, errors, counts)
+    return Embedded(keys, captions, names, image_hashes, img_vecs, cap_vecs, errors, counts, copies)
 
 
 def _gather(store: EmbeddingStore, image_hashes, text_hashes, dim: int, errors: dict[int, str]):

@@ -9,12 +9,18 @@ migrations run by :func:`pixdex.storage.migrations.apply_migrations`. Every name
   the bytes cannot be decoded (``error``; the same bytes fail the same way, so this is not retried).
 - ``captions``: one row per exact caption text, keyed by ``text_hash`` (blake2b-128 of its UTF-8 bytes,
   :func:`caption_hash`; not normalised: the encoder sees the text as written), with its vector.
+- ``copy_hashes``: the copy tier's perceptual hashes of an image content (migration ``d002``), keyed by
+  ``content_hash`` like ``images``: ``perceptual.COPY_ROWS`` x 32 bytes (8 dihedral PDQ hashes, then the
+  crop windows; the layout of the pixdex store's ``copy_hashes``) of ``version``
+  ``perceptual.COPY_VERSION``, or NULL when hashing that decoded image failed (a marker, not retried).
+  Written in the same transaction as the image's vector; an image stored before this table (or of an
+  older version) gets its row on the next run, decoded but not re-encoded. Model-independent.
 - ``meta``: the model identity the vectors belong to (``pixdex.encoders.encoder.Encoder.identity``).
   A store holds one embedding space: opening it for another model is a one-line error.
 
 Vectors are committed in batches as they are computed, each batch in one transaction, so a run killed at
 any point keeps every committed batch and the next run computes only what is missing. Rows are never
-updated; a vector of a hash never changes.
+updated; a vector of a hash never changes (a ``copy_hashes`` row is replaced only by a newer version).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from pixdex.dedup.perceptual import COPY_NBYTES, COPY_ROWS, COPY_VERSION
 from pixdex.errors import PixdexError
 from pixdex.images import content_hash
 from pixdex.storage import migrations
@@ -50,6 +57,9 @@ T_META = "meta"
 C_META_KEY = "key"
 C_META_VALUE = "value"
 META_MODEL = "model"
+T_COPY = "copy_hashes"
+C_COPY_VERSION = "version"  # perceptual.COPY_VERSION of the hashes
+C_COPY_PDQ = "pdq"  # COPY_ROWS x 32 bytes; NULL: hashing failed (not retried)
 
 MIGRATIONS: list[tuple[str, migrations.Migration]] = []
 
@@ -80,6 +90,16 @@ def d001_create_images_captions_meta(conn: Connection) -> None:
     )
 
 
+@_migration
+def d002_create_copy_hashes(conn: Connection) -> None:
+    conn.execute(
+        text(
+            f"CREATE TABLE {T_COPY} ({C_HASH} VARCHAR(64) NOT NULL PRIMARY KEY, "
+            f"{C_COPY_VERSION} INTEGER NOT NULL, {C_COPY_PDQ} BLOB, {C_ADDED_AT} FLOAT NOT NULL)"
+        )
+    )
+
+
 def caption_hash(caption: str) -> str:
     """The key of a caption's vector: the hash of its exact text."""
     return content_hash(caption.encode("utf-8", "surrogatepass"))
@@ -87,6 +107,13 @@ def caption_hash(caption: str) -> str:
 
 def _blob(v: np.ndarray) -> bytes:
     return np.ascontiguousarray(v, dtype="<f4").tobytes()
+
+
+def _copy_blob(p: np.ndarray) -> bytes:
+    p = np.ascontiguousarray(p, dtype=np.uint8)
+    if p.shape != (COPY_ROWS, COPY_NBYTES):
+        raise ValueError(f"copy hashes must be ({COPY_ROWS}, {COPY_NBYTES}) uint8, got {p.shape}")
+    return p.tobytes()
 
 
 class EmbeddingStore:
@@ -164,6 +191,28 @@ class EmbeddingStore:
         with self.engine.connect() as c:
             return {r[0] for r in c.execute(text(f"SELECT {C_HASH} FROM {T_IMAGES}"))}
 
+    def settled_images(self) -> set[str]:
+        """Hashes of every image that needs no decoding: a decode error, or current copy hashes (or
+        their failure marker). A stored image outside this set is decoded for its copy hashes only."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                text(
+                    f"SELECT {C_HASH} FROM {T_IMAGES} WHERE {C_VECTOR} IS NULL UNION "
+                    f"SELECT {C_HASH} FROM {T_COPY} WHERE {C_COPY_VERSION} = :v"
+                ),
+                {"v": COPY_VERSION},
+            )
+            return {r[0] for r in rows}
+
+    def copy_hashes(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """``{hash: (COPY_ROWS, 32) uint8}`` for those of ``hashes`` with current copy hashes."""
+        got = self._fetch(T_COPY, C_HASH, f"{C_COPY_VERSION}, {C_COPY_PDQ}", hashes)
+        return {
+            h: np.frombuffer(blob, np.uint8).reshape(COPY_ROWS, COPY_NBYTES)
+            for h, (version, blob) in got.items()
+            if blob is not None and version == COPY_VERSION
+        }
+
     def known_captions(self) -> set[str]:
         with self.engine.connect() as c:
             return {r[0] for r in c.execute(text(f"SELECT {C_TEXT_HASH} FROM {T_CAPTIONS}"))}
@@ -173,6 +222,7 @@ class EmbeddingStore:
             return {
                 "images": c.execute(text(f"SELECT count(*) FROM {T_IMAGES}")).scalar_one(),
                 "captions": c.execute(text(f"SELECT count(*) FROM {T_CAPTIONS}")).scalar_one(),
+                "copy_hashes": c.execute(text(f"SELECT count(*) FROM {T_COPY}")).scalar_one(),
             }
 
     def _fetch(self, table: str, key: str, cols: str, hashes: Sequence[str]) -> dict[str, tuple]:
@@ -216,15 +266,29 @@ class EmbeddingStore:
         self,
         images: Iterable[tuple[str, np.ndarray | None, str | None]] = (),
         captions: Iterable[tuple[str, np.ndarray]] = (),
+        copies: Iterable[tuple[str, np.ndarray | None]] = (),
     ) -> None:
-        """Add image rows ``(hash, vector or None, error or None)`` and caption rows ``(hash, vector)`` in
-        one transaction (rows already present are left as they are)."""
+        """Add image rows ``(hash, vector or None, error or None)``, caption rows ``(hash, vector)`` and
+        copy-hash rows ``(hash, (COPY_ROWS, 32) uint8 or None)`` in one transaction (image and caption
+        rows already present are left as they are; copy rows replace an older version's)."""
         now = time.time()
         img = [{"h": h, "v": None if v is None else _blob(v), "e": e, "t": now} for h, v, e in images]
         cap = [{"h": h, "v": _blob(v), "t": now} for h, v in captions]
-        if not img and not cap:
+        cop = [
+            {"h": h, "n": COPY_VERSION, "p": None if p is None else _copy_blob(p), "t": now}
+            for h, p in copies
+        ]
+        if not img and not cap and not cop:
             return
         with self.engine.begin() as c:
+            if cop:
+                c.execute(
+                    text(
+                        f"INSERT OR REPLACE INTO {T_COPY} ({C_HASH}, {C_COPY_VERSION}, {C_COPY_PDQ}, "
+                        f"{C_ADDED_AT}) VALUES (:h, :n, :p, :t)"
+                    ),
+                    cop,
+                )
             if img:
                 c.execute(
                     text(
