@@ -36,6 +36,7 @@ from pixdex.dataset.readers import DatasetRow
 from pixdex.dataset.store import EmbeddingStore, caption_hash
 from pixdex.errors import PixdexError
 from pixdex.images import content_hash
+from pixdex.indexer.binding import LazyPreprocess
 from pixdex.indexer.pipeline import (
     DecodeGate,
     Loaded,
@@ -128,20 +129,6 @@ class LazyModel:
         return self._pre
 
 
-class _Preprocess:
-    """``pre(img)`` and ``pre.draft_size`` of a :class:`LazyModel`, resolved on first use (in a worker)."""
-
-    def __init__(self, lazy: LazyModel):
-        self._lazy = lazy
-
-    @property
-    def draft_size(self):
-        return self._lazy.preprocessor().draft_size
-
-    def __call__(self, img):
-        return self._lazy.preprocessor()(img)
-
-
 @dataclass
 class Embedded:
     """The rows of one pass, in reading order, with their vectors."""
@@ -188,7 +175,7 @@ def embed_rows(
     # what the workers need not decode: with copy hashing, images with a vector but no hashes are decoded
     settled = store.settled_images() if hashing else known_images
     known_captions = store.known_captions()
-    pre = _Preprocess(model)
+    pre = LazyPreprocess(model)
     gate = DecodeGate()
     gating = os.environ.get("PIXDEX_DECODE_GATE", "auto") != "0"
 

@@ -88,14 +88,15 @@ class LazyEncoder:
         return pre
 
     @property
-    def preprocess(self) -> _LazyPreprocess:
-        return _LazyPreprocess(self)
+    def preprocess(self) -> LazyPreprocess:
+        return LazyPreprocess(self)
 
 
-class _LazyPreprocess:
-    """``pre(img)`` and ``pre.draft_size`` of a :class:`LazyEncoder`'s preprocessing, resolved on first use."""
+class LazyPreprocess:
+    """``pre(img)`` and ``pre.draft_size`` of a lazy model's preprocessing (anything with a
+    ``preprocessor()`` method: :class:`LazyEncoder`, the dataset embedder's model), resolved on first use."""
 
-    def __init__(self, lazy: LazyEncoder):
+    def __init__(self, lazy):
         self._lazy = lazy
 
     @property
