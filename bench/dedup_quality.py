@@ -424,7 +424,7 @@ def main() -> None:
             + "; ".join(f"{names[a]} ~ {names[b]} @{d}" for a, b, d in first_false[:4])
         )
     t = time.perf_counter()
-    stored = np.stack([perceptual.copy_hash_array(im) for im in images])
+    stored = np.stack([perceptual.copy_hash_array(im).rows for im in images])
     print(
         f"\npdq+windows: hashed {len(images)} images in {time.perf_counter() - t:.1f} s "
         f"({perceptual.COPY_ROWS} rows each: 8 dihedral + {len(perceptual.WINDOWS)} windows)"

@@ -187,7 +187,8 @@ def test_kill_9_during_the_copy_hash_backfill_then_complete(tmp_path):
     assert built.returncode == 0, built.stderr
     con = sqlite3.connect(store / "pixdex.db")
     con.execute("DROP TABLE copy_hashes")
-    con.execute("DELETE FROM migrations WHERE name = 'm003_copy_hashes'")
+    # a store from before the table (and so before its later column)
+    con.execute("DELETE FROM migrations WHERE name IN ('m003_copy_hashes', 'm005_copy_quality')")
     con.commit()
     vectors = {r[0]: r[1] for r in con.execute("SELECT image_id, vector FROM vectors")}
     con.close()
@@ -227,6 +228,6 @@ def test_kill_9_during_the_copy_hash_backfill_then_complete(tmp_path):
     assert sorted(hashes) == sorted(r["id"] for r in rows.values() if r["status"] == "ok")
     for p in files:
         want = perceptual.copy_hash_array(decode(read_file(str(p)), perceptual.HASH_DRAFT)[0])
-        assert hashes[rows[str(p)]["id"]] == want.tobytes(), p
+        assert hashes[rows[str(p)]["id"]] == want.rows.tobytes(), p
     again = subprocess.run(_cmd(folder, store), env=env, capture_output=True, text=True, timeout=300)
     assert json.loads(again.stdout)["hashed_copy"] == 0

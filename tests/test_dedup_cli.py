@@ -14,28 +14,38 @@ import pytest
 from dedup_support import group_pairs_of, run_cli
 from PIL import Image
 
+from pixdex.dedup import perceptual
 from pixdex.dedup.transforms import TRANSFORMS
+from pixdex.images import decode, read_file
 
 COPY_KINDS = ("jpeg_q30", "downscale_50", "mirror", "crop_center_05")
 EXPECTED_MEMBER_KEYS = {"id", "path", "tier", "score", "width", "height", "bytes", "format", "kept"}
 
 
+def _quality(path: Path) -> int:
+    return perceptual.copy_hash_array(decode(read_file(str(path)), perceptual.HASH_DRAFT)[0]).quality
+
+
 def _demo_folder(root: Path, n_orig: int = 14, n_copied: int = 5, seed: int = 5) -> tuple[list[Path], dict]:
-    """``root/orig`` with demo images of 2+ shapes, ``root/orig/copies`` with copies of the first ones,
-    one exact duplicate; returns (originals, copy path -> original path)."""
+    """``root/orig`` with demo images of 2+ shapes, ``root/orig/copies`` with copies of the first
+    ``n_copied`` ones, which are images whose PDQ quality the copy tier trusts (perceptual.MIN_QUALITY:
+    many demo images are too flat for it), one exact duplicate; returns (originals, copy path ->
+    original path)."""
     from pixdex.training.demo_data import generate
 
     gen = root.parent / f"{root.name}-gen"
-    generate(gen, n=60, seed=seed)
+    generate(gen, n=120, seed=seed)
     meta = json.loads((gen / "objects.json").read_text())["images"]
+    shapes = [gen / r["image"] for r in meta if len(r["objects"]) >= 2]
+    trusted = [p for p in shapes if _quality(p) >= perceptual.MIN_QUALITY]
+    assert len(trusted) >= n_copied
+    chosen = trusted[:n_copied] + [p for p in shapes if p not in trusted[:n_copied]][: n_orig - n_copied]
     orig = root / "orig"
     orig.mkdir(parents=True)
     originals = []
-    for rec in meta:
-        if len(rec["objects"]) >= 2 and len(originals) < n_orig:
-            dst = orig / Path(rec["image"]).name
-            shutil.copy2(gen / rec["image"], dst)
-            originals.append(dst)
+    for src in chosen:
+        shutil.copy2(src, orig / src.name)
+        originals.append(orig / src.name)
     shutil.rmtree(gen)
     copies = {}
     (orig / "copies").mkdir()

@@ -220,7 +220,8 @@ def test_crop_of_the_original_joins_the_kept_mirrored_copy(kept):
     orig = synthetic_photo(5, size=(320, 240))
     names = [kept, "crop_corner_05", "crop_center_10", "crop_corner_10"]
     images = [orig] + [make_copy(orig, t) for t in names]
-    rows = np.stack([perceptual.copy_hash_array(im) for im in images])
+    hashed = [perceptual.copy_hash_array(im) for im in images]
+    rows = np.stack([h.rows for h in hashed])
     # reference: crop vs kept copy, every stored row of one against every dihedral row of the other
     ref = brute_base_distances(rows, rows[:, : len(perceptual.DIHEDRAL)])
     ref = np.minimum(ref, ref.T)
@@ -231,7 +232,7 @@ def test_crop_of_the_original_joins_the_kept_mirrored_copy(kept):
     pixels = np.array([im.width * im.height for im in images], np.int64)
     items = find.ItemSet(
         np.arange(n, dtype=np.int64), np.array([None] * n, dtype=object), np.arange(n), rows,
-        np.zeros(0, np.int64), np.zeros((0, 0), np.float32), pixels,
+        np.zeros(0, np.int64), np.zeros((0, 0), np.float32), pixels, np.array([h.quality for h in hashed]),
     )  # fmt: skip
     pairs = find.copy_within(items, D)
     got = {(int(i), int(j)): s for i, j, s in zip(pairs.i, pairs.j, pairs.score)}
@@ -287,14 +288,14 @@ def shared_hashes():
     for p in photos + exif:
         originals.append(decode(read_file(str(p)), DRAFT)[0])
         scenes.append(p.name)
-    dih = [perceptual.copy_hash_array(im) for im in originals]
+    dih = [perceptual.copy_hash_array(im).rows for im in originals]
     copies = {}  # kind -> list of (source index, dihedral)
     for k, p in enumerate(photos):
         full = decode(read_file(str(p)), None)[0]
         for kind in GOAL_KINDS:
             for name in names_of_kind(kind):
                 c = make_copy(full, name, lambda b: decode(b, DRAFT)[0])
-                copies.setdefault(kind, []).append((k, perceptual.copy_hash_array(c)))
+                copies.setdefault(kind, []).append((k, perceptual.copy_hash_array(c).rows))
     return np.stack(dih), scenes, copies
 
 
@@ -346,7 +347,7 @@ def test_window_hashes_are_the_pdq_hashes_of_the_crops():
     assert perceptual.COPY_ROWS == perceptual.FIRST_WINDOW + len(perceptual.WINDOWS)
     for seed in range(3):
         im = synthetic_photo(seed, size=(300, 240))
-        stored = perceptual.copy_hash_array(im)
+        stored = perceptual.copy_hash_array(im).rows
         assert (stored[: perceptual.FIRST_WINDOW] == perceptual.dihedral_array(im)).all()
         whole = np.packbits(perceptual.window_bits(im, ((1.0, 0.0, 0.0),)), axis=1)[0]
         assert perceptual.hamming(whole.tobytes(), stored[0].tobytes()) <= D // 2
@@ -362,3 +363,90 @@ def test_bytes_roundtrip_through_to_array():
     arr = perceptual.to_array(hs)
     assert arr.shape == (3, perceptual.NBYTES[ALG]) and [r.tobytes() for r in arr] == hs
     assert perceptual.to_array([perceptual.dihedral_hashes(im) for im in ims]).shape == (3, 8, arr.shape[1])
+
+
+# ---------------------------------------------------------------------- PDQ quality gate
+
+
+def reference_quality(img: Image.Image) -> int:
+    """PDQ's quality from its definition (ThreatExchange's ``computePDQImageDomainQualityMetric``) on
+    the 64 x 64 luma grid the hash is computed on: the sum of truncated |differences| of neighbours
+    (in percent of 255) over 90, at most 100."""
+    a = np.asarray(perceptual._grid(img.convert("RGB"), 64, "RGB", 2.0), dtype=np.float32)
+    luma = 0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]
+    diff = lambda x: np.abs(np.trunc(x * 100 / 255)).sum()  # noqa: E731
+    return min(int((diff(luma[1:] - luma[:-1]) + diff(luma[:, 1:] - luma[:, :-1])) // 90), 100)
+
+
+@pytest.fixture(scope="module")
+def demo_images(tmp_path_factory):
+    """demo-data images (synthetic shapes on flat backgrounds, every one a different scene), decoded
+    as the indexer decodes them for the hashes."""
+    import json
+
+    from pixdex.training.demo_data import generate
+
+    gen = tmp_path_factory.mktemp("demo")
+    generate(gen, n=120, seed=7)
+    meta = json.loads((gen / "objects.json").read_text())["images"]
+    images = [decode(read_file(str(gen / r["image"])), DRAFT)[0] for r in meta]
+    return images, [json.dumps(r["objects"], sort_keys=True) for r in meta]
+
+
+def test_quality_is_pdqs_quality_metric(demo_images):
+    images, _ = demo_images
+    for im in images[:40] + [synthetic_photo(s) for s in range(3)]:
+        assert perceptual.copy_hash_array(im).quality == reference_quality(im)
+
+
+def test_different_flat_images_close_in_pdq_are_not_linked(demo_images):
+    """Different near-flat images can be within D in PDQ (the search links them when every item is
+    trusted); their quality is under MIN_QUALITY, and the copy tier (within and cross) links none."""
+    from pixdex.dedup import find
+
+    images, scenes = demo_images
+    hashed = [perceptual.copy_hash_array(im) for im in images]
+    rows = np.stack([h.rows for h in hashed])
+    quality = np.array([h.quality for h in hashed])
+    n = len(images)
+
+    def items(pos, q):
+        return find.ItemSet(
+            np.arange(n, dtype=np.int64), np.array([None] * n, dtype=object), pos, rows[pos],
+            np.zeros(0, np.int64), np.zeros((0, 0), np.float32), copy_quality=q,
+        )  # fmt: skip
+
+    every = np.arange(n)
+    ungated = find.copy_within(items(every, np.full(n, 100)), D)
+    false = [(i, j) for i, j in zip(ungated.i.tolist(), ungated.j.tolist()) if scenes[i] != scenes[j]]
+    assert len(false) >= 3  # the failure the gate is for does occur on these images
+    assert all(min(quality[i], quality[j]) < perceptual.MIN_QUALITY for i, j in false)
+    got = find.copy_within(items(every, quality), D)
+    assert not [(i, j) for i, j in zip(got.i.tolist(), got.j.tolist()) if scenes[i] != scenes[j]]
+    half = n // 2
+    a, b = items(every[:half], quality[:half]), items(every[half:], quality[half:])
+    cross = find.copy_cross(a, b, D)
+    assert not [(i, j) for i, j in zip(cross.i.tolist(), cross.j.tolist()) if scenes[i] != scenes[j]]
+    with pytest.raises(ValueError, match="quality"):
+        find.copy_within(items(every, None), D)
+
+
+@needs_data
+def test_real_photo_is_trusted_and_its_copies_still_link():
+    from pixdex.dedup import find
+
+    path = SHARED_DATA / "neardup" / "bridge" / "aaa-orig.jpg"
+    orig = decode(read_file(str(path)), DRAFT)[0]
+    full = decode(read_file(str(path)), None)[0]
+    images = [orig] + [make_copy(full, t, lambda b: decode(b, DRAFT)[0]) for t in ("mirror", "jpeg_q30")]
+    hashed = [perceptual.copy_hash_array(im) for im in images]
+    assert all(h.quality >= perceptual.MIN_QUALITY for h in hashed)
+    assert hashed[0].quality == reference_quality(orig)
+    n = len(images)
+    items = find.ItemSet(
+        np.arange(n, dtype=np.int64), np.array([None] * n, dtype=object), np.arange(n),
+        np.stack([h.rows for h in hashed]), np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
+        copy_quality=np.array([h.quality for h in hashed]),
+    )  # fmt: skip
+    got = find.copy_within(items, D)
+    assert {(0, 1), (0, 2)} <= set(zip(got.i.tolist(), got.j.tolist()))

@@ -6,10 +6,13 @@ with ``pixdex-demo``, pairs read back from the groups.
   group that holds two different scenes (ground truth: bench/dedup_quality.py's ``scene_of``). The
   exact and copy tiers only: pixdex-demo is trained on synthetic shapes, and its cosine between
   different real photos reaches 0.98 (measured), so its semantic tier means nothing on photos.
-- demo-data images with pixdex-demo, all tiers (semantic included): the same bars per class. Images
-  with a single shape are left out of the folder: a lone shape on a flat background is, for a
-  perceptual hash (PDQ distance 2-4 between different ones) and for this model (cosine up to 0.999),
-  the same picture as another lone shape of the same kind.
+- demo-data images with pixdex-demo, all tiers (semantic included): the same bars per class, for the
+  copies of the images whose PDQ quality the copy tier trusts (``perceptual.MIN_QUALITY``); the
+  others (most demo images: a few shapes on a flat background) stay in the folder as distractors, and
+  the copy tier leaves them out. Images with a single shape are left out of the folder: a lone shape
+  on a flat background is, for a perceptual hash (PDQ distance 2-4 between different ones, quality
+  mostly under 20) and for this model (cosine up to 0.999), the same picture as another lone shape of
+  the same kind.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pytest
 from dedup_support import group_pairs_of, run_cli, shared_ground_truth
 from index_support import SHARED_DATA
 
+from pixdex.dedup import perceptual
 from pixdex.dedup.transforms import GOAL_KINDS, TRANSFORMS, names_of_kind
 from pixdex.images import decode, read_file
 
@@ -110,22 +114,24 @@ def test_demo_data_all_tiers_end_to_end(tmp_path):
     from pixdex.training.demo_data import generate
 
     gen = tmp_path / "gen"
-    generate(gen, n=90, seed=11)
+    generate(gen, n=150, seed=11)
     meta = json.loads((gen / "objects.json").read_text())["images"]
     folder = tmp_path / "demo"
     folder.mkdir()
-    bases = {}
+    bases, scene = {}, {}
     for rec in meta:
         if len(rec["objects"]) >= 2:
             src = gen / rec["image"]
             shutil.copy2(src, folder / src.name)
-            bases[src.stem] = folder / src.name
-    assert len(bases) >= 30
+            scene[str(folder / src.name)] = src.stem
+            img = decode(read_file(str(src)), perceptual.HASH_DRAFT)[0]
+            if perceptual.copy_hash_array(img).quality >= perceptual.MIN_QUALITY:
+                bases[src.stem] = folder / src.name
+    assert len(bases) >= 30 and len(scene) > len(bases)  # untrusted images stay as distractors
     copies = _copies(bases, tmp_path / "copies")
     doc = _index_and_dedup([folder, tmp_path / "copies"], tmp_path / "store")
     assert doc["summary"]["tiers"] == ["exact", "copy", "semantic"]
 
-    scene = {str(p): k for k, p in bases.items()}
     scene.update({p: key for p, (key, _) in copies.items()})
     scores = _scores(doc, scene, copies, lambda key: str(bases[key]))
     for kind, (precision, recall) in scores.items():

@@ -17,14 +17,14 @@ from pixdex.storage.store import Store
 
 def fresh(path) -> np.ndarray:
     """The reference: the file decoded at the hash's own draft size, hashed directly."""
-    return perceptual.copy_hash_array(decode(read_file(str(path)), perceptual.HASH_DRAFT)[0])
+    return perceptual.copy_hash_array(decode(read_file(str(path)), perceptual.HASH_DRAFT)[0]).rows
 
 
 def stored(store) -> dict[str, np.ndarray]:
     """path -> stored copy hashes, through the read API."""
     s = Store.open_readonly(store)
     try:
-        ids, hashes = s.copy_hashes()
+        ids, hashes, _ = s.copy_hashes()
         paths = {i: r.path for i, r in s.rows(ids).items()}
     finally:
         s.close()

@@ -249,17 +249,19 @@ def test_read_api(store):
 
 
 def test_copy_hashes_written_with_rows_copied_with_vectors_and_backfilled(store):
-    from pixdex.dedup.perceptual import COPY_NBYTES, COPY_ROWS, COPY_VERSION
+    from pixdex.dedup.perceptual import COPY_NBYTES, COPY_ROWS, COPY_VERSION, CopyHash
     from pixdex.storage.writes import missing_copy_hashes, write_copy_hashes
 
     rng = np.random.default_rng(4)
     v = unit(rng, 3)
     h = rng.integers(0, 256, (3, COPY_ROWS, COPY_NBYTES), dtype=np.uint8)
+    qual = rng.integers(0, 101, 3).tolist()
+    ch = [CopyHash(h[k], qual[k]) for k in range(3)]
     a = apply_batch(
         store,
         Batch(
             inserts=[
-                new_row(1, v[0], copy_hash=h[0]),
+                new_row(1, v[0], copy_hash=ch[0]),
                 new_row(2, v[1]),  # made without hashes (as before the migration)
                 new_row(3, status=STATUS_FAILED, error="bad"),
             ]
@@ -279,19 +281,20 @@ def test_copy_hashes_written_with_rows_copied_with_vectors_and_backfilled(store)
         DIM,
     )
     c1, c2 = b.new_ids
-    ids, hashes = store.copy_hashes()
+    ids, hashes, quality = store.copy_hashes()
     assert ids.tolist() == [i1, c1] and hashes.shape == (2, COPY_ROWS, COPY_NBYTES)
-    assert (hashes == h[0]).all()
+    assert (hashes == h[0]).all() and quality.tolist() == [qual[0], qual[0]]
     assert [(i, p) for i, p, _ in missing_copy_hashes(store)] == [(i2, "/p/2.jpg"), (c2, "/p/c2.jpg")]
     assert store.copy_hash_counts() == {"hashed": 2, "unhashable": 0, "missing": 2}
     # the backfill's write: hashes, or None for a file that could not be hashed; deleted ids skipped
-    assert write_copy_hashes(store, [(i2, h[1]), (c2, None), (99999, h[2])]) == 2
+    assert write_copy_hashes(store, [(i2, ch[1]), (c2, None), (99999, ch[2])]) == 2
     assert missing_copy_hashes(store) == []
     assert store.copy_hash_counts() == {"hashed": 3, "unhashable": 1, "missing": 0}
-    got, hs = store.copy_hashes([c2, i2, i3, i1])  # in the order given; unhashable and failed left out
+    got, hs, qs = store.copy_hashes([c2, i2, i3, i1])  # in the order given; unhashable, failed left out
     assert got.tolist() == [i2, i1] and (hs[0] == h[1]).all() and (hs[1] == h[0]).all()
+    assert qs.tolist() == [qual[1], qual[0]]
     with pytest.raises(ValueError, match="copy hashes"):
-        write_copy_hashes(store, [(i1, h[0][:3])])
+        write_copy_hashes(store, [(i1, CopyHash(h[0][:3], 50))])
     # rows of another version count as missing (a layout change is recomputed by the backfill)
     with store.session() as s, s.begin():
         s.execute(text(f"UPDATE copy_hashes SET version = {COPY_VERSION + 1} WHERE image_id = {i2}"))

@@ -5,7 +5,8 @@ store (:mod:`pixdex.dataset.store`, ``copy_hashes``) takes part once, through th
 that shows it; the pairs are found by ``pixdex dedup``'s copy tier (:func:`pixdex.dedup.find.copy_within`,
 :func:`pixdex.dedup.find.copy_cross`: every stored row of one image, its 8 dihedral variants and crop
 windows, against the other's canonical hash, both ways), so a mirrored, rotated or slightly cropped
-copy links where the embedding may not.
+copy links where the embedding may not. As there, an image whose PDQ quality is under
+``perceptual.MIN_QUALITY`` (near-flat: its hash is not to be trusted) takes no part.
 
 Score: the labels' pairs say "higher = closer", so a Hamming distance ``d`` becomes
 :func:`copy_score` ``= 1 - d / 256`` (256 = the bits of a PDQ hash): 1.0 for equal hashes, 0.879 at the
@@ -33,7 +34,7 @@ def copy_score(distance) -> np.ndarray:
     return (1.0 - np.asarray(distance, np.float32) / NBITS).astype(np.float32)
 
 
-def _items(hashes: Sequence[str | None], copies: dict[str, np.ndarray]):
+def _items(hashes: Sequence[str | None], copies: dict[str, perceptual.CopyHash]):
     """An ItemSet over the rows ``hashes``: the first row of each content with copy hashes."""
     from pixdex.dedup.find import ItemSet, empty_rows
 
@@ -43,7 +44,8 @@ def _items(hashes: Sequence[str | None], copies: dict[str, np.ndarray]):
         if h is not None and h in copies and h not in seen:
             seen.add(h)
             pos.append(r)
-    rows = np.stack([copies[hashes[r]] for r in pos]) if pos else empty_rows()
+    rows = np.stack([copies[hashes[r]].rows for r in pos]) if pos else empty_rows()
+    quality = np.array([copies[hashes[r]].quality for r in pos], dtype=np.int16)
     n = len(hashes)
     content = np.empty(n, dtype=object)
     content[:] = list(hashes)
@@ -54,6 +56,7 @@ def _items(hashes: Sequence[str | None], copies: dict[str, np.ndarray]):
         copy_rows=rows,
         vec_pos=np.zeros(0, np.int64),
         vectors=np.zeros((0, 0), np.float32),
+        copy_quality=quality,
     )
 
 
@@ -61,7 +64,7 @@ def _scored(p: Pairs) -> Pairs:
     return Pairs(p.i, p.j, copy_score(p.score))
 
 
-def within(hashes: Sequence[str | None], copies: dict[str, np.ndarray], distance: int) -> Pairs:
+def within(hashes: Sequence[str | None], copies: dict[str, perceptual.CopyHash], distance: int) -> Pairs:
     """Copy pairs (i < j) of the rows ``hashes`` (one row per content), score :func:`copy_score`."""
     from pixdex.dedup.find import copy_within
 
@@ -70,9 +73,9 @@ def within(hashes: Sequence[str | None], copies: dict[str, np.ndarray], distance
 
 def cross(
     hashes: Sequence[str | None],
-    copies: dict[str, np.ndarray],
+    copies: dict[str, perceptual.CopyHash],
     against_hashes: Sequence[str | None],
-    against_copies: dict[str, np.ndarray],
+    against_copies: dict[str, perceptual.CopyHash],
     distance: int,
 ) -> Pairs:
     """Copy pairs (dataset row i, against row j), both ways, one best per pair; score :func:`copy_score`."""

@@ -34,6 +34,7 @@ import numpy as np
 
 from pixdex.dataset.readers import DatasetRow
 from pixdex.dataset.store import EmbeddingStore, caption_hash
+from pixdex.dedup import perceptual
 from pixdex.errors import PixdexError
 from pixdex.images import content_hash
 from pixdex.indexer.binding import LazyPreprocess
@@ -142,7 +143,7 @@ class Embedded:
     errors: dict[int, str] = field(default_factory=dict)  # row -> why its image is unreadable
     counts: dict = field(default_factory=dict)
     # the copy tier: perceptual hashes per distinct image content that has them (store.copy_hashes)
-    copy_hashes: dict[str, np.ndarray] = field(default_factory=dict)
+    copy_hashes: dict[str, perceptual.CopyHash] = field(default_factory=dict)  # (rows, quality)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -197,7 +198,7 @@ def embed_rows(
     pending_images: dict[str, np.ndarray] = {}
     pending_failed: dict[str, str] = {}
     pending_captions: dict[str, str] = {}
-    pending_copies: dict[str, np.ndarray | None] = {}  # None: hashing failed (a marker)
+    pending_copies: dict[str, perceptual.CopyHash | None] = {}  # None: hashing failed (a marker)
     counts = {"images_encoded": 0, "captions_encoded": 0, "copy_hashed": 0}
 
     def flush_images() -> None:

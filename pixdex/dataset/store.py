@@ -12,7 +12,9 @@ migrations run by :func:`pixdex.storage.migrations.apply_migrations`. Every name
 - ``copy_hashes``: the copy tier's perceptual hashes of an image content (migration ``d002``), keyed by
   ``content_hash`` like ``images``: ``perceptual.COPY_ROWS`` x 32 bytes (8 dihedral PDQ hashes, then the
   crop windows; the layout of the pixdex store's ``copy_hashes``) of ``version``
-  ``perceptual.COPY_VERSION``, or NULL when hashing that decoded image failed (a marker, not retried).
+  ``perceptual.COPY_VERSION``, or NULL when hashing that decoded image failed (a marker, not retried);
+  ``quality``: PDQ's quality of the image (migration ``d003``; the copy tier leaves out images under
+  ``perceptual.MIN_QUALITY``).
   Written in the same transaction as the image's vector; an image stored before this table (or of an
   older version) gets its row on the next run, decoded but not re-encoded. Model-independent.
 - ``meta``: the model identity the vectors belong to (``pixdex.encoders.encoder.Encoder.identity``).
@@ -35,7 +37,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from pixdex.dedup.perceptual import COPY_NBYTES, COPY_ROWS, COPY_VERSION
+from pixdex.dedup.perceptual import COPY_NBYTES, COPY_ROWS, COPY_VERSION, CopyHash
 from pixdex.errors import PixdexError
 from pixdex.images import content_hash
 from pixdex.storage import migrations
@@ -60,6 +62,7 @@ META_MODEL = "model"
 T_COPY = "copy_hashes"
 C_COPY_VERSION = "version"  # perceptual.COPY_VERSION of the hashes
 C_COPY_PDQ = "pdq"  # COPY_ROWS x 32 bytes; NULL: hashing failed (not retried)
+C_COPY_QUALITY = "quality"  # PDQ's quality 0-100 of the image (NULL in rows of an older version)
 
 MIGRATIONS: list[tuple[str, migrations.Migration]] = []
 
@@ -98,6 +101,12 @@ def d002_create_copy_hashes(conn: Connection) -> None:
             f"{C_COPY_VERSION} INTEGER NOT NULL, {C_COPY_PDQ} BLOB, {C_ADDED_AT} FLOAT NOT NULL)"
         )
     )
+
+
+@_migration
+def d003_copy_quality(conn: Connection) -> None:
+    # Old rows keep NULL and an older version: the next run recomputes them (decoded, not re-encoded).
+    conn.execute(text(f"ALTER TABLE {T_COPY} ADD COLUMN {C_COPY_QUALITY} INTEGER"))
 
 
 def caption_hash(caption: str) -> str:
@@ -204,12 +213,13 @@ class EmbeddingStore:
             )
             return {r[0] for r in rows}
 
-    def copy_hashes(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        """``{hash: (COPY_ROWS, 32) uint8}`` for those of ``hashes`` with current copy hashes."""
-        got = self._fetch(T_COPY, C_HASH, f"{C_COPY_VERSION}, {C_COPY_PDQ}", hashes)
+    def copy_hashes(self, hashes: Sequence[str]) -> dict[str, CopyHash]:
+        """``{hash: (rows (COPY_ROWS, 32) uint8, quality)}`` for those of ``hashes`` with current copy
+        hashes."""
+        got = self._fetch(T_COPY, C_HASH, f"{C_COPY_VERSION}, {C_COPY_PDQ}, {C_COPY_QUALITY}", hashes)
         return {
-            h: np.frombuffer(blob, np.uint8).reshape(COPY_ROWS, COPY_NBYTES)
-            for h, (version, blob) in got.items()
+            h: CopyHash(np.frombuffer(blob, np.uint8).reshape(COPY_ROWS, COPY_NBYTES), int(quality or 0))
+            for h, (version, blob, quality) in got.items()
             if blob is not None and version == COPY_VERSION
         }
 
@@ -266,16 +276,22 @@ class EmbeddingStore:
         self,
         images: Iterable[tuple[str, np.ndarray | None, str | None]] = (),
         captions: Iterable[tuple[str, np.ndarray]] = (),
-        copies: Iterable[tuple[str, np.ndarray | None]] = (),
+        copies: Iterable[tuple[str, CopyHash | None]] = (),
     ) -> None:
         """Add image rows ``(hash, vector or None, error or None)``, caption rows ``(hash, vector)`` and
-        copy-hash rows ``(hash, (COPY_ROWS, 32) uint8 or None)`` in one transaction (image and caption
+        copy-hash rows ``(hash, (rows (COPY_ROWS, 32) uint8, quality) or None)`` in one transaction (image and caption
         rows already present are left as they are; copy rows replace an older version's)."""
         now = time.time()
         img = [{"h": h, "v": None if v is None else _blob(v), "e": e, "t": now} for h, v, e in images]
         cap = [{"h": h, "v": _blob(v), "t": now} for h, v in captions]
         cop = [
-            {"h": h, "n": COPY_VERSION, "p": None if p is None else _copy_blob(p), "t": now}
+            {
+                "h": h,
+                "n": COPY_VERSION,
+                "p": None if p is None else _copy_blob(p[0]),
+                "q": None if p is None else int(p[1]),
+                "t": now,
+            }
             for h, p in copies
         ]
         if not img and not cap and not cop:
@@ -285,7 +301,7 @@ class EmbeddingStore:
                 c.execute(
                     text(
                         f"INSERT OR REPLACE INTO {T_COPY} ({C_HASH}, {C_COPY_VERSION}, {C_COPY_PDQ}, "
-                        f"{C_ADDED_AT}) VALUES (:h, :n, :p, :t)"
+                        f"{C_COPY_QUALITY}, {C_ADDED_AT}) VALUES (:h, :n, :p, :q, :t)"
                     ),
                     cop,
                 )

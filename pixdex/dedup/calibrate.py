@@ -78,7 +78,7 @@ def calibrate(
         items = find.load_store_items(store, tiers, progress)
         eligible = np.arange(len(items))
         if "copy" in tiers:
-            eligible = np.intersect1d(eligible, items.copy_pos)
+            eligible = np.intersect1d(eligible, find.trusted_copies(items)[0])  # the tier's own items
         if "semantic" in tiers:
             eligible = np.intersect1d(eligible, items.vec_pos)
         rng = np.random.default_rng(SEED)
@@ -213,14 +213,15 @@ def _subset(items, originals: np.ndarray, tier: str):
     n = len(originals)
     if tier == "copy":
         where = {p: k for k, p in enumerate(items.copy_pos.tolist())}
-        rows = items.copy_rows[[where[p] for p in originals.tolist()]]
+        k = [where[p] for p in originals.tolist()]
         return find.ItemSet(
             items.ids[originals],
             items.content[originals],
             np.arange(n),
-            rows,
+            items.copy_rows[k],
             np.zeros(0, np.int64),
             np.zeros((0, 0), np.float32),
+            copy_quality=items.copy_quality[k],
         )
     where = {p: k for k, p in enumerate(items.vec_pos.tolist())}
     vecs = items.vectors[[where[p] for p in originals.tolist()]]

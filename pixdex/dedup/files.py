@@ -92,12 +92,13 @@ def load_files(
         copy_rows.append(hashes)
     n = len(infos)
     cpos = np.array([k for k, r in enumerate(copy_rows) if r is not None], dtype=np.int64)
-    rows = np.stack([copy_rows[k] for k in cpos]) if cpos.size else empty_rows()
+    rows = np.stack([copy_rows[k].rows for k in cpos]) if cpos.size else empty_rows()
+    quality = np.array([copy_rows[k].quality for k in cpos], dtype=np.int16)
     vpos = np.arange(n, dtype=np.int64) if pixels else np.zeros(0, np.int64)
     vectors = encode_pixels(enc, pixels, progress) if pixels else np.zeros((0, 0), np.float32)
     contents = np.empty(n, dtype=object)
     contents[:] = content
-    items = ItemSet(np.full(n, -1, np.int64), contents, cpos, rows, vpos, vectors)
+    items = ItemSet(np.full(n, -1, np.int64), contents, cpos, rows, vpos, vectors, copy_quality=quality)
     return items, infos
 
 

@@ -15,7 +15,10 @@ Tiers (pairs are :class:`pixdex.dedup.pairs.Pairs` over item positions, ``score`
 - ``copy``: Hamming distance of PDQ hashes <= D, every stored row of one image (its 8 dihedral
   variants and its crop windows) against the other's canonical hash, both ways, plus two-hop links
   checked on all dihedral rows (:func:`two_hop_links`)
-  (:mod:`pixdex.dedup.hamming`: exact range search, multi-index hashing for large sets).
+  (:mod:`pixdex.dedup.hamming`: exact range search, multi-index hashing for large sets). Only items
+  whose PDQ quality is at least :data:`pixdex.dedup.perceptual.MIN_QUALITY` take part
+  (:func:`trusted_copies`): the PDQ bits of a near-flat image are close to random, so two different
+  flat images fall within D of each other.
 - ``semantic``: cosine of the stored embeddings >= T (:mod:`pixdex.dedup.semantic`: exact blocked
   products for small sets, SemDeDup-style cells above).
 
@@ -84,7 +87,8 @@ def check_thresholds(copy_distance: Optional[int], semantic_threshold: Optional[
 @dataclass
 class ItemSet:
     """What the tiers read about n images. ``copy_pos``/``vec_pos`` are the positions (0..n-1) of the
-    items that have copy hashes / vectors, aligned with ``copy_rows`` / ``vectors``."""
+    items that have copy hashes / vectors, aligned with ``copy_rows`` / ``vectors``; ``copy_quality``
+    (PDQ's, aligned with ``copy_rows``) is required whenever ``copy_rows`` is not empty."""
 
     ids: np.ndarray  # (n,) int64 store ids (-1 for a file outside any store)
     content: np.ndarray  # (n,) object: content hash or None
@@ -93,6 +97,7 @@ class ItemSet:
     vec_pos: np.ndarray  # (k,) int64
     vectors: np.ndarray  # (k, d) float32
     pixels: Optional[np.ndarray] = None  # (n,) int64 width x height, 0 when unknown
+    copy_quality: Optional[np.ndarray] = None  # (m,) PDQ quality 0-100 of each copy_rows item
 
     def __len__(self) -> int:
         return int(self.ids.size)
@@ -121,19 +126,20 @@ def load_store_items(store, tiers: tuple[str, ...], progress: Optional[Progress]
     content[:] = [r[1] for r in got]
     pixels = np.fromiter(((r[2] or 0) * (r[3] or 0) for r in got), dtype=np.int64, count=len(got))
     del got
-    copy_pos, copy_rows = np.zeros(0, np.int64), empty_rows()
+    copy_pos, copy_rows, quality = np.zeros(0, np.int64), empty_rows(), np.zeros(0, np.int16)
     vec_pos, vectors = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     if "copy" in tiers:
         if progress:
             progress("reading copy hashes", 0, 1)
-        cid, copy_rows = store.copy_hashes()
+        cid, copy_rows, quality = store.copy_hashes()
         copy_pos, copy_rows = _positions(ids, cid, copy_rows)
+        _, quality = _positions(ids, cid, quality)
     if "semantic" in tiers:
         if progress:
             progress("reading vectors", 0, 1)
         vid, vectors = store.vectors(store.live_ids())
         vec_pos, vectors = _positions(ids, vid, vectors)
-    return ItemSet(ids, content, copy_pos, copy_rows, vec_pos, vectors, pixels)
+    return ItemSet(ids, content, copy_pos, copy_rows, vec_pos, vectors, pixels, quality)
 
 
 def _positions(ids: np.ndarray, got_ids: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,18 +182,34 @@ def exact_cross(a: ItemSet, b: ItemSet) -> Pairs:
 # ---------------------------------------------------------------------- copy
 
 
+def trusted_copies(items: ItemSet) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, rows) of the items that take part in the copy tier: those with copy hashes whose
+    PDQ quality is at least ``perceptual.MIN_QUALITY`` (:func:`pixdex.dedup.perceptual.trusted`)."""
+    if not len(items.copy_rows):
+        return items.copy_pos, items.copy_rows
+    if items.copy_quality is None or len(items.copy_quality) != len(items.copy_rows):
+        raise ValueError("an ItemSet with copy hashes needs their PDQ quality (copy_quality)")
+    ok = perceptual.trusted(items.copy_quality)
+    if ok.all():
+        return items.copy_pos, items.copy_rows
+    log.debug(
+        "copy tier: %d of %d hashed items under PDQ quality %d", (~ok).sum(), ok.size, perceptual.MIN_QUALITY
+    )
+    return items.copy_pos[ok], items.copy_rows[ok]
+
+
 def copy_within(items: ItemSet, distance: int, progress: Optional[Progress] = None) -> Pairs:
-    """Pairs of items within ``distance``: any stored row of one against the other's canonical hash
-    (the search), plus the two-hop links of :func:`two_hop_links`."""
-    rows = items.copy_rows
+    """Pairs of trusted items (:func:`trusted_copies`) within ``distance``: any stored row of one
+    against the other's canonical hash (the search), plus the two-hop links of :func:`two_hop_links`."""
+    pos, rows = trusted_copies(items)
     if len(rows) < 2:
         return Pairs.empty()
     tick = _ticker(progress, "copy tier", len(rows) * rows.shape[1])
     p = hamming.copy_pairs(rows[:, 0], distance, dihedral=rows, progress=tick)
-    pixels = items.pixels[items.copy_pos] if items.pixels is not None else None
+    pixels = items.pixels[pos] if items.pixels is not None else None
     i, j, d = two_hop_links(rows, p.i, p.j, distance, pixels)
     found = Pairs(np.concatenate([p.i, i]), np.concatenate([p.j, j]), np.concatenate([p.distance, d]))
-    return Pairs(items.copy_pos[found.i], items.copy_pos[found.j], found.score.astype(np.float32))
+    return Pairs(pos[found.i], pos[found.j], found.score.astype(np.float32))
 
 
 def two_hop_links(
@@ -271,17 +293,19 @@ def copy_cross(a: ItemSet, b: ItemSet, distance: int, progress: Optional[Progres
     """(i in a, j in b) within ``distance``, both ways: a's rows against b's canonical hashes (b is a
     rotation/crop... of a) and b's rows against a's (a is a crop of b); one best distance per pair.
     Exact up to ``hamming.EXACT_MAX`` base hashes, LSH above (``method="auto"``), each way. No two-hop
-    links: with ``--against`` each image joins the group of the reference image it is closest to."""
-    if not len(a.copy_rows) or not len(b.copy_rows):
+    links: with ``--against`` each image joins the group of the reference image it is closest to.
+    Only trusted items of either side take part (:func:`trusted_copies`)."""
+    pa, ra = trusted_copies(a)
+    pb, rb = trusted_copies(b)
+    if not len(ra) or not len(rb):
         return Pairs.empty()
-    ra, rb = a.copy_rows, b.copy_rows
     tick = _ticker(progress, "copy tier", (len(ra) * ra.shape[1] + len(rb) * rb.shape[1]))
     p1 = hamming.cross_copy_pairs(ra[:, 0], rb[:, 0], distance, query_dihedral=ra, progress=tick)
     off = len(ra) * ra.shape[1]
     tick2 = (lambda n: tick(off + n)) if tick else None
     p2 = hamming.cross_copy_pairs(rb[:, 0], ra[:, 0], distance, query_dihedral=rb, progress=tick2)
-    i = np.concatenate([a.copy_pos[p1.i], a.copy_pos[p2.j]])
-    j = np.concatenate([b.copy_pos[p1.j], b.copy_pos[p2.i]])
+    i = np.concatenate([pa[p1.i], pa[p2.j]])
+    j = np.concatenate([pb[p1.j], pb[p2.i]])
     d = np.concatenate([p1.distance, p2.distance]).astype(np.float32)
     return best_per_pair(Pairs(i, j, d), lower_is_closer=True)
 

@@ -26,6 +26,8 @@ px, where no box pre-reduction happens).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from PIL import Image
 
@@ -55,8 +57,15 @@ DEFAULT_DISTANCE = {"pdq": 31, "phash": 6}
 # stores), as COPY_ROWS rows of 32 bytes: the 8 dihedral hashes (DIHEDRAL order), then one hash per
 # sub-window of WINDOWS (canonical orientation). A change of any of these needs a new COPY_VERSION:
 # the indexer's backfill pass then recomputes the stored hashes.
-COPY_VERSION = 1
+COPY_VERSION = 2  # 2: copy_hash_array also returns the PDQ quality (stored next to the hashes)
 HASH_DRAFT = 256
+# PDQ's quality (0-100, its gradient sum over the 64 x 64 luma grid, as pdqhash computes it): an image
+# under MIN_QUALITY takes no part in the copy tier. Near-flat images (a lone shape on a flat background,
+# sky, a blank scan) have near-random PDQ bits, so two different ones fall within the copy distance.
+# 50 is PDQ's reference cut ("do not trust the hash"); measured (ARCHITECTURE.md, copy tier): every one
+# of the 71 links among 300 distinct demo-data images is between images of quality <= 39, while 29 of
+# the 31 shared photos are at 56 or more (the 2 others are featureless sky, 9 and 11).
+MIN_QUALITY = 50
 # Crop windows: (side fraction, x anchor, y anchor), anchors in 0..1 (0: left/top edge, 1: right/bottom).
 # A copy cropped to about one of these windows hashes like the window (bench/dedup_quality.py, crops).
 WINDOW_SIDES = (0.98, 0.96, 0.94, 0.92)
@@ -92,13 +101,18 @@ def _grid(img: Image.Image, side: int, mode: str, gap: float) -> Image.Image:
 # ---------------------------------------------------------------------- PDQ
 
 
-def _pdq_bits(img: Image.Image) -> np.ndarray:
-    """(8, 256) 0/1 bits of the 8 dihedral PDQ hashes, in DIHEDRAL order."""
+def _pdq(img: Image.Image) -> tuple[np.ndarray, int]:
+    """((8, 256) 0/1 bits of the 8 dihedral PDQ hashes in DIHEDRAL order, PDQ's quality 0-100)."""
     import pdqhash
 
     a = np.ascontiguousarray(np.asarray(_grid(img, _PDQ_GRID, "RGB", 2.0), dtype=np.uint8))
-    hashes, _quality = pdqhash.compute_dihedral(a)
-    return np.asarray(hashes, dtype=np.uint8).reshape(8, 256)[_PDQ_ORDER]
+    hashes, quality = pdqhash.compute_dihedral(a)
+    return np.asarray(hashes, dtype=np.uint8).reshape(8, 256)[_PDQ_ORDER], int(quality)
+
+
+def _pdq_bits(img: Image.Image) -> np.ndarray:
+    """(8, 256) 0/1 bits of the 8 dihedral PDQ hashes, in DIHEDRAL order."""
+    return _pdq(img)[0]
 
 
 # Window hashes: PDQ's DCT computed with matrices, so that all windows cost one small matrix product
@@ -150,11 +164,25 @@ def window_bits(img: Image.Image, windows: tuple = WINDOWS) -> np.ndarray:
     return bits[:, ::-1].astype(np.uint8)  # pdqhash's bit order
 
 
-def copy_hash_array(img: Image.Image) -> np.ndarray:
-    """(COPY_ROWS, 32) uint8: what the indexer stores for an image decoded at ``HASH_DRAFT``: the 8
-    dihedral PDQ hashes, then the PDQ hash of each of ``WINDOWS``."""
+class CopyHash(NamedTuple):
+    """What the indexer stores per image for the copy tier (see :func:`copy_hash_array`)."""
+
+    rows: np.ndarray  # (COPY_ROWS, 32) uint8
+    quality: int  # PDQ's quality of the canonical hash, 0-100 (trusted from MIN_QUALITY)
+
+
+def copy_hash_array(img: Image.Image) -> CopyHash:
+    """(rows, quality): what the indexer stores for an image decoded at ``HASH_DRAFT``: (COPY_ROWS, 32)
+    uint8, the 8 dihedral PDQ hashes then the PDQ hash of each of ``WINDOWS``; and PDQ's quality of
+    the image (computed with the hashes, at no extra cost)."""
     rgb = img if img.mode == "RGB" else img.convert("RGB")
-    return np.packbits(np.concatenate([_pdq_bits(rgb), window_bits(rgb)]), axis=1)
+    bits, quality = _pdq(rgb)
+    return CopyHash(np.packbits(np.concatenate([bits, window_bits(rgb)]), axis=1), quality)
+
+
+def trusted(quality: np.ndarray) -> np.ndarray:
+    """Which of these PDQ qualities may take part in the copy tier (``quality >= MIN_QUALITY``)."""
+    return np.asarray(quality) >= MIN_QUALITY
 
 
 # ---------------------------------------------------------------------- pHash

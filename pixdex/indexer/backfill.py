@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
-
 from pixdex.dedup import perceptual
 from pixdex.images import DecodeError, content_hash, decode_many, read_file
 from pixdex.indexer.pipeline import DecodeGate, copy_hash_of, ordered_map
@@ -38,7 +36,7 @@ BACKFILL_COMMIT = 256  # rows per transaction (PIXDEX_BACKFILL_COMMIT overrides 
 
 @dataclass
 class Hashed:
-    hashes: Optional[np.ndarray] = None  # (COPY_ROWS, 32) uint8
+    hashes: Optional[perceptual.CopyHash] = None  # (rows (COPY_ROWS, 32) uint8, quality)
     error: Optional[str] = None  # could not be decoded or hashed: recorded as unhashable
     skipped: Optional[str] = None  # the file changed or vanished: left for a later run
 
@@ -77,7 +75,7 @@ def backfill_copy_hashes(
         return counts
     log.info("computing perceptual hashes of %d indexed images that have none yet", len(todo))
     progress = progress_factory(len(todo))
-    pending: list[tuple[int, Optional[np.ndarray]]] = []
+    pending: list[tuple[int, Optional[perceptual.CopyHash]]] = []
     errors: list[tuple[str, str]] = []
 
     def flush() -> None:

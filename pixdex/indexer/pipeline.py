@@ -40,7 +40,7 @@ def copy_hashes_enabled() -> bool:
     return os.environ.get("PIXDEX_COPY_HASHES", "1") != "0"
 
 
-def copy_hash_of(img) -> Optional[np.ndarray]:
+def copy_hash_of(img) -> Optional[perceptual.CopyHash]:
     """``perceptual.copy_hash_array`` of an image decoded at ``perceptual.HASH_DRAFT``, or None (logged)
     if hashing fails: the file is still indexed and the backfill pass will try again."""
     try:
@@ -91,7 +91,7 @@ class Loaded:
     info: Optional[ImageInfo] = None
     error: Optional[str] = None  # why it failed (then pixels is None)
     known: bool = False  # content already in the store: not decoded
-    copy_hash: Optional[np.ndarray] = None  # (perceptual.COPY_ROWS, 32) uint8, when decoded
+    copy_hash: Optional[perceptual.CopyHash] = None  # (rows, quality), when decoded
 
     @property
     def ok(self) -> bool:

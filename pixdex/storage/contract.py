@@ -59,11 +59,14 @@ C_VEC = "vector"
 # (layout and version: ``pixdex.dedup.perceptual.COPY_LAYOUT`` / ``COPY_VERSION``), written in the same
 # transaction as the image row, or later by the indexer's backfill pass for rows made before it existed.
 # ``pdq`` NULL marks a row whose file could not be decoded for hashing (not retried; a changed file
-# gets a new row). Rows of another ``version`` are recomputed by the backfill pass.
+# gets a new row). Rows of another ``version`` are recomputed by the backfill pass. ``quality``: PDQ's
+# quality of the image (0-100; migration m005_copy_quality); under ``perceptual.MIN_QUALITY`` the
+# image takes no part in the copy tier.
 T_COPY_HASHES = "copy_hashes"
 C_COPY_ID = "image_id"  # -> images.id
 C_COPY_VERSION = "version"
 C_COPY_PDQ = "pdq"
+C_COPY_QUALITY = "quality"
 
 # tags: zero-shot labels of STATUS_OK images (``pixdex tag``): the top labels of one label set, each with
 # its probability; the whole table belongs to the label set recorded in meta ``tags`` (another label set,
@@ -113,7 +116,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     ),
     T_VECTORS: (C_VEC_ID, C_VEC),
     T_META: (C_META_KEY, C_META_VALUE),
-    T_COPY_HASHES: (C_COPY_ID, C_COPY_VERSION, C_COPY_PDQ),
+    T_COPY_HASHES: (C_COPY_ID, C_COPY_VERSION, C_COPY_PDQ, C_COPY_QUALITY),
     T_TAGS: (C_TAG_ID, C_TAG_LABEL, C_TAG_PROB, C_TAG_SET),
     T_MIGRATIONS: (C_MIGRATION_NAME, C_MIGRATION_APPLIED_AT),
 }

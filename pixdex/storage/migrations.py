@@ -113,6 +113,13 @@ def m004_tags(conn: Connection) -> None:
     conn.execute(text(f"CREATE INDEX {c.IX_TAGS_LABEL} ON {c.T_TAGS} ({c.C_TAG_LABEL}, {c.C_TAG_PROB})"))
 
 
+@migration
+def m005_copy_quality(conn: Connection) -> None:
+    # PDQ's quality next to the hashes (the copy tier leaves out images under perceptual.MIN_QUALITY).
+    # Old rows keep NULL and an older version: the indexer's backfill pass recomputes them.
+    conn.execute(text(f"ALTER TABLE {c.T_COPY_HASHES} ADD COLUMN {c.C_COPY_QUALITY} INTEGER"))
+
+
 _M = c.T_MIGRATIONS
 _M_NAME, _M_AT = c.C_MIGRATION_NAME, c.C_MIGRATION_APPLIED_AT
 

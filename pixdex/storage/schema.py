@@ -76,7 +76,7 @@ class VectorRow(Base):
 class CopyHashRow(Base):
     """The perceptual hashes of one ``ok`` image (dedup's copy tier): ``pdq`` holds
     ``perceptual.COPY_LAYOUT`` rows of 32 bytes for ``version == perceptual.COPY_VERSION``; NULL when
-    the file could not be decoded for hashing."""
+    the file could not be decoded for hashing. ``quality``: PDQ's quality of the image."""
 
     __tablename__ = c.T_COPY_HASHES
 
@@ -85,6 +85,7 @@ class CopyHashRow(Base):
     )
     version: Mapped[int] = mapped_column(c.C_COPY_VERSION, Integer)
     pdq: Mapped[Optional[bytes]] = mapped_column(c.C_COPY_PDQ, LargeBinary)
+    quality: Mapped[Optional[int]] = mapped_column(c.C_COPY_QUALITY, Integer)  # PDQ's, 0-100
 
 
 class TagRow(Base):

@@ -408,15 +408,16 @@ class Store:
         dim = (self.identity or {}).get("dim")
         return np.asarray(keep, dtype=np.int64), vectors_from_blobs([got[i] for i in keep], dim)
 
-    def copy_hashes(self, ids: Optional[Iterable[int]] = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64, hashes (n, COPY_ROWS, 32) uint8) for dedup's copy tier: the ``ok`` rows that have
-        perceptual hashes of the current version (``perceptual.COPY_VERSION``; layout
-        ``perceptual.COPY_ROWS``: 8 dihedral hashes, row 0 canonical, then the window hashes).
+    def copy_hashes(self, ids: Optional[Iterable[int]] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids int64, hashes (n, COPY_ROWS, 32) uint8, quality (n,) int16) for dedup's copy tier: the
+        ``ok`` rows that have perceptual hashes of the current version (``perceptual.COPY_VERSION``;
+        layout ``perceptual.COPY_ROWS``: 8 dihedral hashes, row 0 canonical, then the window hashes;
+        quality: PDQ's, 0-100).
         ``ids=None``: every such row, by id; else those among ``ids``, in the order given."""
         from pixdex.dedup.perceptual import COPY_NBYTES, COPY_ROWS, COPY_VERSION
 
         base = (
-            select(CopyHashRow.image_id, CopyHashRow.pdq)
+            select(CopyHashRow.image_id, CopyHashRow.pdq, CopyHashRow.quality)
             .join(ImageRow, ImageRow.id == CopyHashRow.image_id)
             .where(
                 ImageRow.status == STATUS_OK,
@@ -424,10 +425,10 @@ class Store:
                 CopyHashRow.pdq.is_not(None),
             )
         )
-        got: dict[int, bytes] = {}
+        got: dict[int, tuple[bytes, int]] = {}
         with self.session() as s:
             if ids is None:
-                got.update((int(i), h) for i, h in s.execute(base.order_by(CopyHashRow.image_id)))
+                got.update((int(i), (h, q)) for i, h, q in s.execute(base.order_by(CopyHashRow.image_id)))
                 keep = list(got)
             else:
                 want = [
@@ -435,11 +436,13 @@ class Store:
                     for i in np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).reshape(-1)
                 ]
                 for chunk in _chunks(want):
-                    got.update((int(i), h) for i, h in s.execute(base.where(CopyHashRow.image_id.in_(chunk))))
+                    q = base.where(CopyHashRow.image_id.in_(chunk))
+                    got.update((int(i), (h, qu)) for i, h, qu in s.execute(q))
                 keep = [i for i in want if i in got]
-        blob = b"".join(got[i] for i in keep)
+        blob = b"".join(got[i][0] for i in keep)
         hashes = np.frombuffer(blob, dtype=np.uint8).reshape(len(keep), COPY_ROWS, COPY_NBYTES).copy()
-        return np.asarray(keep, dtype=np.int64), hashes
+        quality = np.fromiter((got[i][1] or 0 for i in keep), dtype=np.int16, count=len(keep))
+        return np.asarray(keep, dtype=np.int64), hashes, quality
 
     def copy_hash_counts(self) -> dict[str, int]:
         """How many ``ok`` rows have copy hashes (``hashed``), could not be hashed (``unhashable``) or

@@ -17,8 +17,16 @@ from typing import NamedTuple, Optional
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 
-from pixdex.dedup.perceptual import COPY_NBYTES, COPY_ROWS, COPY_VERSION
-from pixdex.storage.contract import C_COPY_ID, C_COPY_PDQ, C_COPY_VERSION, C_VEC, C_VEC_ID, STATUS_OK
+from pixdex.dedup.perceptual import COPY_NBYTES, COPY_ROWS, COPY_VERSION, CopyHash
+from pixdex.storage.contract import (
+    C_COPY_ID,
+    C_COPY_PDQ,
+    C_COPY_QUALITY,
+    C_COPY_VERSION,
+    C_VEC,
+    C_VEC_ID,
+    STATUS_OK,
+)
 from pixdex.storage.schema import CopyHashRow, ImageRow, VectorRow
 from pixdex.storage.store import Store, _chunks, vectors_from_blobs
 
@@ -40,9 +48,9 @@ class NewRow:
     camera_model: Optional[str] = None
     vector: Optional[np.ndarray] = None  # (dim,) float32 for STATUS_OK rows ...
     copy_from: Optional[int] = None  # ... or the id of a row with the same content whose vector to copy
-    # (COPY_ROWS, 32) uint8 perceptual hashes (perceptual.copy_hash_array); None: none yet (a copy_from
+    # perceptual.copy_hash_array's (rows (COPY_ROWS, 32) uint8, quality); None: none yet (a copy_from
     # row takes its source's; else the backfill pass computes them)
-    copy_hash: Optional[np.ndarray] = None
+    copy_hash: Optional[CopyHash] = None
 
 
 class Move(NamedTuple):
@@ -151,12 +159,12 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
             for i, v, *m in s.execute(q):
                 sources[i] = v
                 meta[i] = tuple(m)
-            q = select(CopyHashRow.image_id, CopyHashRow.pdq).where(
+            q = select(CopyHashRow.image_id, CopyHashRow.pdq, CopyHashRow.quality).where(
                 CopyHashRow.image_id.in_(chunk), CopyHashRow.version == COPY_VERSION
             )
-            source_hashes.update((i, h) for i, h in s.execute(q))
+            source_hashes.update((i, (h, qu)) for i, h, qu in s.execute(q))
         rows: list[tuple[int, dict, Optional[bytes]]] = []
-        hashes: dict[int, Optional[bytes]] = {}  # index in batch.inserts -> copy_hashes blob
+        hashes: dict[int, tuple] = {}  # index in batch.inserts -> (copy_hashes blob, quality)
         for k, r in enumerate(batch.inserts):
             blob = None
             if r.status == STATUS_OK:
@@ -174,7 +182,7 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
                     missing.append(k)
                     continue
                 if r.copy_hash is not None:
-                    hashes[k] = copy_hash_blob(r.copy_hash)
+                    hashes[k] = _copy_values(r.copy_hash)
                 elif r.copy_from is not None and r.copy_from in source_hashes:
                     hashes[k] = source_hashes[r.copy_from]
             rows.append(
@@ -221,8 +229,14 @@ def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
                     added_ids.append(image_id)
                     added_vecs.append(blob)
                 if k in hashes:
+                    pdq, quality = hashes[k]
                     hash_rows.append(
-                        {C_COPY_ID: image_id, C_COPY_VERSION: COPY_VERSION, C_COPY_PDQ: hashes[k]}
+                        {
+                            C_COPY_ID: image_id,
+                            C_COPY_VERSION: COPY_VERSION,
+                            C_COPY_PDQ: pdq,
+                            C_COPY_QUALITY: quality,
+                        }
                     )
             if vec_rows:
                 s.execute(insert(vectors), vec_rows)
@@ -245,18 +259,29 @@ def copy_hash_blob(hashes: np.ndarray) -> bytes:
     return a.tobytes()
 
 
-def write_copy_hashes(store: Store, items: Sequence[tuple[int, Optional[np.ndarray]]]) -> int:
-    """Store ``(image_id, hashes or None)`` in one transaction (None: the file could not be hashed,
-    recorded so that it is not tried again); rows deleted meanwhile are skipped. Returns rows written."""
+def _copy_values(h: Optional[CopyHash]) -> tuple[Optional[bytes], Optional[int]]:
+    """(``pdq`` blob, ``quality``) of a :class:`CopyHash`; (None, None) for an unhashable file."""
+    if h is None:
+        return None, None
+    rows, quality = h
+    return copy_hash_blob(rows), int(quality)
+
+
+def write_copy_hashes(store: Store, items: Sequence[tuple[int, Optional[CopyHash]]]) -> int:
+    """Store ``(image_id, (hashes, quality) or None)`` in one transaction (None: the file could not be
+    hashed, recorded so that it is not tried again); rows deleted meanwhile are skipped. Returns rows
+    written."""
     if not items:
         return 0
-    blobs = {int(i): (None if h is None else copy_hash_blob(h)) for i, h in items}
+    blobs = {int(i): _copy_values(h) for i, h in items}
     with store.session() as s, s.begin():
         live: set[int] = set()
         for chunk in _chunks(sorted(blobs)):
             live.update(r[0] for r in s.execute(select(ImageRow.id).where(ImageRow.id.in_(chunk))))
         rows = [
-            {C_COPY_ID: i, C_COPY_VERSION: COPY_VERSION, C_COPY_PDQ: b} for i, b in blobs.items() if i in live
+            {C_COPY_ID: i, C_COPY_VERSION: COPY_VERSION, C_COPY_PDQ: b, C_COPY_QUALITY: q}
+            for i, (b, q) in blobs.items()
+            if i in live
         ]
         if rows:
             for chunk in _chunks([r[C_COPY_ID] for r in rows]):
