@@ -21,6 +21,7 @@ from pixdex.encoders.state_dict_layout import (
     HF_SIGLIP,
     OPEN_CLIP_SIGLIP,
     PIXDEX_SIGLIP,
+    RESBLOCK_PARAM_KEYS,
     detect_layout,
     strip_wrappers,
 )
@@ -141,23 +142,7 @@ OPEN_CLIP_TABLE: list[Rule] = [
     *_block_rules(
         "text.transformer.resblocks.{i}",
         "text.transformer.resblocks.{i}",
-        [
-            (k, (k,), "copy")
-            for k in (
-                "ln_1.weight",
-                "ln_1.bias",
-                "attn.in_proj_weight",
-                "attn.in_proj_bias",
-                "attn.out_proj.weight",
-                "attn.out_proj.bias",
-                "ln_2.weight",
-                "ln_2.bias",
-                "mlp.c_fc.weight",
-                "mlp.c_fc.bias",
-                "mlp.c_proj.weight",
-                "mlp.c_proj.bias",
-            )
-        ],
+        [(k, (k,), "copy") for k in RESBLOCK_PARAM_KEYS],
     ),
     ("text.ln_final.weight", ("text.ln_final.weight",), "copy"),
     ("text.ln_final.bias", ("text.ln_final.bias",), "copy"),

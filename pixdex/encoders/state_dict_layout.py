@@ -68,3 +68,21 @@ def detect_layout(keys: Iterable[str]) -> Optional[str]:
     if any(k.startswith(("visual.attn_pool.", "text.transformer.resblocks.")) for k in keys):
         return PIXDEX_SIGLIP
     return None
+
+
+# The parameters of one transformer block (``transformer.resblocks.{i}.`` + these), in OpenAI's names;
+# the SigLIP key mapping and the text-tower export both walk them.
+RESBLOCK_PARAM_KEYS = (
+    "ln_1.weight",
+    "ln_1.bias",
+    "attn.in_proj_weight",
+    "attn.in_proj_bias",
+    "attn.out_proj.weight",
+    "attn.out_proj.bias",
+    "ln_2.weight",
+    "ln_2.bias",
+    "mlp.c_fc.weight",
+    "mlp.c_fc.bias",
+    "mlp.c_proj.weight",
+    "mlp.c_proj.bias",
+)

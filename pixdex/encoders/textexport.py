@@ -25,26 +25,14 @@ from typing import Optional
 
 import numpy as np
 
+from pixdex.encoders.state_dict_layout import RESBLOCK_PARAM_KEYS
 from pixdex.errors import PixdexError
 from pixdex.fsutil import atomic_write
 from pixdex.storage.contract import TEXT_TOWER_FILE, TEXT_TOWER_FORMAT, TEXT_TOWER_META, same_model
 
 log = logging.getLogger(__name__)
 
-_BLOCK_KEYS = (
-    "ln_1.weight",
-    "ln_1.bias",
-    "attn.in_proj_weight",
-    "attn.in_proj_bias",
-    "attn.out_proj.weight",
-    "attn.out_proj.bias",
-    "ln_2.weight",
-    "ln_2.bias",
-    "mlp.c_fc.weight",
-    "mlp.c_fc.bias",
-    "mlp.c_proj.weight",
-    "mlp.c_proj.bias",
-)
+_BLOCK_KEYS = RESBLOCK_PARAM_KEYS
 _BLOCK_RE = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)$")
 _IGNORED = {"attn_mask", "logit_scale", "logit_bias"}
 
