@@ -191,12 +191,7 @@ def leader_levels(g: LinkGraph, order: np.ndarray) -> Levels:
             pair_by_unit.setdefault(U, []).append(v)
             pair_at[(U, C)] = v
             # level 2: images, among pair leaders
-            best = None
-            for W, t, s in inbrs:
-                u = image_leader.get(W)
-                if u is not None:
-                    cand = (t, s, -rank_l[u], u)
-                    best = cand if best is None or cand > best else best
+            best = _best_leader(inbrs, image_leader, rank_l)
             if best is not None:
                 t, s, _, u = best
                 level[v], dup[v], itier[v], iscore[v] = 2, u, t, s
@@ -204,15 +199,23 @@ def leader_levels(g: LinkGraph, order: np.ndarray) -> Levels:
             image_leader[U] = v
         # level 3: captions, among image leaders
         if c_act[C]:
-            best = None
-            for X, ct, cs in cap_neighbours(C):
-                u = caption_leader.get(X)
-                if u is not None:
-                    cand = (ct, cs, -rank_l[u], u)
-                    best = cand if best is None or cand > best else best
+            best = _best_leader(cap_neighbours(C), caption_leader, rank_l)
             if best is not None:
                 ct, cs, _, u = best
                 level[v], dup[v], ctier[v], cscore[v] = 3, u, ct, cs
                 continue
             caption_leader[C] = v
     return Levels(level, dup, itier, iscore, ctier, cscore)
+
+
+def _best_leader(neighbours, leaders: dict, rank_l):
+    """The strongest link to a leader among ``neighbours`` (unit, tier, score): the largest
+    ``(tier, score, -rank, leader)``, or None when no neighbour leads a group."""
+    best = None
+    for unit, tier, score in neighbours:
+        u = leaders.get(unit)
+        if u is not None:
+            cand = (tier, score, -rank_l[u], u)
+            if best is None or cand > best:
+                best = cand
+    return best
