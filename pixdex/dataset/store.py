@@ -134,15 +134,9 @@ class EmbeddingStore:
 
     @classmethod
     def open(cls, folder) -> EmbeddingStore:
-        from pixdex.storage.store import make_engine
+        from pixdex.storage.store import make_engine, make_store_folder
 
-        folder = Path(folder).expanduser()
-        if folder.exists() and not folder.is_dir():
-            raise PixdexError(f"the embedding store path {folder} is a file, not a folder")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise PixdexError(f"cannot create the embedding store {folder}: {e.strerror}") from e
+        folder = make_store_folder(folder, "embedding store")
         engine = make_engine(folder / DB_FILE, readonly=False)
         try:
             migrations.apply_migrations(engine, MIGRATIONS)

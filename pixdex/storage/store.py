@@ -177,6 +177,18 @@ def vectors_from_blobs(blobs: list[bytes], dim: Optional[int] = None) -> np.ndar
 # ---------------------------------------------------------------------- the store
 
 
+def make_store_folder(folder, what: str = "store") -> Path:
+    """Create ``folder`` (and parents) for a store; one-line PixdexError when it is a file or cannot be made."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise PixdexError(f"the {what} path {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PixdexError(f"cannot create the {what} folder {folder}: {e.strerror}") from e
+    return folder
+
+
 class Store:
     """One store directory. Use :meth:`open_readonly` or :meth:`open_writer`; close when done."""
 
@@ -220,13 +232,7 @@ class Store:
     @classmethod
     def open_writer(cls, store_dir: Path) -> Store:
         """Create (if needed), lock and migrate the store. Raises PixdexError when it cannot."""
-        store_dir = Path(store_dir).expanduser()
-        if store_dir.exists() and not store_dir.is_dir():
-            raise PixdexError(f"the store path {store_dir} is a file, not a folder")
-        try:
-            store_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise PixdexError(f"cannot create the store folder {store_dir}: {e.strerror}") from e
+        store_dir = make_store_folder(store_dir, "store")
         if not os.access(store_dir, os.W_OK | os.X_OK):
             raise PixdexError(f"the store folder {store_dir} is not writable")
         lock = StoreLock(store_dir)
