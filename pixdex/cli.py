@@ -6,7 +6,6 @@ so that `pixdex --help` and text search start fast.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -14,6 +13,14 @@ from typing import Optional
 
 import typer
 
+from pixdex.cli_common import (
+    CheckpointOpt,
+    DeviceOpt,
+    ModelOpt,
+    StoreOpt,
+)
+from pixdex.cli_common import echo_json as _echo_json
+from pixdex.cli_common import store_dir as _store_dir
 from pixdex.errors import PixdexError
 
 app = typer.Typer(
@@ -25,23 +32,6 @@ app = typer.Typer(
 )
 
 log = logging.getLogger("pixdex")
-
-StoreOpt = typer.Option(None, "--store", help="Store directory (default: $PIXDEX_HOME or the user data dir).")
-ModelOpt = typer.Option(
-    None, "--model", "-m", help="Model name, name:pretrained_tag, or a trained model directory."
-)
-CheckpointOpt = typer.Option(None, "--checkpoint", help="Weights file to load (works offline).")
-DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-
-
-def _store_dir(store: Optional[Path]) -> Path:
-    from pixdex.paths import default_store_dir
-
-    return Path(store).expanduser() if store else default_store_dir()
-
-
-def _echo_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,32 @@
+"""What every pixdex command shares: the common options and two small helpers.
+
+Command modules outside cli.py (one per area, e.g. ``pixdex/cli_<area>.py``) import these instead of
+redefining them, and cli.py registers their functions with ``app.command(NAME)(function)``. Only typer
+and the standard library are imported here, so that ``pixdex --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+StoreOpt = typer.Option(None, "--store", help="Store directory (default: $PIXDEX_HOME or the user data dir).")
+ModelOpt = typer.Option(
+    None, "--model", "-m", help="Model name, name:pretrained_tag, or a trained model directory."
+)
+CheckpointOpt = typer.Option(None, "--checkpoint", help="Weights file to load (works offline).")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+
+
+def store_dir(store: Optional[Path]) -> Path:
+    from pixdex.paths import default_store_dir
+
+    return Path(store).expanduser() if store else default_store_dir()
+
+
+def echo_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
