@@ -21,6 +21,7 @@ from pixdex.cli_common import (
 )
 from pixdex.cli_common import echo_json as _echo_json
 from pixdex.cli_common import store_dir as _store_dir
+from pixdex.cli_watch import watch
 from pixdex.errors import PixdexError
 
 app = typer.Typer(
@@ -208,6 +209,9 @@ def index(
     )
     if json_out:
         _echo_json(summary)
+
+
+app.command("watch")(watch)
 
 
 @app.command()
