@@ -45,15 +45,27 @@ def watch(
     """Index the folders, then keep the store current as files are added, changed, moved or deleted,
     until Ctrl-C (the same incremental rules as `pixdex index`)."""
     from pixdex.indexer.watch import MAX_WAIT_S, changed, watch_paths
+    from pixdex.storage.store import LOCKED_EXIT_CODE
 
     where = " ".join(str(p) for p in paths)
+    last_error = [""]
 
     def on_run(batch: int, summary: Optional[dict], error) -> None:
         if json_out:
             echo_json({"batch": batch, **summary} if summary else {"batch": batch, "error": str(error)})
-        elif error is not None:
-            typer.echo(f"{time.strftime('%H:%M:%S')}  not indexed yet: {error}", err=True)
-        elif batch == 0:
+            return
+        if error is not None:
+            if str(error) != last_error[0]:  # a locked store is retried every few seconds: say it once
+                then = (
+                    "trying again shortly"
+                    if error.exit_code == LOCKED_EXIT_CODE
+                    else "trying at the next change"
+                )
+                typer.echo(f"{time.strftime('%H:%M:%S')}  not indexed yet ({then}): {error}", err=True)
+            last_error[0] = str(error)
+            return
+        last_error[0] = ""
+        if batch == 0:
             typer.echo(f"watching {where} (Ctrl-C to stop)")
         elif summary is not None and changed(summary):
             typer.echo(

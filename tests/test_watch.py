@@ -202,9 +202,9 @@ def test_watch_respects_the_store_lock(demo, tmp_path):
     # locked while a batch is due: the batch waits for the lock, the watch goes on
     runs: list = []
     stop = threading.Event()
+    result = {}
     th = threading.Thread(
-        target=watch_paths,
-        args=([photos], store),
+        target=lambda **kw: result.setdefault("totals", watch_paths([photos], store, **kw)),
         kwargs=dict(
             model=MODEL,
             quiet_s=QUIET_S,
@@ -232,6 +232,20 @@ def test_watch_respects_the_store_lock(demo, tmp_path):
     finally:
         stop.set()
         th.join(timeout=30)
+    totals = result["totals"]
+    assert totals.batches == 1 and totals.errors == len(errors) >= 1 and totals.counts["new"] == 1
+
+
+def test_bad_arguments_fail_before_anything_is_created(tmp_path):
+    from pixdex.indexer.watch import watch_paths
+
+    store = tmp_path / "store"
+    with pytest.raises(PixdexError, match="no such file or folder"):
+        watch_paths([tmp_path / "missing"], store, model=MODEL)
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(PixdexError, match="--debounce"):
+        watch_paths([tmp_path / "photos"], store, model=MODEL, quiet_s=0)
+    assert not store.exists()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a subprocess")

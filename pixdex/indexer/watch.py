@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Optional
 
 from pixdex.errors import PixdexError
+from pixdex.storage.store import LOCKED_EXIT_CODE
 
 log = logging.getLogger(__name__)
 
 QUIET_S = 1.0  # a batch is taken after this long without a new event
 MAX_WAIT_S = 10.0  # ... or this long after its first event, whatever comes first
 RETRY_S = 5.0  # a batch that found the store locked by another indexer is tried again after this
-LOCKED_EXIT_CODE = 3  # PixdexError.exit_code of a store locked by another indexer
 COUNTED = ("new", "updated", "moved", "deleted", "failed", "encoded")
 
 
@@ -76,7 +76,8 @@ class ModelOnce:
 
 @dataclass
 class WatchTotals:
-    """What a watch session did: index runs after the catch-up, and the sums of their counts."""
+    """What a watch session did after its catch-up run: the index runs that completed (``batches``),
+    the sums of their counts, and the runs that failed and were retried (``errors``)."""
 
     batches: int = 0
     events: int = 0
@@ -137,9 +138,10 @@ def watch_paths(
     catch_up_quiet: bool = True,
 ) -> WatchTotals:
     """Index ``paths`` into the store at ``store_dir`` now, then again after each debounced batch of
-    changes under them, until ``stop_event`` is set, ``max_batches`` batches have run, or Ctrl-C.
+    changes under them, until ``stop_event`` is set, ``max_batches`` runs (completed or failed) have
+    followed the catch-up, or Ctrl-C.
 
-    ``on_run(batch, summary, error)`` is called after each index run: batch 0 is the catch-up, then 1,
+    ``on_run(run, summary, error)`` is called after each index run: run 0 is the catch-up, then 1,
     2, ...; ``summary`` is ``index_paths``' summary with ``events`` (how many file-system events the
     batch gathered) added, or None when the run failed with ``error``. A failed catch-up raises (a
     locked store: exit code 3). ``catch_up_quiet=False`` lets the catch-up print ``pixdex index``'s
@@ -197,7 +199,7 @@ def watch_paths(
                 due = events > 0 and (retry_at is None or time.monotonic() >= retry_at)
                 if not due:
                     continue
-                totals.batches += 1
+                runs = totals.batches + totals.errors + 1
                 try:
                     summary = run(True)
                 except PixdexError as e:
@@ -205,16 +207,17 @@ def watch_paths(
                     locked = e.exit_code == LOCKED_EXIT_CODE
                     retry_at = time.monotonic() + retry_s if locked else None
                     if on_run is not None:
-                        on_run(totals.batches, None, e)
+                        on_run(runs, None, e)
                     if not locked:
                         events = 0  # tried again at the next event
                 else:
                     retry_at = None
+                    totals.batches += 1
                     totals.add(summary)
                     if on_run is not None:
-                        on_run(totals.batches, {**summary, "events": events}, None)
+                        on_run(runs, {**summary, "events": events}, None)
                     events = 0
-                if max_batches is not None and totals.batches >= max_batches:
+                if max_batches is not None and runs >= max_batches:
                     break
     except KeyboardInterrupt:
         totals.interrupted = True

@@ -103,6 +103,9 @@ def set_aside_damaged_db(store_dir: Path) -> Path:
     return target
 
 
+LOCKED_EXIT_CODE = 3  # the PixdexError exit code of a store another indexer holds
+
+
 class StoreLock:
     """An exclusive, non-blocking lock on ``STORE/index.lock`` held for an indexing run."""
 
@@ -122,7 +125,7 @@ class StoreLock:
             raise PixdexError(
                 f"another pixdex index is already running on the store {self.path.parent}"
                 " (wait for it to finish)",
-                exit_code=3,
+                exit_code=LOCKED_EXIT_CODE,
             ) from e
         except OSError as e:
             os.close(fd)
