@@ -199,7 +199,11 @@ def test_matching_ids_sql_and_python_agree(tmp_path):
         ]:
             f = make_filters(pattern, after, before)
             lo = datetime.fromisoformat(after if len(after or "") != 7 else after + "-01") if after else None
-            hi = datetime.fromisoformat(before if len(before or "") != 7 else before + "-01") if before else None
+            hi = (
+                datetime.fromisoformat(before if len(before or "") != 7 else before + "-01")
+                if before
+                else None
+            )
             want = [
                 i + 1
                 for i in range(7)
