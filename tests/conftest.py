@@ -123,3 +123,70 @@ def gallery(tmp_path_factory):
         srv.shutdown()
         srv.server_close()
         srv.engine.close()
+
+
+# ----------------------------------------------------------------------------- a dated library
+
+
+def build_dated_library(root):
+    """12 distinct small photos indexed with the tiny random-init model ``tiny-vit``: ``camera/`` holds 6
+    JPEGs with an EXIF date (their files modified later, in 2025), ``screens/`` 6 PNGs without EXIF whose
+    files were modified on known dates. Returns (store, {path: (date, source)}) with each image's date
+    as the search should report it: the EXIF date, else the mtime in local time."""
+    from datetime import datetime
+
+    import numpy as np
+    from PIL import Image
+
+    from pixdex.indexer.run import index_paths
+
+    root = root.resolve()
+    rng = np.random.default_rng(13)
+    truth = {}
+    late = datetime(2025, 1, 2, 3, 4, 5).timestamp()
+    for i in range(12):
+        folder = root / "photos" / ("camera" if i < 6 else "screens")
+        folder.mkdir(parents=True, exist_ok=True)
+        block = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+        im = Image.fromarray(block).resize((80, 64), Image.Resampling.NEAREST)
+        year = 2019 + i % 6
+        if i < 6:
+            path = folder / f"IMG_{i:02d}.jpg"
+            exif = Image.Exif()
+            exif[306] = f"{year}:06:01 12:00:00"  # DateTime
+            im.save(path, quality=95, exif=exif)
+            os.utime(path, (late, late))
+            truth[str(path)] = (datetime(year, 6, 1, 12), "exif")
+        else:
+            path = folder / f"Screenshot_{i:02d}.png"
+            im.save(path)
+            when = datetime(year, 3, 15, 10, 30)
+            os.utime(path, (when.timestamp(), when.timestamp()))
+            truth[str(path)] = (when, "mtime")
+    store = root / "store"
+    index_paths([root / "photos"], store, model="tiny-vit", device="cpu", workers=1, json_mode=True)
+    return store, truth
+
+
+@pytest.fixture(scope="session")
+def dated_library(tmp_path_factory):
+    """(store, {path: (date, "exif"|"mtime")}): :func:`build_dated_library`, built once per session."""
+    pytest.importorskip("torch")
+    pytest.importorskip("faiss")
+    return build_dated_library(tmp_path_factory.mktemp("dated"))
+
+
+@pytest.fixture(scope="module")
+def dated_server(dated_library):
+    """(server, store, truth): the dated library served on 127.0.0.1 (ephemeral port) in a thread."""
+    from pixdex.search.serve import make_server, start_in_thread
+
+    store, truth = dated_library
+    srv = make_server(store, "127.0.0.1", 0)
+    start_in_thread(srv)
+    try:
+        yield srv, store, truth
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        srv.engine.close()

@@ -32,12 +32,14 @@ def make_store(
     faiss_kind: Optional[str] = "flat",
     identity: Optional[dict] = None,
     nlist: int = 16,
+    mtimes: Optional[Sequence[Optional[int]]] = None,
 ) -> Path:
     """A store whose row ``i`` has id ``i + 1``, ``paths[i]``, ``vecs[i]`` and ``status[i]``.
 
     Paths of existing files get their real size, mtime and content hash (as the indexer records them,
     so that `serve` serves them); other paths get made-up ones.
     ``status`` values: STATUS_OK, STATUS_FAILED (no vector) or DELETED. ``taken``: ISO-8601 text.
+    ``mtimes``: the rows' ``mtime_ns`` where not None (else the file's, or made-up ones: ``i`` ns).
     ``faiss_kind``: "flat", "ivf" (``nlist`` lists) or None (no FAISS file: exact search); the FAISS
     file holds the vectors of the ok and the deleted rows.
     """
@@ -54,6 +56,9 @@ def make_store(
     if unknown:
         raise ValueError(f"unknown status values {sorted(unknown)}")
     stats = [_file_stats(str(p)) or (1000 + i, i, f"{i:032x}") for i, p in enumerate(paths)]
+    for i, m in enumerate(mtimes or ()):
+        if m is not None:
+            stats[i] = (stats[i][0], int(m), stats[i][2])
     rows = [
         NewRow(
             path=str(paths[i]),

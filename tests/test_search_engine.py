@@ -52,7 +52,8 @@ def test_like_search_ranks_by_stored_vectors_and_skips_dead_rows(store):
     hits = run_search(d, like=[q_id], k=30)
     assert [h["id"] for h in hits] == exact(vecs, status, vecs[q_id - 1])[:30]
     assert hits[0]["id"] == q_id and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
-    assert set(hits[0]) == {"rank", "score", "path", "id", "width", "height", "taken_at", "tags"}
+    keys = {"rank", "score", "path", "id", "width", "height", "taken_at", "date", "date_source", "tags"}
+    assert set(hits[0]) == keys
     assert [h["rank"] for h in hits] == list(range(1, 31))
     assert all(paths[h["id"] - 1] == h["path"] for h in hits)
     dead = {i + 1 for i, s in enumerate(status) if s != STATUS_OK}
@@ -148,6 +149,11 @@ def test_cli_outputs(store, tmp_path):
 
 
 def test_matching_ids_sql_and_python_agree(tmp_path):
+    """SQL's answer (with Python's re-check where SQL cannot decide) equals a plain Python reference:
+    the path glob by fnmatch, the date as EXIF date else the file's mtime in local time."""
+    from datetime import datetime
+    from fnmatch import fnmatchcase
+
     from pixdex.search.store_view import StoreView
 
     paths = [
@@ -157,6 +163,7 @@ def test_matching_ids_sql_and_python_agree(tmp_path):
         "/p/x/IMG_2.png",
         "C:\\pics\\c.jpg",
         "/p/y/d.jpg",
+        "/p/y/shot.png",
     ]
     taken = [
         "2023-05-01 09:00:00",
@@ -165,33 +172,49 @@ def test_matching_ids_sql_and_python_agree(tmp_path):
         None,
         "2023-06-01T00:00:00",
         "2023-05-31 10:00:00",
+        None,
     ]
-    d = make_store(tmp_path / "s", unit(np.eye(6, 8)), paths, taken=taken, faiss_kind=None)
+    # the undated rows: modified 2023-05-20 14:30 and 2023-05-31 11:30 (local time)
+    mtimes = [None, None, None, int(datetime(2023, 5, 20, 14, 30).timestamp() * 1e9), None, None]
+    mtimes.append(int(datetime(2023, 5, 31, 11, 30).timestamp()) * 10**9 + 250_000_000)
+    when = [
+        datetime.fromisoformat(t) if t else datetime.fromtimestamp(m / 1e9) for t, m in zip(taken, mtimes)
+    ]
+    d = make_store(tmp_path / "s", unit(np.eye(7, 8)), paths, taken=taken, faiss_kind=None, mtimes=mtimes)
     v = StoreView(d)
     try:
-        for pattern, after, before in [
-            ("été/*", None, None),
-            ("*.jpg", None, None),
-            ("img_[12].png", None, None),
-            ("pics/*", None, None),
-            (None, "2023-05-01", None),
-            (None, None, "2023-06-01"),
-            (None, "2023-05-01T12:00", "2023-06"),
-            ("*.jpg", "2023-05", "2023-05-31T11:00"),
-            ("/P/?TÉ/*", None, None),
+        for pattern, glob, after, before in [
+            ("été/*", "*/été/*", None, None),
+            ("*.jpg", "*.jpg", None, None),
+            ("img_[12].png", "*/img_[12].png", None, None),
+            ("pics/*", "*/pics/*", None, None),
+            (None, None, "2023-05-01", None),
+            (None, None, None, "2023-06-01"),
+            (None, None, "2023-05-01T12:00", "2023-06"),
+            ("*.jpg", "*.jpg", "2023-05", "2023-05-31T11:00"),
+            (None, None, "2023-05-31T11:30", None),
+            (None, None, "2023-05-31T11:30:01", None),
+            (None, None, "2023-05-20", "2023-05-21"),
+            ("/P/?TÉ/*", "/p/?té/*", None, None),
         ]:
             f = make_filters(pattern, after, before)
+            lo = datetime.fromisoformat(after if len(after or "") != 7 else after + "-01") if after else None
+            hi = (
+                datetime.fromisoformat(before if len(before or "") != 7 else before + "-01")
+                if before
+                else None
+            )
             want = [
                 i + 1
-                for i in range(6)
-                if f.path_ok(paths[i])
-                and f.date_ok(
-                    None if taken[i] is None else __import__("datetime").datetime.fromisoformat(taken[i])
-                )
+                for i in range(7)
+                if (glob is None or fnmatchcase(paths[i].replace("\\", "/").lower(), glob))
+                and (lo is None or when[i] >= lo)
+                and (hi is None or when[i] < hi)
             ]
             assert v.matching_ids(f).tolist() == want, (pattern, after, before)
         assert v.matching_ids(make_filters("été/*")).tolist() == [1]
-        assert v.matching_ids(make_filters(None, "2023-05-01", "2023-06-01")).tolist() == [1, 2, 6]
+        assert v.matching_ids(make_filters(None, "2023-05-01", "2023-06-01")).tolist() == [1, 2, 4, 6, 7]
+        assert v.matching_ids(make_filters(None, "2023-05-20", "2023-05-21")).tolist() == [4]  # by mtime
     finally:
         v.close()
 

@@ -34,7 +34,8 @@ def run_search(
     before: Optional[str] = None,
     tags: Sequence[str] = (),
 ) -> list[dict]:
-    """Search and return the hits as dicts (rank, score, path, id, width, height, taken_at, tags).
+    """Search and return the hits as dicts (rank, score, path, id, width, height, taken_at, date,
+    date_source, tags).
 
     With ``tags`` and no query, the images carrying those tags, by probability (``score``)."""
     from pixdex.search.engine import SearchEngine
@@ -50,9 +51,7 @@ def run_search(
     try:
         if engine.count() == 0:
             raise PixdexError(f"the store at {store_dir} has no indexed images; run: pixdex index FOLDER")
-        if parts is None:
-            return [h.to_dict() for h in engine.list_tagged(k, filters)]
-        return [h.to_dict() for h in engine.search_parts(parts, k, filters)]
+        return [h.to_dict() for h in engine.find(parts, k, filters)]
     finally:
         engine.close()
 

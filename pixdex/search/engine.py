@@ -131,7 +131,7 @@ class SearchEngine:
 
     def encode_image_files(self, files: list[str]) -> np.ndarray:
         """Embed image files outside the store, loaded exactly as the indexer loads them (torch)."""
-        from pixdex.images import DecodeError, load_for_model
+        from pixdex.images import DecodeError, read_file
 
         for f in files:
             if not Path(f).expanduser().is_file():
@@ -139,11 +139,33 @@ class SearchEngine:
         enc = self.image_encoder()
         batch = []
         for f in files:
+            path = str(Path(f).expanduser())
             try:
-                batch.append(np.asarray(enc.preprocess(load_for_model(f, enc.preprocess)), dtype=np.float32))
+                batch.append(self._model_input(enc, read_file(path), path))
             except (DecodeError, ValueError, OSError) as e:
                 raise PixdexError(f"--image: cannot read {f}: {e}") from e
         return enc.encode_images(np.stack(batch))
+
+    def encode_image_bytes(self, data: bytes, name: str = "upload") -> np.ndarray:
+        """Embed an image given as bytes (an upload to `serve`), decoded in memory, never written out.
+        Bytes that are not an image: a one-line :class:`PixdexError`."""
+        from pixdex.images import DecodeError
+
+        enc = self.image_encoder()
+        try:
+            x = self._model_input(enc, data, name)
+        except (DecodeError, ValueError, OSError) as e:
+            raise PixdexError(f"not an image that pixdex can read: {e}") from e
+        return enc.encode_images(x[None])[0]
+
+    @staticmethod
+    def _model_input(enc, data: bytes, name: str) -> np.ndarray:
+        """The model's input for image bytes: the indexer's decoder at the model's draft size, then its
+        preprocessing (the same pixels `pixdex index` feeds the model)."""
+        from pixdex.images import decode, draft_side
+
+        image, _ = decode(data, draft_side(enc.preprocess), name=name)
+        return np.asarray(enc.preprocess(image), dtype=np.float32)
 
     def stored_vectors(self, ids: list[int]) -> np.ndarray:
         found, vecs = self.view.vectors(np.asarray(ids, dtype=np.int64))
@@ -199,18 +221,30 @@ class SearchEngine:
     ) -> list[Hit]:
         return self.search(self.encode(parts), k, filters)
 
+    def find(
+        self, parts: Optional[Sequence[QueryPart]], k: int, filters: Optional[Filters] = None
+    ) -> list[Hit]:
+        """What `pixdex search` and `serve`'s ``/api/search`` answer: the query ``parts`` ranked under
+        ``filters``, or with no parts the images carrying ``filters.tags`` (:meth:`list_tagged`)."""
+        if parts is None:
+            return self.list_tagged(k, filters)
+        return self.search_parts(parts, k, filters)
+
     def search_text(self, text: str, k: int = 20, filters: Optional[Filters] = None) -> list[Hit]:
         return self.search_parts(build_parts(text), k, filters)
 
-    def similar(self, image_id: int, k: int = 20) -> tuple[Optional[Row], list[Hit]]:
-        """Images like a stored one (the image itself left out); (None, []) for an unknown id."""
+    def similar(
+        self, image_id: int, k: int = 20, filters: Optional[Filters] = None
+    ) -> tuple[Optional[Row], list[Hit]]:
+        """Images like a stored one (the image itself left out), under ``filters``; (None, []) for an
+        unknown id."""
         row = self.view.row(image_id)
         if row is None:
             return None, []
         found, vecs = self.view.vectors([image_id])
         if len(found) == 0:
             return None, []
-        return row, self.search(vecs[0], k, exclude=[image_id])
+        return row, self.search(vecs[0], k, filters, exclude=[image_id])
 
     def row(self, image_id: int) -> Optional[Row]:
         return self.view.row(image_id)

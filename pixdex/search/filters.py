@@ -8,10 +8,14 @@ separators. A pattern that is not absolute is matched against the tail of the pa
 ``*.png``, ``IMG_*`` (file names) and ``2023/*`` (a folder anywhere) all do what they look like.
 
 Dates are ``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD`` or an ISO date-time. ``--after`` is inclusive,
-``--before`` exclusive; images without a known date are left out when either is given.
+``--before`` exclusive. An image's date is its EXIF date, else its file's modification time (the rule
+lives in :mod:`pixdex.search.dates`); an image with neither is left out when either bound is given.
 
 Tags (``--tag dog``, repeatable: all of them) are labels stored by ``pixdex tag``, compared
 case-insensitively.
+
+The CLI (`pixdex search`) and the HTTP API (`pixdex serve`) both build their filters with
+:func:`make_filters`; error messages name the option as the caller spells it (``names``).
 """
 
 from __future__ import annotations
@@ -19,13 +23,24 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from fnmatch import fnmatchcase
-from typing import Optional
+from typing import Optional, Union
 
 from pixdex.errors import PixdexError
+from pixdex.search.dates import date_in_range
+
+# How each filter is spelled in error messages: on the command line, and as HTTP query parameters.
+CLI_NAMES = {
+    "path": "--path",
+    "after": "--after",
+    "before": "--before",
+    "min_score": "--min-score",
+    "tag": "--tag",
+}
+API_NAMES = {name: name for name in CLI_NAMES}
 
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?$")
 
@@ -42,11 +57,11 @@ def parse_date(text: str, option: str) -> datetime:
         raise PixdexError(f"{option}: not a date: {text!r} (expected YYYY-MM-DD)") from None
 
 
-def normalize_glob(pattern: str) -> str:
+def normalize_glob(pattern: str, option: str = "--path") -> str:
     """The pattern as matched against full paths (lower case, ``/`` separators)."""
     p = os.path.expanduser(pattern.strip()).replace("\\", "/")
     if not p:
-        raise PixdexError("--path: empty pattern")
+        raise PixdexError(f"{option}: empty pattern")
     if not (p.startswith("/") or p.startswith("*") or re.match(r"^[A-Za-z]:/", p)):
         p = "*/" + p
     return p.lower()
@@ -69,32 +84,33 @@ class Filters:
     def path_ok(self, path: str) -> bool:
         return self.path_glob is None or fnmatchcase(path.replace("\\", "/").lower(), self.path_glob)
 
-    def date_ok(self, taken_at: Optional[datetime]) -> bool:
-        if self.after is None and self.before is None:
-            return True
-        if taken_at is None:
-            return False
-        if self.after is not None and taken_at < self.after:
-            return False
-        if self.before is not None and taken_at >= self.before:
-            return False
-        return True
+    def date_ok(self, taken_at, mtime_ns: Optional[int] = None) -> bool:
+        """Whether an image with this EXIF date (or None) and file mtime passes the date bounds."""
+        return date_in_range(taken_at, mtime_ns, self.after, self.before)
 
 
 def make_filters(
     path_glob: Optional[str] = None,
     after: Optional[str] = None,
     before: Optional[str] = None,
-    min_score: Optional[float] = None,
+    min_score: Union[float, str, None] = None,
     tags: Sequence[str] = (),
+    names: Mapping[str, str] = CLI_NAMES,
 ) -> Filters:
-    a = parse_date(after, "--after") if after else None
-    b = parse_date(before, "--before") if before else None
+    """Validated filters; bad values raise a one-line :class:`PixdexError` naming ``names[option]``."""
+    a = parse_date(after, names["after"]) if after else None
+    b = parse_date(before, names["before"]) if before else None
     if a is not None and b is not None and a >= b:
-        raise PixdexError(f"--after ({after}) must be earlier than --before ({before})")
+        raise PixdexError(f"{names['after']} ({after}) must be earlier than {names['before']} ({before})")
+    if isinstance(min_score, str):  # an HTTP parameter
+        try:
+            min_score = float(min_score) if min_score.strip() else None
+        except ValueError:
+            min_score = math.nan
     if min_score is not None and not math.isfinite(min_score):
-        raise PixdexError("--min-score must be a number")
+        raise PixdexError(f"{names['min_score']} must be a number")
     clean = tuple({" ".join(t.split()).casefold(): " ".join(t.split()) for t in tags}.values())
     if any(not t for t in clean):
-        raise PixdexError("--tag: empty tag")
-    return Filters(normalize_glob(path_glob) if path_glob else None, a, b, min_score, clean)
+        raise PixdexError(f"{names['tag']}: empty tag")
+    path = normalize_glob(path_glob, names["path"]) if path_glob else None
+    return Filters(path, a, b, min_score, clean)

@@ -1,22 +1,31 @@
 """`pixdex serve`: a JSON API and a single-page gallery over a store, on the standard library's HTTP server.
 
-Routes (GET and HEAD only)::
+Routes (GET and HEAD, and one POST)::
 
     /                       the UI (pixdex/search/static/index.html)
     /static/app.js|style.css
-    /api/search?q=TEXT&k=N  {"query", "results": [hit, ...]}  (each hit with its "tags")
+    /favicon.ico            the icon (pixdex/search/favicon.py)
+    /api/search?q=TEXT&k=N  {"query", "results": [hit, ...]}  (each hit with its "tags", "date", "date_source")
     /api/search?tag=L&q=..  only images tagged L (repeatable); without q: those images by probability
     /api/tags               {"tags": [{"label", "count"}, ...]}  (from `pixdex tag`, most frequent first)
     /api/similar/ID?k=N     {"source": row, "results": [...]}  (the stored vector, no model needed)
     /api/image/ID           the original file (converted to JPEG when browsers cannot show its format)
     /api/thumb/ID           a JPEG thumbnail, cached under STORE/thumbs/
+    POST /api/search/image?k=N   body: an image's bytes (Content-Type image/* or application/octet-stream,
+                            at most MAX_UPLOAD_BYTES): {"results": [...]} ranked by that image; decoded and
+                            encoded in memory, never written to disk or the store
+
+The search routes take the filters of `pixdex search` as parameters, built by the same
+:func:`pixdex.search.filters.make_filters`: ``after``, ``before``, ``path``, ``min_score`` and ``tag``
+(repeatable); a bad value is a 400 with a one-line JSON ``error``.
 
 Security (the threat model and what each defence covers: docs/SECURITY.md): binds to 127.0.0.1 unless
 told otherwise; files are served only by the integer id of an indexed, live row (never from a path
 taken from the request), and only while the file is still the one indexed (``Media.read``); the Host
 header must be an exact loopback name or IP literal, or the address bound to (:func:`host_allowed`,
 against DNS rebinding); cross-site subresource requests are refused (``Sec-Fetch-Site``, plus
-``Cross-Origin-Resource-Policy``); every response, error pages included, is JSON or a static file and
+``Cross-Origin-Resource-Policy``), and so is every cross-site POST; an upload must say a Content-Type
+that no HTML form can send (so another site's page needs a CORS preflight, which is never granted); every response, error pages included, is JSON or a static file and
 says nosniff with a strict Content-Security-Policy; the UI puts file names in the page with textContent,
 as the API's display names (bidi and control characters made visible, :mod:`pixdex.search.display`).
 Connections: a listen backlog of 128, a per-connection socket timeout, at most ``max_threads`` handler
@@ -50,12 +59,17 @@ MAX_PARAMS = 20  # query parameters per request
 BACKLOG = 128  # pending connections the kernel queues while every handler is busy
 CONN_TIMEOUT = 30.0  # seconds a connection may stay silent (idle keep-alive, half-sent request)
 MAX_THREADS = 256  # handler threads; further connections wait in the backlog for a free one
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # an image uploaded to /api/search/image
+MAX_PARAM_CHARS = 1000  # a query text or a path pattern
+MAX_DISCARD_BYTES = 256 * 1024 * 1024  # a refused upload is read and dropped up to this size, so that the
+# browser sees the error instead of a reset connection; larger ones are cut off
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
+_UPLOAD_ROUTE = "/api/search/image"
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -137,6 +151,32 @@ def _int_param(params: dict, name: str, default: int, lo: int, hi: int) -> int:
     return v
 
 
+def _param(params: dict, name: str) -> Optional[str]:
+    """The last value of a text parameter, stripped; None when absent or blank."""
+    v = (params.get(name) or [""])[-1].strip()
+    if len(v) > MAX_PARAM_CHARS:
+        raise _ApiError(400, f"{name} too long (at most {MAX_PARAM_CHARS} characters)")
+    return v or None
+
+
+def _filters(params: dict):
+    """The `pixdex search` filters given as parameters (``after``, ``before``, ``path``, ``min_score``,
+    ``tag``...), validated by the one :func:`make_filters`; a bad value is a :class:`PixdexError` (400)."""
+    from pixdex.search.filters import API_NAMES, make_filters
+
+    tags = [t for t in params.get("tag", []) if t.strip()]
+    if any(len(t) > 200 for t in tags):
+        raise _ApiError(400, "tag too long")
+    return make_filters(
+        path_glob=_param(params, "path"),
+        after=_param(params, "after"),
+        before=_param(params, "before"),
+        min_score=_param(params, "min_score"),
+        tags=tags,
+        names=API_NAMES,
+    )
+
+
 def _shown(d: dict) -> dict:
     """A result for the UI: its ``path`` as is, plus the ``name`` and ``display_path`` to show."""
     path = d["path"]
@@ -165,6 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         for k, v in (extra or {}).items():
             self.send_header(k, v)
+        if self.command == "POST":
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -201,76 +243,136 @@ class _Handler(BaseHTTPRequestHandler):
             return "this server only answers requests addressed to its own host name (loopback)"
         site = (self.headers.get("Sec-Fetch-Site") or "").strip().lower()
         mode = (self.headers.get("Sec-Fetch-Mode") or "").strip().lower()
-        if site in ("cross-site", "same-site") and mode != "navigate":
+        if site in ("cross-site", "same-site") and (mode != "navigate" or self.command == "POST"):
             return "requests from other sites are not answered"
         return None
+
+    def _url(self) -> tuple[str, dict]:
+        """(route, query parameters) of the request, after the pre-routing checks."""
+        why = self._refusal()
+        if why:
+            raise _ApiError(403, why)
+        try:
+            url = urlsplit(self.path)
+            params = parse_qs(url.query, keep_blank_values=True, max_num_fields=MAX_PARAMS)
+        except ValueError:
+            raise _ApiError(400, f"bad request URL (at most {MAX_PARAMS} query parameters)") from None
+        return url.path, params
+
+    def _results(self, hits, **extra) -> None:
+        self._json(200, {**extra, "results": [_shown(h.to_dict()) for h in hits]})
 
     def do_HEAD(self):  # noqa: N802 (stdlib naming)
         self.do_GET()
 
     def do_GET(self):  # noqa: N802
-        try:
-            why = self._refusal()
-            if why:
-                raise _ApiError(403, why)
-            try:
-                url = urlsplit(self.path)
-                params = parse_qs(url.query, keep_blank_values=True, max_num_fields=MAX_PARAMS)
-            except ValueError:
-                raise _ApiError(400, f"bad request URL (at most {MAX_PARAMS} query parameters)") from None
-            route = url.path
-            if route in _STATIC:
-                name, ctype = _STATIC[route]
-                self._send(200, _static_bytes(name), ctype, {"Cache-Control": "no-cache"})
-                return
-            if route == "/api/search":
-                q = (params.get("q") or [""])[-1].strip()
-                tags = [t for t in params.get("tag", []) if t.strip()]
-                if not q and not tags:
-                    raise _ApiError(400, "missing query: /api/search?q=TEXT (or ?tag=LABEL)")
-                if len(q) > 1000 or any(len(t) > 200 for t in tags):
-                    raise _ApiError(400, "query too long")
-                k = _int_param(params, "k", 20, 1, MAX_K)
-                from pixdex.search.filters import make_filters
+        self._answer(self._get)
 
-                filters = make_filters(tags=tags) if tags else None
-                if q:
-                    hits = self.engine.search_text(q, k, filters)
-                else:
-                    hits = self.engine.list_tagged(k, filters)
-                body = {"query": q, "tags": tags, "results": [_shown(h.to_dict()) for h in hits]}
-                self._json(200, body)
+    def do_POST(self):  # noqa: N802
+        self.close_connection = True  # an unread or partly read body must never be parsed as a request
+        self._body_left = True
+        self._answer(self._post)
+
+    def _discard_body(self) -> None:
+        """Read and drop the body of a refused POST (up to MAX_DISCARD_BYTES), so that the client reads
+        the error answer rather than a connection reset by unread data."""
+        if not getattr(self, "_body_left", False):
+            return
+        self._body_left = False
+        try:
+            left = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            return
+        if not 0 < left <= MAX_DISCARD_BYTES:
+            return
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 20))
+            if not chunk:
                 return
-            if route == "/api/tags":
-                counts = self.engine.view.tag_counts()
-                self._json(200, {"tags": [{"label": label, "count": n} for label, n in counts]})
-                return
-            m = _ID_ROUTE.match(route)
-            if not m:
-                raise _ApiError(404, "not found")
-            kind, image_id = m.group(1), int(m.group(2))
-            if kind == "similar":
-                k = _int_param(params, "k", 20, 1, MAX_K)
-                source, hits = self.engine.similar(image_id, k)
-                if source is None:
-                    raise _ApiError(404, f"no indexed image with id {image_id}")
-                results = [_shown(h.to_dict()) for h in hits]
-                self._json(200, {"source": _shown(source.to_dict()), "results": results})
-                return
-            row = self.engine.row(image_id)
-            if row is None:
+            left -= len(chunk)
+
+    def _get(self) -> None:
+        route, params = self._url()
+        if route in _STATIC:
+            name, ctype = _STATIC[route]
+            self._send(200, _static_bytes(name), ctype, {"Cache-Control": "no-cache"})
+            return
+        if route == "/favicon.ico":
+            from pixdex.search.favicon import favicon_ico
+
+            self._send(200, favicon_ico(), "image/x-icon", {"Cache-Control": "max-age=86400"})
+            return
+        if route == "/api/search":
+            q = _param(params, "q")
+            filters = _filters(params)
+            if not q and not filters.tags:
+                raise _ApiError(400, "missing query: /api/search?q=TEXT (or ?tag=LABEL)")
+            k = _int_param(params, "k", 20, 1, MAX_K)
+            from pixdex.search.query import build_parts
+
+            hits = self.engine.find(build_parts(q) if q else None, k, filters)
+            self._results(hits, query=q or "", tags=list(filters.tags))
+            return
+        if route == "/api/tags":
+            counts = self.engine.view.tag_counts()
+            self._json(200, {"tags": [{"label": label, "count": n} for label, n in counts]})
+            return
+        m = _ID_ROUTE.match(route)
+        if not m:
+            raise _ApiError(404, "not found")
+        kind, image_id = m.group(1), int(m.group(2))
+        if kind == "similar":
+            k = _int_param(params, "k", 20, 1, MAX_K)
+            source, hits = self.engine.similar(image_id, k, _filters(params))
+            if source is None:
                 raise _ApiError(404, f"no indexed image with id {image_id}")
-            if kind == "thumb":
-                body, ctype = self.media.thumbnail(row)
-            else:
-                body, ctype = self.media.original(row)
-            self._send(200, body, ctype, {"Cache-Control": "private, max-age=300"})
-        except _ApiError as e:
-            self._json(e.status, {"error": visible(str(e))})
-        except Unavailable as e:
-            self._json(e.status, {"error": visible(str(e))})
-        except PixdexError as e:
-            self._json(400, {"error": visible(str(e))})
+            self._results(hits, source=_shown(source.to_dict()))
+            return
+        row = self.engine.row(image_id)
+        if row is None:
+            raise _ApiError(404, f"no indexed image with id {image_id}")
+        if kind == "thumb":
+            body, ctype = self.media.thumbnail(row)
+        else:
+            body, ctype = self.media.original(row)
+        self._send(200, body, ctype, {"Cache-Control": "private, max-age=300"})
+
+    def _post(self) -> None:
+        """``POST /api/search/image``: the body is an image; it is decoded and encoded in memory."""
+        route, params = self._url()
+        if route != _UPLOAD_ROUTE:
+            raise _ApiError(405, "method not allowed")
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+            raise _ApiError(415, "send the image's bytes as the body, as image/* or application/octet-stream")
+        if self.headers.get("Transfer-Encoding"):
+            raise _ApiError(411, "send the image with a Content-Length (no chunked upload)")
+        try:
+            size = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise _ApiError(411, "send the image with a Content-Length") from None
+        if size > MAX_UPLOAD_BYTES:
+            raise _ApiError(413, f"image too large (over {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB)")
+        if size <= 0:
+            raise _ApiError(400, "empty upload: send an image file")
+        k = _int_param(params, "k", 20, 1, MAX_K)
+        filters = _filters(params)  # checked before reading the body
+        data = self.rfile.read(size)
+        self._body_left = False
+        if len(data) != size:
+            raise ConnectionResetError("upload cut short")
+        vector = self.engine.encode_image_bytes(data)
+        del data
+        self._results(self.engine.search(vector, k, filters), query="", tags=list(filters.tags))
+
+    def _answer(self, handle) -> None:
+        """Run ``handle`` and turn every failure into a JSON error (never a traceback to the client)."""
+        try:
+            try:
+                handle()
+            except (_ApiError, Unavailable, PixdexError) as e:
+                self._discard_body()
+                self._json(getattr(e, "status", 400), {"error": visible(str(e))})
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             log.debug("client went away")
             self.close_connection = True
@@ -281,7 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _method_not_allowed(self):
         self._json(405, {"error": "method not allowed"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _method_not_allowed  # noqa: N815
+    do_PUT = do_DELETE = do_PATCH = _method_not_allowed  # noqa: N815
 
 
 class _Server(ThreadingHTTPServer):

@@ -13,18 +13,19 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from pixdex.errors import PixdexError
+from pixdex.search.dates import date_condition, date_fields, to_datetime
 from pixdex.search.filters import Filters
 from pixdex.storage.contract import (
     C_CONTENT_HASH,
     C_HEIGHT,
     C_ID,
+    C_MTIME_NS,
     C_PATH,
     C_SIZE,
     C_STATUS,
@@ -64,31 +65,24 @@ class Row:
     size: Optional[int] = None  # bytes and content hash recorded at indexing (serve re-checks them)
     content_hash: Optional[str] = None
     tags: tuple[tuple[str, float], ...] = ()  # (label, prob) from `pixdex tag`, most probable first
+    mtime_ns: Optional[int] = None  # the file's modification time at indexing
 
     def to_dict(self) -> dict:
+        """The JSON result: ``taken_at`` is the EXIF date (or null); ``date`` / ``date_source`` the date
+        filters use (EXIF, else the file's mtime; :mod:`pixdex.search.dates`)."""
         return {
             "path": self.path,
             "id": self.id,
             "width": self.width,
             "height": self.height,
             "taken_at": self.taken_at,
+            **date_fields(self.taken_at, self.mtime_ns),
             "tags": [{"label": label, "prob": round(p, 4)} for label, p in self.tags],
         }
 
 
-def _to_datetime(v) -> Optional[datetime]:
-    if v is None or v == "":
-        return None
-    if isinstance(v, (int, float)):
-        return datetime.fromtimestamp(float(v))
-    try:
-        return datetime.fromisoformat(str(v).replace("Z", "+00:00")).replace(tzinfo=None)
-    except ValueError:
-        return None
-
-
 def _taken_str(v) -> Optional[str]:
-    d = _to_datetime(v)
+    d = to_datetime(v)
     return d.isoformat() if d is not None else None
 
 
@@ -159,12 +153,13 @@ class StoreView:
         out: dict[int, Row] = {}
         for chunk in _chunks(np.asarray(list(ids), dtype=np.int64)):
             sql = (
-                f"SELECT {C_ID}, {C_PATH}, {C_WIDTH}, {C_HEIGHT}, {C_TAKEN}, {C_SIZE}, {C_CONTENT_HASH} "
-                f"FROM {T_IMAGES} WHERE {LIVE_SQL} AND {C_ID} IN ({','.join('?' * len(chunk))})"
+                f"SELECT {C_ID}, {C_PATH}, {C_WIDTH}, {C_HEIGHT}, {C_TAKEN}, {C_SIZE}, {C_CONTENT_HASH}, "
+                f"{C_MTIME_NS} FROM {T_IMAGES} WHERE {LIVE_SQL} AND {C_ID} IN ({','.join('?' * len(chunk))})"
             )
             tags = self.tags_of(chunk)
-            for i, p, w, h, t, size, chash in self._q(sql, chunk):
-                out[int(i)] = Row(int(i), p, w, h, _taken_str(t), size, chash, tuple(tags.get(int(i), ())))
+            for i, p, w, h, t, size, chash, mtime in self._q(sql, chunk):
+                tagged = tuple(tags.get(int(i), ()))
+                out[int(i)] = Row(int(i), p, w, h, _taken_str(t), size, chash, tagged, mtime)
         return out
 
     # ------------------------------------------------------------------ tags (pixdex tag)
@@ -253,11 +248,11 @@ class StoreView:
     def matching_ids(self, filters: Filters) -> np.ndarray:
         """Sorted ids of live rows that pass the path, date and tag filters.
 
-        SQLite does the work: GLOB on the ASCII-lower-cased path, date bounds compared as text (whole-day
-        bounds as ``YYYY-MM-DD`` prefixes, right for both ``T`` and space separators). Python re-checks
+        SQLite does the work: GLOB on the ASCII-lower-cased path, date bounds as
+        :func:`pixdex.search.dates.date_condition` writes them (EXIF date, else mtime). Python re-checks
         only what SQL cannot decide exactly (character classes, non-ASCII patterns, time-of-day bounds).
         """
-        sql = f"SELECT {C_ID}, {C_PATH}, {C_TAKEN} FROM {T_IMAGES} WHERE {LIVE_SQL}"
+        sql = f"SELECT {C_ID}, {C_PATH}, {C_TAKEN}, {C_MTIME_NS} FROM {T_IMAGES} WHERE {LIVE_SQL}"
         args: list = []
         recheck = False
         g = filters.path_glob
@@ -271,14 +266,10 @@ class StoreView:
         for bound, op in ((filters.after, ">="), (filters.before, "<")):
             if bound is None:
                 continue
-            sql += f" AND {C_TAKEN} IS NOT NULL AND {C_TAKEN} {op} ?"
-            midnight = bound.time() == datetime.min.time()
-            if midnight:
-                args.append(bound.date().isoformat())
-            else:  # a superset by whole days; Python decides the time of day
-                recheck = True
-                day = bound.date() if op == ">=" else bound.date() + timedelta(days=1)
-                args.append(day.isoformat())
+            cond, cond_args, exact = date_condition(op, bound)
+            sql += " AND " + cond
+            args += cond_args
+            recheck |= not exact
         if filters.tags:
             self._need_tags()
             for tag in filters.tags:  # the label column compares case-insensitively (NOCASE)
@@ -286,7 +277,7 @@ class StoreView:
                 args.append(tag)
         rows = self._q(sql + f" ORDER BY {C_ID}", args)
         if recheck:
-            rows = [r for r in rows if filters.path_ok(r[1]) and filters.date_ok(_to_datetime(r[2]))]
+            rows = [r for r in rows if filters.path_ok(r[1]) and filters.date_ok(r[2], r[3])]
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def close(self) -> None:
