@@ -202,7 +202,8 @@ def scan(
             res.unlisted.append(root)
             continue
         if stat.S_ISDIR(st.st_mode):
-            fixed = compile_patterns((excludes or {}).get(root, ()))
+            patterns = (excludes or {}).get(root, ())
+            fixed = compile_patterns(patterns) if patterns else None
             _walk(root, st, res, seen_dirs, seen_files, skip, linked, fixed)
         else:
             _add_file(root, root, st, res, seen_files, explicit=True)
