@@ -29,14 +29,20 @@ def real_path(path, follow_last: bool = True, listings: Optional[dict] = None) -
 
     ``follow_last=False`` resolves the folders but keeps the last name as it is (a symbolic link to a
     file keeps its own name: a library of links, e.g. git-annex, keeps the names people gave). Parts
-    that do not exist are kept as given. ``listings`` caches folder listings across many calls (the
-    store migration names every row).
+    that do not exist are kept as given. ``listings`` caches resolved folders and folder listings
+    across many calls that may assume the disk does not change meanwhile (the store migration names
+    every row: 100k rows in 1000 folders take about 2 s).
     """
     p = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if follow_last:
         return on_disk_case(os.path.realpath(p), listings)
     head, name = os.path.split(p)
-    real_head = on_disk_case(os.path.realpath(head), listings)
+    key = (head, "real")
+    real_head = listings.get(key) if listings is not None else None
+    if real_head is None:
+        real_head = on_disk_case(os.path.realpath(head), listings)
+        if listings is not None:
+            listings[key] = real_head
     return on_disk_case(os.path.join(real_head, name), listings, start=len(real_head))
 
 
