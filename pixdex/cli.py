@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from pixdex import cli_library
 from pixdex.cli_common import (
     CheckpointOpt,
     DeviceOpt,
@@ -192,6 +193,17 @@ def index(
     tag: bool = typer.Option(
         False, "--tag", help="Also tag new images (the store's last label set, else builtin:everyday)."
     ),
+    exclude: list[str] = typer.Option(
+        [],
+        "--exclude",
+        help="Leave out files matching this gitignore-style pattern (repeatable; remembered per root).",
+    ),
+    clear_excludes: bool = typer.Option(
+        False, "--clear-excludes", help="Forget the roots' remembered --exclude patterns."
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Try again the unchanged files that failed before."
+    ),
 ):
     """Index photo folders into a store (incremental, crash-safe)."""
     from pixdex.indexer.run import index_paths
@@ -206,6 +218,9 @@ def index(
         workers=workers,
         json_mode=json_out,
         tag=tag,
+        exclude=exclude,
+        clear_excludes=clear_excludes,
+        retry_failed=retry_failed,
     )
     if json_out:
         _echo_json(summary)
@@ -218,10 +233,18 @@ app.command("watch")(watch)
 def status(
     store: Optional[Path] = StoreOpt,
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    failed: bool = typer.Option(False, "--failed", help="List the files that failed, with their reasons."),
 ):
     """Counts, model, FAISS type and whether FAISS and the database agree."""
-    from pixdex.storage.status import print_status, store_status
+    from pixdex.storage.status import failed_files, print_failed, print_status, store_status
 
+    if failed:
+        rows = failed_files(_store_dir(store))
+        if json_out:
+            _echo_json(rows)
+        else:
+            print_failed(rows)
+        return
     info = store_status(_store_dir(store))
     if json_out:
         _echo_json(info)
@@ -426,6 +449,9 @@ def dedup(
         sample=sample,
         device=device,
     )
+
+
+app.command("forget")(cli_library.forget)
 
 
 # ----------------------------------------------------------------------------- datasets

@@ -11,7 +11,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# real path: the store names files by their real path, and ../shared may be a symbolic link
+SHARED_DATA = (Path(__file__).resolve().parents[2] / "shared" / "data").resolve()
 
 
 def make_images(

@@ -54,11 +54,15 @@ def test_symlink_loops_and_duplicates(tmp_path):
     os.symlink(root / "missing.jpg", root / "broken.jpg")
     os.symlink("self.jpg", root / "self.jpg")  # a file link loop
     res = scan([root])
-    assert found(res) == {os.path.join("a", "one.jpg"), os.path.join("linked", "two.jpg")}
+    # files are named by the real path of their folder: the linked-in one by where it really is
+    assert {f.path for f in res.files} == {str(root / "a" / "one.jpg"), str(tmp_path / "outside" / "two.jpg")}
+    assert {f.root for f in res.files} == {str(root)}
     reasons = {os.path.basename(p): r for p, r in res.problems}
-    assert reasons["broken.jpg"] == "broken symbolic link"
-    assert reasons["self.jpg"] == "symbolic link loop"
-    assert "loop" in reasons["loop"]
+    assert reasons == {"broken.jpg": "broken symbolic link", "self.jpg": "symbolic link loop"}
+    # the link to an ancestor is a note, not a failure
+    assert [(os.path.basename(p), "already scanned" in n) for p, n in res.notes] == [("loop", True)]
+    assert str(tmp_path / "outside") in res.followed
+    assert res.covers(str(tmp_path / "outside" / "gone.jpg")) and not res.covers(str(tmp_path / "x.jpg"))
 
 
 def test_unicode_and_newline_names(tmp_path):

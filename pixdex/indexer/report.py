@@ -100,19 +100,25 @@ class Timings:
         return {k: round(v, 3) for k, v in sorted(self.seconds.items())}
 
 
+FAILED_SHOWN = 3  # failed paths named in a run's summary (pixdex status --failed lists them all)
+
+
 class Tally:
-    """Counts of what a run did, and the reasons of its failures."""
+    """Counts of what a run did, the reasons of its failures and the first few failed paths."""
 
     def __init__(self) -> None:
         self.counts: Counter = collections.Counter()
         self.reasons: Counter = collections.Counter()
+        self.failed_paths: list[dict] = []
 
     def add(self, key: str, n: int = 1) -> None:
         self.counts[key] += n
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, path: str | None = None) -> None:
         self.counts["failed"] += 1
         self.reasons[_reason_key(reason)] += 1
+        if path is not None and len(self.failed_paths) < FAILED_SHOWN:
+            self.failed_paths.append({"path": path, "reason": reason})
 
     def top_reasons(self, n: int = 8):
         return [{"reason": r, "count": c} for r, c in self.reasons.most_common(n)]
@@ -137,6 +143,7 @@ def print_summary(summary: dict, stream=None) -> None:
     )
     for r in c.get("failures", []):
         console.print(f"  {r['count']:>6}  {r['reason']}")
+    print_failed_paths(console, c)
     if c.get("hashed_copy") or c.get("copy_unhashable"):
         console.print(
             f"{c.get('hashed_copy', 0)} already indexed images given perceptual hashes for pixdex dedup"
@@ -146,8 +153,33 @@ def print_summary(summary: dict, stream=None) -> None:
         console.print(
             f"followed the link {link['link']} to {link['target']}, outside the folders indexed", markup=False
         )
+    for n in c.get("notes", [])[:FAILED_SHOWN]:
+        console.print(f"note: {n['path']}: {n['note']}", markup=False)
     f = c.get("faiss") or {}
     console.print(
         f"store {c['store']}: {c['total']} images searchable, model {c['model']}, "
         f"FAISS {f.get('type')} ntotal {f.get('ntotal')}"
     )
+
+
+def print_failed_paths(console, c: dict) -> None:
+    """The summary's lines on failed files: the first few paths, how to list them all, what was left
+    alone (unchanged files that failed before) and what patterns removed."""
+    store = c["store"]
+    for f in c.get("failed_paths", []):
+        console.print(f"  failed: {f['path']}: {f['reason']}", markup=False)
+    if c.get("failed"):
+        more = c["failed"] - len(c.get("failed_paths", []))
+        console.print(
+            (f"  ... and {more} more; " if more > 0 else "  ")
+            + f"list the files that failed with: pixdex status --failed --store {store}",
+            markup=False,
+        )
+    if c.get("not_retried"):
+        console.print(
+            f"{c['not_retried']} unchanged files that failed before were not tried again "
+            "(pixdex index --retry-failed tries them)",
+            markup=False,
+        )
+    if c.get("excluded"):
+        console.print(f"{c['excluded']} files now excluded by a pattern were removed from the store")

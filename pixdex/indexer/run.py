@@ -54,7 +54,7 @@ from pixdex.indexer.pipeline import (
 )
 from pixdex.indexer.plan import Candidate, make_plan
 from pixdex.indexer.report import Progress, Tally, Timings, print_summary
-from pixdex.indexer.scan import normalise_roots, scan
+from pixdex.indexer.scan import compile_patterns, normalise_roots, scan
 from pixdex.storage import faiss_index
 from pixdex.storage.contract import (
     DB_FILE,
@@ -65,6 +65,7 @@ from pixdex.storage.contract import (
     db_problem,
     is_corrupt_db_error,
 )
+from pixdex.storage.roots import remember_excludes
 from pixdex.storage.store import DamagedStore, Store, StoreLock, set_aside_damaged_db
 from pixdex.storage.writes import Batch, KnownFile, Move, NewRow, Touch, apply_batch, known_files
 from pixdex.threads import cpu_threads, uses_all_cores
@@ -124,19 +125,12 @@ class _Run:
 
     # ------------------------------------------------------------------ FAISS
 
-    def _vectors(self, ids: np.ndarray):
-        return self.store.vectors(ids)
-
     def reconcile(self, threshold: int) -> dict[str, int]:
         ident = self.store.identity
         if ident is None:
             return {}
         self.dim = int(ident["dim"])
-        if self.index is None:
-            self.index = self.store.load_faiss(verify=True)  # garbled or another store's: rebuilt
-        self.index, counts = faiss_index.reconcile(
-            self.index, self.dim, self.store.live_ids(), self._vectors, threshold
-        )
+        self.index, counts = self.store.reconcile_faiss(self.index, threshold)
         return counts
 
     def save_faiss(self) -> dict:
@@ -151,7 +145,7 @@ class _Run:
         """Decide what ``cand`` becomes, given what the worker found. ``count``: False on a retry."""
         e, old = cand.entry, cand.old
         h = res.content_hash
-        if h is not None and old is not None and old.content_hash == h:
+        if h is not None and old is not None and old.content_hash == h and not cand.retry:
             self.batch.touches.append(Touch(old.id, e.size, e.mtime_ns))  # touched, same bytes
             self.tally.add("unchanged")
             self.progress.advance()
@@ -175,13 +169,13 @@ class _Run:
             res = load_candidate(e.path, self.enc.preprocess, decode_known=True)
             if res.content_hash is not None and res.content_hash != h:
                 return self.resolve(cand, res, count)
-        if not res.ok:
+        if not res.ok:  # counted as failed, not as new or updated
             self._insert(
                 cand,
                 NewRow(e.path, e.root, e.size, e.mtime_ns, h, status=STATUS_FAILED, error=res.error),
-                count,
+                False,
             )
-            self.tally.fail(res.error or "unknown error")
+            self.tally.fail(res.error or "unknown error", e.path)
             self.progress.advance()
             return
         self.pending.append((cand, res, count))
@@ -287,6 +281,9 @@ def index_paths(
     ivf_threshold: Optional[int] = None,
     encoder_loader: Optional[Callable] = None,
     tag: bool = False,
+    exclude: Sequence[str] = (),
+    clear_excludes: bool = False,
+    retry_failed: bool = False,
 ) -> dict:
     """Index ``paths`` into the store at ``store_dir``; return the summary dict (printed unless json_mode).
 
@@ -295,10 +292,20 @@ def index_paths(
     the model recorded in ``store.json``.
     ``tag``: then tag the images not tagged yet (:func:`pixdex.tags.tagger.tag_with_store`, the store's
     last label set or the default one); the summary's ``tags`` describes it.
+    ``exclude``: gitignore-style patterns added to those each root remembers in the store
+    (``clear_excludes``: forget those first); files they exclude leave the store. ``retry_failed``:
+    also try again the unchanged files that failed before.
     """
     args = (paths, store_dir, model, checkpoint, device, batch_size, workers, json_mode, ivf_threshold)
+    more = dict(
+        encoder_loader=encoder_loader,
+        tag=tag,
+        exclude=exclude,
+        clear_excludes=clear_excludes,
+        retry_failed=retry_failed,
+    )
     try:
-        return _index_paths(*args, encoder_loader=encoder_loader, tag=tag)
+        return _index_paths(*args, **more)
     except DamagedStore as e:
         store_dir = Path(store_dir).expanduser()
         lock = StoreLock(store_dir)
@@ -308,7 +315,7 @@ def index_paths(
         finally:
             lock.release()
         log.warning("%s; set it aside as %s and rebuilding the store", e, aside.name)
-    return _index_paths(*args, encoder_loader=encoder_loader, tag=tag)
+    return _index_paths(*args, **more)
 
 
 def _index_paths(
@@ -323,6 +330,9 @@ def _index_paths(
     ivf_threshold: Optional[int] = None,
     encoder_loader: Optional[Callable] = None,
     tag: bool = False,
+    exclude: Sequence[str] = (),
+    clear_excludes: bool = False,
+    retry_failed: bool = False,
 ) -> dict:
     if not paths:
         raise PixdexError("give at least one folder or file to index")
@@ -331,7 +341,8 @@ def _index_paths(
     t0 = time.monotonic()
     threshold = faiss_index.ivf_threshold(ivf_threshold)
     nworkers = workers if workers and workers > 0 else default_workers()
-    normalise_roots(paths)  # a missing root fails before anything is created or loaded
+    roots = normalise_roots(paths)  # a missing root fails before anything is created or loaded
+    compile_patterns(exclude)  # so does a bad pattern
     store_dir = Path(store_dir).expanduser()
     new_store = not (store_dir / DB_FILE).exists()
     # the database gone but store.json kept: the model recorded there, not the default
@@ -359,13 +370,16 @@ def _index_paths(
             run = _Run(store, enc, batch_size, tally, progress)
             with timings("faiss"):
                 repaired = run.reconcile(threshold)
+            excludes = remember_excludes(store, roots, exclude, clear_excludes)
             with timings("scan"):
-                sc = scan(paths, skip_dirs=[store.dir])
+                sc = scan(paths, skip_dirs=[store.dir], excludes=excludes)
             for path, reason in sc.problems:
                 log.info("skipped %s: %s", path, reason)
-                tally.fail(reason)
+                tally.fail(reason, path)
+            for path, note in sc.notes:
+                log.info("%s: %s", path, note)
             known = known_files(store)
-            plan = make_plan(sc, known)
+            plan = make_plan(sc, known, retry_failed)
             for root, n in plan.protected.items():
                 log.warning(
                     "%s holds no images but the store has %d from it: keeping them (an unmounted "
@@ -396,10 +410,11 @@ def _index_paths(
                     run.resolve(cand, res)
             run.finish_files()
             gone = [k.id for p, k in plan.vanished.items() if p not in run.claimed]
+            gone += [k.id for k in plan.excluded.values()]
             if gone:
                 run.batch.deletes.extend(gone)
                 run.commit()
-            tally.add("deleted", len(gone))
+            tally.add("deleted", len(gone) - len(plan.excluded))
             if copy_hashes_enabled():
                 with timings("copy_hashes"):
                     for k, n in backfill_copy_hashes(
@@ -457,6 +472,10 @@ def _index_paths(
         "hashed_copy": c["hashed_copy"],  # rows given perceptual hashes by the backfill pass
         "copy_unhashable": c["copy_unhashable"],
         "failures": tally.top_reasons(),
+        "failed_paths": tally.failed_paths,  # the first few: pixdex status --failed lists them all
+        "not_retried": plan.not_retried,  # unchanged files that failed before (--retry-failed)
+        "excluded": len(plan.excluded),  # rows of files now excluded, removed from the store
+        "notes": [{"path": p, "note": n} for p, n in sc.notes],
         "kept_from_empty_roots": plan.protected,
         "links_outside_roots": [{"link": a, "target": b} for a, b in sc.outside_links],
         "faiss_repaired": repaired,

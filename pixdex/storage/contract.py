@@ -86,6 +86,7 @@ C_META_VALUE = "value"
 META_MODEL = "model"  # the bound encoder identity
 META_CHECKPOINT = "checkpoint"  # the checkpoint path given when the store was bound, or null
 META_BOUND_AT = "bound_at"
+META_EXCLUDES = "excludes"  # {root: [gitignore-style patterns]}: pixdex index --exclude, remembered per root
 META_TAGS = "tags"  # the tagging state: label set id and specs, top, min_prob, through_id (tags.py)
 
 # migrations: one row per applied named migration

@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from pixdex.errors import PixdexError
+from pixdex.paths import real_path
 from pixdex.storage import contract as c
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,55 @@ def m005_copy_quality(conn: Connection) -> None:
     # PDQ's quality next to the hashes (the copy tier leaves out images under perceptual.MIN_QUALITY).
     # Old rows keep NULL and an older version: the indexer's backfill pass recomputes them.
     conn.execute(text(f"ALTER TABLE {c.T_COPY_HASHES} ADD COLUMN {c.C_COPY_QUALITY} INTEGER"))
+
+
+@migration
+def m006_real_paths(conn: Connection) -> None:
+    # Roots and files are named by their real path (pixdex.paths.real_path) since this version. A store
+    # that indexed one folder through two paths (a symbolic link, another case on a case-insensitive
+    # disk) holds each photo twice: keep one row per real file (an ok row first, then the one already
+    # at the real path, then the oldest), delete the others with their vectors, copy hashes and tags in
+    # this migration's transaction, and rename the kept rows. Store.open_writer then brings the FAISS
+    # file in line (the deleted ids leave it), as after any delete.
+    rows = conn.execute(
+        text(f"SELECT {c.C_ID}, {c.C_PATH}, {c.C_ROOT}, {c.C_STATUS} FROM {c.T_IMAGES}")
+    ).all()
+    listings: dict = {}
+    real_roots: dict[str, str] = {}
+    groups: dict[str, list] = {}
+    for row in rows:
+        groups.setdefault(real_path(row[1], follow_last=False, listings=listings), []).append(row)
+    drop: list[int] = []
+    renames: list[dict] = []
+    for key, members in groups.items():
+        members.sort(key=lambda m: (m[3] != c.STATUS_OK, m[1] != key, m[0]))
+        keep_id, path, root, _ = members[0]
+        drop.extend(m[0] for m in members[1:])
+        if root not in real_roots:
+            real_roots[root] = real_path(root, listings=listings)
+        if path != key or root != real_roots[root]:
+            renames.append({"i": keep_id, "p": key, "r": real_roots[root]})
+    for s in range(0, len(drop), c.SQL_CHUNK):
+        chunk = drop[s : s + c.SQL_CHUNK]
+        marks = ", ".join(f":i{k}" for k in range(len(chunk)))
+        params = {f"i{k}": v for k, v in enumerate(chunk)}
+        for table, col in (
+            (c.T_TAGS, c.C_TAG_ID),
+            (c.T_COPY_HASHES, c.C_COPY_ID),
+            (c.T_VECTORS, c.C_VEC_ID),
+            (c.T_IMAGES, c.C_ID),
+        ):
+            conn.execute(text(f"DELETE FROM {table} WHERE {col} IN ({marks})"), params)
+    if renames:
+        conn.execute(
+            text(f"UPDATE {c.T_IMAGES} SET {c.C_PATH} = :p, {c.C_ROOT} = :r WHERE {c.C_ID} = :i"), renames
+        )
+    if drop or renames:
+        log.warning(
+            "named the store's files by their real paths: %d duplicate rows removed, %d rows renamed",
+            len(drop),
+            len(renames),
+        )
 
 
 _M = c.T_MIGRATIONS

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixdex.errors import PixdexError
 from pixdex.storage import migrations
 from pixdex.storage.contract import STATUS_FAILED, STATUS_OK, db_problem, is_corrupt_db_error
 from pixdex.storage.faiss_index import id_checksum
+from pixdex.storage.schema import ImageRow
 from pixdex.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -23,8 +26,43 @@ def store_status(store_dir: Path) -> dict:
 
     A damaged database is one line saying the command that rebuilds it, never a traceback.
     """
+    return _reading(store_dir, _store_status)
+
+
+def failed_files(store_dir: Path) -> list[dict]:
+    """``pixdex status --failed``: ``[{"path", "reason", "since"}]`` of every file that failed, by path;
+    ``since``: when it was last tried (local time, ISO 8601). Read-only."""
+    return _reading(store_dir, _failed_files)
+
+
+def _failed_files(store_dir: Path) -> list[dict]:
+    with Store.open_readonly(store_dir) as store, store.session() as s:
+        q = (
+            select(ImageRow.path, ImageRow.error, ImageRow.indexed_at)
+            .where(ImageRow.status == STATUS_FAILED)
+            .order_by(ImageRow.path)
+        )
+        return [
+            {
+                "path": p,
+                "reason": e or "unknown error",
+                "since": datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else None,
+            }
+            for p, e, t in s.execute(q)
+        ]
+
+
+def print_failed(rows: list[dict], stream=None) -> None:
+    """One line per failed file: when, path, reason (full paths, also when not on a terminal)."""
+    out = stream or sys.stdout
+    for r in rows:
+        out.write(f"{r['since'] or '-'}  {r['path']}: {r['reason']}\n")
+    out.write(f"{len(rows)} failed\n")
+
+
+def _reading(store_dir: Path, fn):
     try:
-        return _store_status(Path(store_dir).expanduser())
+        return fn(Path(store_dir).expanduser())
     except SQLAlchemyError as e:
         detail = str(getattr(e, "orig", e)).splitlines()[0]
         if is_corrupt_db_error(detail) or "no such table" in detail:
@@ -102,6 +140,8 @@ def print_status(info: dict, stream=None) -> None:
         console.print(table)
     for r in info["failures"]:
         console.print(f"  {r['count']:>6}  {r['reason']}")
+    if info["failed"]:
+        console.print(f"  list them with: pixdex status --failed --store {info['store']}", markup=False)
     f = info["faiss"]
     if f["agrees"]:
         agree = "[green]agrees with the database[/]"

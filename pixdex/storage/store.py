@@ -48,7 +48,14 @@ from pixdex.storage.contract import (
     is_corrupt_db_error,
     same_model,
 )
-from pixdex.storage.faiss_index import VectorIndex, file_checksum, id_checksum, sample_problem
+from pixdex.storage.faiss_index import (
+    VectorIndex,
+    file_checksum,
+    id_checksum,
+    ivf_threshold,
+    reconcile,
+    sample_problem,
+)
 from pixdex.storage.readonly import connect_readonly
 from pixdex.storage.schema import CopyHashRow, ImageRow, MetaRow, VectorRow
 
@@ -243,7 +250,7 @@ class Store:
         engine = None
         try:
             engine = make_engine(store_dir / DB_FILE, readonly=False)
-            migrations.apply_migrations(engine)
+            applied = migrations.apply_migrations(engine)
         except PixdexError:
             lock.release()
             if engine is not None:
@@ -257,7 +264,12 @@ class Store:
             if is_corrupt_db_error(msg):
                 raise DamagedStore(db_problem(store_dir, msg)) from e
             raise PixdexError(f"cannot open the store database {store_dir / DB_FILE}: {msg}") from e
-        return cls(store_dir, engine, readonly=False, lock=lock)
+        store = cls(store_dir, engine, readonly=False, lock=lock)
+        if applied and store.faiss_path.exists():  # a migration may have removed rows (m006)
+            index, counts = store.reconcile_faiss()
+            if index is not None and (counts.get("added") or counts.get("removed") or counts.get("rebuilt")):
+                store.save_faiss(index)
+        return store
 
     def close(self) -> None:
         self.engine.dispose()
@@ -498,6 +510,19 @@ class Store:
         if want and want != file_checksum(self.faiss_path):
             return "its bytes changed since it was saved (checksum mismatch)"
         return sample_problem(index, self.vectors)
+
+    def reconcile_faiss(
+        self, index: Optional[VectorIndex] = None, threshold: Optional[int] = None
+    ) -> tuple[Optional[VectorIndex], dict[str, int]]:
+        """Bring ``index`` (default: the FAISS file, rebuilt when :meth:`faiss_problem` finds it
+        untrustworthy) in line with the database's live ids (:func:`faiss_index.reconcile`); not saved.
+        A store bound to no model yet has none: ``(index, {})``."""
+        ident = self.identity
+        if ident is None:
+            return index, {}
+        if index is None:
+            index = self.load_faiss(verify=True)
+        return reconcile(index, int(ident["dim"]), self.live_ids(), self.vectors, ivf_threshold(threshold))
 
     def save_faiss(self, index: VectorIndex) -> dict:
         """Write ``index`` to the store's FAISS file and describe it in ``store.json``; returns that."""

@@ -95,6 +95,7 @@ class KnownFile(NamedTuple):
     mtime_ns: int
     content_hash: Optional[str]
     status: str
+    root: Optional[str] = None  # the root it was found under
 
 
 def known_files(store: Store) -> dict[str, KnownFile]:
@@ -107,8 +108,9 @@ def known_files(store: Store) -> dict[str, KnownFile]:
             ImageRow.mtime_ns,
             ImageRow.content_hash,
             ImageRow.status,
+            ImageRow.root,
         )
-        return {p: KnownFile(i, sz, mt, h, st) for p, i, sz, mt, h, st in s.execute(q)}
+        return {p: KnownFile(i, sz, mt, h, st, r) for p, i, sz, mt, h, st, r in s.execute(q)}
 
 
 def apply_batch(store: Store, batch: Batch, dim: int) -> Applied:
