@@ -270,7 +270,11 @@ def search(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON array."),
     paths_out: bool = typer.Option(False, "--paths", help="Print one path per line."),
 ):
-    """Search the store with text, images, or both; or list the images of a tag."""
+    """Search the store with text, images, or both; or list the images of a tag.
+
+    On a terminal: a table of rank, id, score, path.
+    Piped or redirected: one line per result, tab-separated: rank, id, score, whole path.
+    """
     from pixdex.search.cli_search import run_search_command
 
     run_search_command(
