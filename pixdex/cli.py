@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from pixdex.cli_app import PixdexTyper, report_interrupt
 from pixdex.cli_common import (
     CheckpointOpt,
     DeviceOpt,
@@ -21,7 +22,6 @@ from pixdex.cli_common import (
 )
 from pixdex.cli_common import echo_json as _echo_json
 from pixdex.cli_common import store_dir as _store_dir
-from pixdex.cli_help import PixdexTyper
 from pixdex.errors import PixdexError
 
 app = PixdexTyper(name="pixdex", help="Local-first semantic image search and dataset deduplication.")
@@ -533,7 +533,6 @@ def main() -> None:
         app()
     except PixdexError as e:
         sys.stderr.write(f"pixdex: error: {e}\n")
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write("pixdex: interrupted\n")
-        sys.exit(130)
+        sys.exit(int(e.exit_code))
+    except KeyboardInterrupt as e:  # outside a command (PixdexCommand reports those)
+        sys.exit(report_interrupt(e))

@@ -34,7 +34,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixdex.encoders.registry import DEFAULT_MODEL
-from pixdex.errors import PixdexError
+from pixdex.errors import Interrupted, PartialRun, PixdexError
 from pixdex.indexer.backfill import backfill_copy_hashes
 from pixdex.indexer.binding import (
     LazyEncoder,
@@ -248,6 +248,12 @@ class _Run:
         batch, self.batch = self.batch, Batch()
         with self.timings("commit"):
             applied = apply_batch(self.store, batch, self.dim)
+        # committed: what an interrupted run reports as kept (files now searchable from this run)
+        self.tally.add(
+            "kept",
+            len(batch.moves)
+            + sum(i is not None and r.status == STATUS_OK for r, i in zip(batch.inserts, applied.new_ids)),
+        )
         for k in applied.copies_missing:  # the copy source was deleted in the meantime: encode it
             r = batch.inserts[k]
             self.tally.add("reused_vectors", -1)
@@ -417,16 +423,20 @@ def _index_paths(
                 with timings("tag"):
                     tag_summary = tag_with_store(store)
         ok = True
+    except KeyboardInterrupt as e:  # committed batches stay; the next run skips them
+        raise Interrupted(
+            f"interrupted: {tally.counts['kept']} files indexed and kept; run the same command to continue"
+        ) from e
     except SQLAlchemyError as e:  # disk full, I/O error, ...: committed batches stay, the next run goes on
         detail = str(getattr(e, "orig", e)).splitlines()[0]
         if is_corrupt_db_error(detail):
             raise DamagedStore(db_problem(store_dir, detail)) from e
-        raise PixdexError(
+        raise PartialRun(
             f"cannot write the store database {store_dir / DB_FILE}: "
             f"{str(getattr(e, 'orig', e)).splitlines()[0]} (what was indexed is kept; run again)"
         ) from e
     except OSError as e:  # e.g. no space left for the FAISS file
-        raise PixdexError(
+        raise PartialRun(
             f"cannot write the store at {store_dir}: {e.strerror or e} (what was indexed is kept; run again)"
         ) from e
     finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from pixdex.errors import PixdexError
+from pixdex.paths import pixdex_command
 from pixdex.threads import single_thread_blas
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ def run_search(
     engine = SearchEngine(Path(store_dir))
     try:
         if engine.count() == 0:
-            raise PixdexError(f"the store at {store_dir} has no indexed images; run: pixdex index FOLDER")
+            raise PixdexError(
+                f"the store at {store_dir} has no indexed images; run: "
+                f"{pixdex_command('index', 'FOLDER', store_dir=store_dir)}"
+            )
         if parts is None:
             return [h.to_dict() for h in engine.list_tagged(k, filters)]
         return [h.to_dict() for h in engine.search_parts(parts, k, filters)]

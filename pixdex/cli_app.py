@@ -1,4 +1,4 @@
-"""How pixdex's help reads: ``-h`` and ``--help`` everywhere, plain usage lines, no type tags.
+"""pixdex's typer app: how its help reads and what Ctrl-C says, the same for every command.
 
 :class:`PixdexTyper` is ``typer.Typer`` with pixdex's defaults; ``pixdex/cli.py`` builds the app and its
 sub-apps with it, so every command registered with ``app.command(NAME)(function)`` gets them:
@@ -7,17 +7,23 @@ sub-apps with it, so every command registered with ``app.command(NAME)(function)
 - usage lines in click's own style, ``pixdex index [OPTIONS] PATHS...`` and ``pixdex search [OPTIONS]
   [QUERY]`` (recent typer writes ``{paths}...``);
 - an option's value is named by its metavar, ``--store DIR``, ``--batch-size N``; a flag shows none
-  (recent typer writes ``<bool>``, ``<list[str]>``). An option without a metavar gets one from its type.
+  (recent typer writes ``<bool>``, ``<list[str]>``). An option without a metavar gets one from its type;
+- Ctrl-C in a command prints the interrupt's message (:class:`pixdex.errors.Interrupted` says what was
+  kept) and exits with ``ExitCode.INTERRUPTED`` (typer versions differ: 130 in silence, or click's
+  "Aborted!" and 1).
 
 Only typer and the standard library are imported, so ``pixdex --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, get_args, get_origin
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
+
+from pixdex.errors import ExitCode
 
 HELP_OPTION_NAMES = ["-h", "--help"]
 
@@ -73,8 +79,20 @@ class _Tidy:
         return opt
 
 
+def report_interrupt(e: KeyboardInterrupt) -> int:
+    """Write the line for a Ctrl-C on stderr; return the exit code."""
+    sys.stderr.write(f"pixdex: {str(e) or 'interrupted'}\n")
+    return int(ExitCode.INTERRUPTED)
+
+
 class PixdexCommand(_Tidy, TyperCommand):
-    """A command with pixdex's help style."""
+    """A command with pixdex's help style and Ctrl-C line."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise typer.Exit(report_interrupt(e)) from None
 
 
 class PixdexGroup(_Tidy, TyperGroup):
