@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from search_support import make_store, unit
+from search_support import make_store, search_probe, unit
 
 from pixdex.search.cli_search import TSV_COLUMNS, print_table
 
@@ -32,36 +31,15 @@ def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("out") / "s", unit(rng.normal(size=(30, 16))), paths)
 
 
-# Runs `pixdex search` and reports which heavy modules it imported (the TSV path must stay light).
-PROBE = textwrap.dedent("""
-    import json, sys
-    from pixdex.cli import main
-    sys.argv = ["pixdex", "search", *sys.argv[1:]]
-    try:
-        main()
-    except SystemExit as e:
-        assert not e.code, e.code
-    heavy = sorted(m for m in ("torch", "sqlalchemy", "rich") if m in sys.modules)
-    sys.stderr.write("HEAVY=" + json.dumps(heavy) + "\\n")
-""")
-
-
 def _search(*args):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120, env=env
-    )
-
-
-def _heavy(stderr: str) -> list:
-    return json.loads(re.search(r"HEAVY=(.*)", stderr).group(1))
+    return search_probe(*args)[0]
 
 
 def test_a_pipe_gets_tab_separated_lines_with_whole_paths(store):
     want = json.loads(_search("--like", "1", "-k", "12", "--store", str(store), "--json").stdout)
-    r = _search("--like", "1", "-k", "12", "--store", str(store))
+    r, heavy = search_probe("--like", "1", "-k", "12", "--store", str(store))
     assert r.returncode == 0, r.stderr
-    assert _heavy(r.stderr) == []  # neither torch, SQLAlchemy nor even rich
+    assert heavy == []  # neither torch, SQLAlchemy nor even rich
     lines = r.stdout.splitlines()
     assert len(lines) == len(want) == 12
     for line, h in zip(lines, want):
