@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from pixdex import cli_library
+from pixdex.cli_app import PixdexTyper, report_interrupt
 from pixdex.cli_common import (
     CheckpointOpt,
     DeviceOpt,
@@ -25,13 +26,7 @@ from pixdex.cli_common import store_dir as _store_dir
 from pixdex.cli_watch import watch
 from pixdex.errors import PixdexError
 
-app = typer.Typer(
-    name="pixdex",
-    help="Local-first semantic image search and dataset deduplication.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = PixdexTyper(name="pixdex", help="Local-first semantic image search and dataset deduplication.")
 
 log = logging.getLogger("pixdex")
 
@@ -130,18 +125,24 @@ def train(
     out: Path = typer.Option(..., "--out", help="Output directory."),
     init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to start from."),
     loss: str = typer.Option("clip", "--loss", help="clip or siglip."),
-    epochs: int = typer.Option(10, "--epochs"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    lr: float = typer.Option(5e-4, "--lr"),
-    weight_decay: float = typer.Option(0.1, "--weight-decay"),
+    epochs: int = typer.Option(10, "--epochs", help="Passes over the training rows."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Image-caption pairs per step."),
+    lr: float = typer.Option(5e-4, "--lr", metavar="RATE", help="Peak learning rate (AdamW, cosine decay)."),
+    weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW weight decay."),
     warmup: int = typer.Option(100, "--warmup", help="Warm-up steps."),
     accum: int = typer.Option(1, "--accum", help="Gradient accumulation steps."),
-    grad_clip: float = typer.Option(1.0, "--grad-clip"),
-    image_col: str = typer.Option("image", "--image-col"),
-    caption_col: str = typer.Option("caption", "--caption-col"),
-    val_fraction: float = typer.Option(0.1, "--val-fraction"),
-    seed: int = typer.Option(0, "--seed"),
-    workers: int = typer.Option(2, "--workers"),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Clip the gradient norm to this (0: off)."),
+    image_col: str = typer.Option(
+        "image", "--image-col", metavar="COLUMN", help="Manifest column of images."
+    ),
+    caption_col: str = typer.Option(
+        "caption", "--caption-col", metavar="COLUMN", help="Manifest column of captions."
+    ),
+    val_fraction: float = typer.Option(
+        0.1, "--val-fraction", help="Share of the images held out for validation."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed (split, shuffling, initialisation)."),
+    workers: int = typer.Option(2, "--workers", help="Image decoding threads."),
     device: str = DeviceOpt,
     max_steps: Optional[int] = typer.Option(
         None, "--max-steps", help="Stop after this many optimizer steps."
@@ -187,7 +188,7 @@ def index(
     model: Optional[str] = ModelOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
     device: str = DeviceOpt,
-    batch_size: int = typer.Option(32, "--batch-size"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images encoded per batch."),
     workers: int = typer.Option(0, "--workers", help="Decode workers (0: automatic)."),
     json_out: bool = typer.Option(False, "--json", help="Quiet; print the summary as JSON."),
     tag: bool = typer.Option(
@@ -258,29 +259,55 @@ def status(
 @app.command()
 def search(
     query: Optional[str] = typer.Argument(None, help="Text query."),
-    k: int = typer.Option(20, "-k", "--k", help="Number of results."),
+    k: int = typer.Option(20, "-k", "--top", metavar="N", help="Number of results."),
+    k_alias: Optional[int] = typer.Option(None, "--k", hidden=True, help="Old name of --top."),
     store: Optional[Path] = StoreOpt,
-    text: list[str] = typer.Option([], "--text", help="Extra text query, optionally weighted as W:TEXT."),
-    image: list[str] = typer.Option([], "--image", help="Image query file, optionally weighted as W:FILE."),
-    like: list[int] = typer.Option([], "--like", help="Id of an indexed image to search like."),
-    minus: list[str] = typer.Option([], "--minus", help="Text to subtract, optionally weighted as W:TEXT."),
-    min_score: Optional[float] = typer.Option(None, "--min-score"),
-    path_glob: Optional[str] = typer.Option(None, "--path", help="Only paths matching this glob."),
-    after: Optional[str] = typer.Option(None, "--after", help="Taken on or after DATE (YYYY-MM-DD)."),
-    before: Optional[str] = typer.Option(None, "--before", help="Taken before DATE (YYYY-MM-DD)."),
+    text: list[str] = typer.Option(
+        [], "--text", metavar="[W:]TEXT", help="Extra text query, optionally weighted (2:sunset)."
+    ),
+    image: list[str] = typer.Option(
+        [], "--image", metavar="[W:]FILE", help="Image file to search with, optionally weighted."
+    ),
+    like: list[int] = typer.Option(
+        [], "--like", metavar="ID", help="Id of an indexed image to search like (the id column)."
+    ),
+    minus: list[str] = typer.Option(
+        [], "--minus", metavar="[W:]TEXT", help="Text to subtract, optionally weighted."
+    ),
+    min_score: Optional[float] = typer.Option(
+        None,
+        "--min-score",
+        metavar="S",
+        help="Leave out results scoring under S: the cosine of query and image, -1 to 1 (CLIP text-to-image "
+        "scores are mostly 0.15-0.35; compare with your own results); with --tag alone, the tag probability.",
+    ),
+    path_glob: Optional[str] = typer.Option(
+        None, "--path", metavar="GLOB", help="Only paths matching GLOB (*.png, 2023/*, /abs/path/*)."
+    ),
+    after: Optional[str] = typer.Option(
+        None, "--after", metavar="DATE", help="Taken on or after DATE (YYYY-MM-DD[THH:MM])."
+    ),
+    before: Optional[str] = typer.Option(None, "--before", metavar="DATE", help="Taken before DATE."),
     tag: list[str] = typer.Option(
-        [], "--tag", help="Only images tagged with this label (repeatable; alone: list them by probability)."
+        [],
+        "--tag",
+        metavar="LABEL",
+        help="Only images tagged LABEL (repeatable; alone: list them by probability).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON array."),
     paths_out: bool = typer.Option(False, "--paths", help="Print one path per line."),
 ):
-    """Search the store with text, images, or both; or list the images of a tag."""
+    """Search the store with text, images, or both; or list the images of a tag.
+
+    On a terminal: a table of rank, id, score, path.
+    Piped or redirected: one line per result, tab-separated: rank, id, score, whole path.
+    """
     from pixdex.search.cli_search import run_search_command
 
     run_search_command(
         store_dir=_store_dir(store),
         query=query,
-        k=k,
+        k=k if k_alias is None else k_alias,
         texts=text,
         images=image,
         like=like,
@@ -377,8 +404,10 @@ def classify(
 @app.command()
 def serve(
     store: Optional[Path] = StoreOpt,
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8765, "--port"),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (other than loopback: see docs/SECURITY.md)."
+    ),
+    port: int = typer.Option(8765, "--port", help="TCP port to listen on."),
 ):
     """Serve a JSON API and a web UI for the store (loopback by default)."""
     from pixdex.search.serve import serve as run_serve
@@ -456,9 +485,7 @@ app.command("forget")(cli_library.forget)
 
 # ----------------------------------------------------------------------------- datasets
 
-dataset_app = typer.Typer(
-    help="Image-caption datasets: cross-modal dedup and decontamination.", no_args_is_help=True
-)
+dataset_app = PixdexTyper(help="Image-caption datasets: cross-modal dedup and decontamination.")
 app.add_typer(dataset_app, name="dataset")
 
 
@@ -487,7 +514,7 @@ def dataset_dedup(
     no_copy: bool = typer.Option(False, "--no-copy", help="Turn the copy tier off (exact + semantic only)."),
     write_shards: bool = typer.Option(False, "--write-shards", help="Webdataset: write the kept shards."),
     store: Optional[Path] = typer.Option(None, "--store", help="Embedding store (default OUT/store)."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images encoded per batch."),
     workers: int = typer.Option(0, "--workers", help="Decode workers (0: automatic)."),
     device: str = DeviceOpt,
     json_out: bool = typer.Option(False, "--json", help="Quiet; print the summary as JSON."),
@@ -536,7 +563,6 @@ def main() -> None:
         app()
     except PixdexError as e:
         sys.stderr.write(f"pixdex: error: {e}\n")
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write("pixdex: interrupted\n")
-        sys.exit(130)
+        sys.exit(int(e.exit_code))
+    except KeyboardInterrupt as e:  # outside a command (PixdexCommand reports those)
+        sys.exit(report_interrupt(e))

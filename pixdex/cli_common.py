@@ -14,12 +14,20 @@ from typing import Optional
 
 import typer
 
-StoreOpt = typer.Option(None, "--store", help="Store directory (default: $PIXDEX_HOME or the user data dir).")
-ModelOpt = typer.Option(
-    None, "--model", "-m", help="Model name, name:pretrained_tag, or a trained model directory."
+StoreOpt = typer.Option(
+    None, "--store", metavar="DIR", help="Store directory (default: $PIXDEX_HOME or the user data dir)."
 )
-CheckpointOpt = typer.Option(None, "--checkpoint", help="Weights file to load (works offline).")
-DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+ModelOpt = typer.Option(
+    None,
+    "--model",
+    "-m",
+    metavar="MODEL",
+    help="Model name, name:pretrained_tag, or a trained model directory.",
+)
+CheckpointOpt = typer.Option(
+    None, "--checkpoint", metavar="FILE", help="Weights file to load (works offline)."
+)
+DeviceOpt = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda.")
 
 
 def store_dir(store: Optional[Path]) -> Path:

@@ -44,8 +44,8 @@ def watch(
 ):
     """Index the folders, then keep the store current as files are added, changed, moved or deleted,
     until Ctrl-C (the same incremental rules as `pixdex index`)."""
+    from pixdex.errors import ExitCode
     from pixdex.indexer.watch import MAX_WAIT_S, changed, watch_paths
-    from pixdex.storage.store import LOCKED_EXIT_CODE
 
     where = " ".join(str(p) for p in paths)
     last_error = [""]
@@ -58,7 +58,7 @@ def watch(
             if str(error) != last_error[0]:  # a locked store is retried every few seconds: say it once
                 then = (
                     "trying again shortly"
-                    if error.exit_code == LOCKED_EXIT_CODE
+                    if error.exit_code == ExitCode.LOCKED
                     else "trying at the next change"
                 )
                 typer.echo(f"{time.strftime('%H:%M:%S')}  not indexed yet ({then}): {error}", err=True)

@@ -1,4 +1,5 @@
-"""Where pixdex keeps things (the default store directory) and how it names a file: :func:`real_path`.
+"""Where pixdex keeps things (the default store directory), how it names a file (:func:`real_path`)
+and how a message names a store in a command it suggests (:func:`pixdex_command`).
 
 A root and each file in a store are identified by their real path, so that the same folder reached
 through a symbolic link, or typed with another case on a case-insensitive file system, is the same
@@ -8,6 +9,7 @@ root and adds nothing. Standard library only.
 from __future__ import annotations
 
 import os
+import shlex
 import unicodedata
 from pathlib import Path
 from typing import Optional
@@ -106,3 +108,18 @@ def on_disk_case(path: str, listings: Optional[dict] = None, start: int = 0) -> 
                     child = os.path.join(out, matches[0])
         out = child
     return out
+
+
+def pixdex_command(*words, store_dir=None) -> str:
+    """The command line a message suggests: ``pixdex WORDS [--store DIR]``, ready to be typed.
+
+    ``store_dir``: the store the command is for; ``--store DIR`` is added unless it is the default
+    store, where the command works without it. Every message that names a command builds it here, so
+    that it works as shown: words are shell-quoted; placeholders are capitals (``FOLDER``).
+    """
+    line = ["pixdex", *(shlex.quote(str(w)) for w in words)]
+    if store_dir is not None:
+        store = Path(store_dir).expanduser()
+        if store.absolute() != default_store_dir().absolute():
+            line += ["--store", shlex.quote(str(store))]
+    return " ".join(line)

@@ -7,7 +7,11 @@ vectors. The store is built exactly as `pixdex index` builds one (``Store.open_w
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +20,36 @@ from typing import Optional
 import numpy as np
 
 from pixdex.storage.contract import STATUS_FAILED, STATUS_OK
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY_MODULES = ("torch", "torchvision", "open_clip", "timm", "sqlalchemy", "rich")
+
+# `pixdex search ARGS` as the console script runs it, then which heavy modules it imported.
+_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from pixdex.cli import main
+    sys.argv = ["pixdex", "search", *sys.argv[1:]]
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code, e.code
+    heavy = sorted(m for m in MODULES if m in sys.modules)
+    sys.stderr.write("HEAVY=" + json.dumps(heavy) + "\\n")
+""".replace("MODULES", repr(HEAVY_MODULES))
+)
+
+
+def search_probe(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run `pixdex search ARGS` in a fresh interpreter (stdout a pipe); return it and the heavy modules
+    (of :data:`HEAVY_MODULES`) it imported, or None for them when it failed before reporting."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    heavy = r.stderr.split("HEAVY=")[1].splitlines()[0] if "HEAVY=" in r.stderr else "null"
+    return r, json.loads(heavy)
+
 
 # Not a storage status: a row that was indexed (its vector went into the FAISS file) and then deleted
 # from the database, as when a file disappears and FAISS has not been rewritten yet.

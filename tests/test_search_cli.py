@@ -4,7 +4,6 @@ the torch ranking, combined queries follow the documented formula, image queries
 import json
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("faiss")
 from PIL import Image
+from search_support import search_probe
 
 from pixdex.search.cli_search import run_search
 from pixdex.search.store_view import StoreView
@@ -57,30 +57,11 @@ def _expected(q, ids, vecs, k):
     return ids[o].tolist(), s[o]
 
 
-PROBE = textwrap.dedent("""
-    import sys, json
-    from pixdex.cli import main
-    sys.argv = ["pixdex", "search", *sys.argv[1:]]
-    try:
-        main()
-    except SystemExit as e:
-        assert not e.code, e.code
-    heavy = sorted(m for m in ("torch", "sqlalchemy", "open_clip", "torchvision", "timm") if m in sys.modules)
-    sys.stderr.write("HEAVY=" + json.dumps(heavy) + "\\n")
-""")
-
-
 def test_text_query_without_torch_equals_torch_ranking(indexed):
     store, enc, ids, vecs, paths = indexed
     query = "a green square on a white table"
-    r = subprocess.run(
-        [sys.executable, "-c", PROBE, query, "--store", str(store), "-k", "10", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r, heavy = search_probe(query, "--store", str(store), "-k", "10", "--json")
     assert r.returncode == 0, r.stderr
-    heavy = json.loads(r.stderr.split("HEAVY=")[1].splitlines()[0])
     assert heavy == []  # no torch, no SQLAlchemy on the text-query path
     hits = json.loads(r.stdout)
     want_ids, want_scores = _expected(enc.encode_texts([query])[0], ids, vecs, 10)

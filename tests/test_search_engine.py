@@ -141,7 +141,7 @@ def test_cli_outputs(store, tmp_path):
     r = _cli("--like", "7", "-k", "3", "--store", str(d))
     assert r.returncode == 0 and all(h["path"] in r.stdout for h in got[:3])
     r = _cli("--like", "7", "--store", str(d), "--path", "/nowhere/*")
-    assert r.returncode == 0 and "No images match" in r.stdout
+    assert r.returncode == 0 and "No images match" in r.stderr and not r.stdout  # a pipe: stdout stays data
     r = _cli("--like", "7", "--store", str(d), "--path", "/nowhere/*", "--json")
     assert r.returncode == 0 and json.loads(r.stdout) == []
     r = _cli("--like", "7", "--store", str(tmp_path / "nope"))

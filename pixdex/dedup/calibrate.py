@@ -30,6 +30,7 @@ from pixdex.dedup import find
 from pixdex.dedup.pairs import Pairs
 from pixdex.dedup.transforms import TRANSFORMS
 from pixdex.errors import PixdexError
+from pixdex.paths import pixdex_command
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,14 @@ def calibrate(
     store = Store.open_readonly(Path(store_dir))
     try:
         if store.count() == 0:
-            raise PixdexError(f"the store at {store.dir} has no indexed images (run: pixdex index FOLDER)")
+            raise PixdexError(
+                f"the store at {store.dir} has no indexed images "
+                f"(run: {pixdex_command('index', 'FOLDER', store_dir=store.dir)})"
+            )
         if "copy" in tiers and store.copy_hash_counts()["hashed"] == 0:
             raise PixdexError(
-                f"the store at {store.dir} has no copy hashes yet (run: pixdex index --store {store.dir} FOLDER...)"
+                f"the store at {store.dir} has no copy hashes yet "
+                f"(run: {pixdex_command('index', 'FOLDER...', store_dir=store.dir)})"
             )
         D = find.DEFAULT_DISTANCE if copy_distance is None else int(copy_distance)
         T = (

@@ -18,6 +18,7 @@ from typing import Optional
 
 from pixdex.dedup.actions import ACTIONS
 from pixdex.errors import PixdexError
+from pixdex.paths import pixdex_command
 
 
 @contextlib.contextmanager
@@ -158,7 +159,7 @@ def _print_action(res, json_out: bool) -> None:
     if res.skipped:
         line += f", {len(res.skipped)} skipped"
     if res.undo_file:
-        line += f"; undo with: pixdex dedup --undo {res.target}"
+        line += f"; undo with: {pixdex_command('dedup', '--undo', res.target)}"
     sys.stdout.write(line + ".\n")
     for s in res.skipped[:20]:
         sys.stdout.write(f"  skipped {s['path']}: {s['reason']}\n")

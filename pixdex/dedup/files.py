@@ -20,6 +20,7 @@ from pixdex.dedup import perceptual
 from pixdex.dedup.find import ItemSet, Progress, empty_rows
 from pixdex.errors import PixdexError
 from pixdex.images import DecodeError, ImageInfo, content_hash, decode_many, read_file
+from pixdex.paths import pixdex_command
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,10 @@ def store_encoder(store, device: str = "auto"):
     from pixdex.indexer.binding import LazyEncoder, model_choice
 
     if store.identity is None:
-        raise PixdexError(f"the store at {store.dir} has no model yet (run pixdex index first)")
+        raise PixdexError(
+            f"the store at {store.dir} has no model yet "
+            f"(run: {pixdex_command('index', 'FOLDER', store_dir=store.dir)})"
+        )
     spec, ckpt, _ = model_choice(store, None, None)
     return LazyEncoder(store, spec, ckpt, device)
 

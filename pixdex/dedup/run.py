@@ -38,6 +38,7 @@ from pixdex.dedup.keep import DEFAULT_POLICY, Item, check_policy, keep_rank
 from pixdex.dedup.model import Group, Member, Report, make_group, make_summary
 from pixdex.dedup.pairs import Pairs
 from pixdex.errors import PixdexError
+from pixdex.paths import pixdex_command
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def find_duplicates(
         n_ok = store.count()
         if n_ok == 0:
             raise PixdexError(
-                f"the store at {store.dir} has no indexed images (run: pixdex index FOLDER --store {store.dir})"
+                f"the store at {store.dir} has no indexed images "
+                f"(run: {pixdex_command('index', 'FOLDER', store_dir=store.dir)})"
             )
         if against is not None:
             other = Store.open_readonly(Path(against))
@@ -147,7 +149,7 @@ def _usable_tiers(
             if c["missing"]:
                 msg = (
                     f"{c['missing']} of {s.count()} images of {s.dir} have no copy hashes yet "
-                    f"(run: pixdex index --store {s.dir} FOLDER... to compute them, no re-encoding)"
+                    f"(run: {pixdex_command('index', 'FOLDER...', store_dir=s.dir)} to compute them, no re-encoding)"
                 )
                 if c["hashed"] == 0:
                     drop("copy", msg)

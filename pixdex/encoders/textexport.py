@@ -28,6 +28,7 @@ import numpy as np
 from pixdex.encoders.state_dict_layout import RESBLOCK_PARAM_KEYS
 from pixdex.errors import PixdexError
 from pixdex.fsutil import atomic_write
+from pixdex.paths import pixdex_command
 from pixdex.storage.contract import TEXT_TOWER_FILE, TEXT_TOWER_FORMAT, TEXT_TOWER_META, same_model
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,10 @@ def open_text_encoder(store_dir: Path, identity: dict, checkpoint: Optional[str]
         return enc
     spec = (identity or {}).get("model")
     if not spec:
-        raise PixdexError(f"the store at {store_dir} is not bound to a model yet; run: pixdex index FOLDER")
+        raise PixdexError(
+            f"the store at {store_dir} is not bound to a model yet; run: "
+            f"{pixdex_command('index', 'FOLDER', store_dir=store_dir)}"
+        )
     log.warning("the store has no usable exported text tower for %s; loading it with torch (once)", spec)
     from pixdex.encoders.encoder import load_encoder
 

@@ -11,6 +11,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from pixdex.paths import pixdex_command
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -172,13 +174,13 @@ def print_failed_paths(console, c: dict) -> None:
         more = c["failed"] - len(c.get("failed_paths", []))
         console.print(
             (f"  ... and {more} more; " if more > 0 else "  ")
-            + f"list the files that failed with: pixdex status --failed --store {store}",
+            + f"list the files that failed with: {pixdex_command('status', '--failed', store_dir=store)}",
             markup=False,
         )
     if c.get("not_retried"):
         console.print(
             f"{c['not_retried']} unchanged files that failed before were not tried again "
-            "(pixdex index --retry-failed tries them)",
+            f"({pixdex_command('index', 'FOLDER', '--retry-failed', store_dir=store)} tries them)",
             markup=False,
         )
     if c.get("excluded"):

@@ -24,9 +24,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +35,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixdex.encoders.registry import DEFAULT_MODEL
-from pixdex.errors import PixdexError
+from pixdex.errors import Interrupted, PartialRun, PixdexError
 from pixdex.indexer.backfill import backfill_copy_hashes
 from pixdex.indexer.binding import (
     LazyEncoder,
@@ -82,6 +83,31 @@ def _env_float(name: str, default: float) -> float:
     except ValueError:
         log.warning("ignoring %s=%r (not a number)", name, os.environ.get(name))
         return default
+
+
+@contextlib.contextmanager
+def _ctrl_c_after_block() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) arriving inside the block until the block ends, then raise it.
+
+    A batch's commit and the count of what it kept are one step for Ctrl-C: SQLite's COMMIT is a long C
+    call, a signal during it would otherwise raise in the Python just after, with the batch committed
+    and not counted. Outside the main thread (no signal handler can be set there) nothing is held.
+    """
+    held: list[int] = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if held:
+            if callable(old):
+                old(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
+            elif old == signal.SIG_DFL:
+                raise KeyboardInterrupt
 
 
 def _remove_empty_store(store_dir: Path) -> None:
@@ -240,8 +266,16 @@ class _Run:
         if self.dim is None:
             self.dim = int(self.store.identity["dim"])
         batch, self.batch = self.batch, Batch()
-        with self.timings("commit"):
+        with self.timings("commit"), _ctrl_c_after_block():
             applied = apply_batch(self.store, batch, self.dim)
+            # what an interrupted run reports as kept: the files this run made searchable
+            self.tally.add(
+                "kept",
+                len(batch.moves)
+                + sum(
+                    i is not None and r.status == STATUS_OK for r, i in zip(batch.inserts, applied.new_ids)
+                ),
+            )
         for k in applied.copies_missing:  # the copy source was deleted in the meantime: encode it
             r = batch.inserts[k]
             self.tally.add("reused_vectors", -1)
@@ -432,16 +466,20 @@ def _index_paths(
                 with timings("tag"):
                     tag_summary = tag_with_store(store)
         ok = True
+    except KeyboardInterrupt as e:  # committed batches stay; the next run skips them
+        raise Interrupted(
+            f"interrupted: {tally.counts['kept']} files indexed and kept; run the same command to continue"
+        ) from e
     except SQLAlchemyError as e:  # disk full, I/O error, ...: committed batches stay, the next run goes on
         detail = str(getattr(e, "orig", e)).splitlines()[0]
         if is_corrupt_db_error(detail):
             raise DamagedStore(db_problem(store_dir, detail)) from e
-        raise PixdexError(
+        raise PartialRun(
             f"cannot write the store database {store_dir / DB_FILE}: "
             f"{str(getattr(e, 'orig', e)).splitlines()[0]} (what was indexed is kept; run again)"
         ) from e
     except OSError as e:  # e.g. no space left for the FAISS file
-        raise PixdexError(
+        raise PartialRun(
             f"cannot write the store at {store_dir}: {e.strerror or e} (what was indexed is kept; run again)"
         ) from e
     finally:

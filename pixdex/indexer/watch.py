@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from pixdex.errors import PixdexError
-from pixdex.storage.store import LOCKED_EXIT_CODE
+from pixdex.errors import ExitCode, PixdexError
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +203,7 @@ def watch_paths(
                     summary = run(True)
                 except PixdexError as e:
                     totals.errors += 1
-                    locked = e.exit_code == LOCKED_EXIT_CODE
+                    locked = e.exit_code == ExitCode.LOCKED
                     retry_at = time.monotonic() + retry_s if locked else None
                     if on_run is not None:
                         on_run(runs, None, e)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from pixdex.errors import PixdexError
+from pixdex.paths import pixdex_command
 from pixdex.threads import single_thread_blas
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,10 @@ def run_search(
     engine = SearchEngine(Path(store_dir))
     try:
         if engine.count() == 0:
-            raise PixdexError(f"the store at {store_dir} has no indexed images; run: pixdex index FOLDER")
+            raise PixdexError(
+                f"the store at {store_dir} has no indexed images; run: "
+                f"{pixdex_command('index', 'FOLDER', store_dir=store_dir)}"
+            )
         return [h.to_dict() for h in engine.find(parts, k, filters)]
     finally:
         engine.close()
@@ -93,30 +97,55 @@ def run_search_command(
     if paths_out:
         out.write("".join(h["path"] + "\n" for h in hits))
         return
+    terminal = out.isatty()
     if not hits:
-        out.write(
+        filtered = path_glob or after or before or tags or min_score is not None
+        (out if terminal else sys.stderr).write(
             f"No images match {_describe(query, texts, images, like, minus, tags)}"
-            f"{' with these filters' if (path_glob or after or before or tags or min_score is not None) else ''}.\n"
+            f"{' with these filters' if filtered else ''}.\n"
         )
         return
+    if terminal:
+        print_table(hits, out, f"pixdex: {_describe(query, texts, images, like, minus, tags)}")
+    else:
+        write_tsv(hits, out)
+
+
+TSV_COLUMNS = ("rank", "id", "score", "path")
+_TSV_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def write_tsv(hits: Sequence[dict], out) -> None:
+    """One line per hit, the fields of :data:`TSV_COLUMNS` separated by tabs, no header; the whole path.
+
+    A tab, newline or carriage return inside a path is written as ``\\t``, ``\\n``, ``\\r`` so that
+    every hit stays one line of four fields (``--json`` gives such names exactly)."""
+    out.write(
+        "".join(
+            f"{h['rank']}\t{h['id']}\t{h['score']:.4f}\t{h['path'].translate(_TSV_ESCAPES)}\n" for h in hits
+        )
+    )
+
+
+def print_table(hits: Sequence[dict], out, title: str, width: Optional[int] = None) -> None:
+    """The terminal table: rank, id (for ``--like``), score, path (folded, never cut), top tags."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    from pixdex.search.display import visible
+
     with_tags = any(h.get("tags") for h in hits)
-    table = Table(
-        "rank",
-        "score",
-        "path",
-        *(["tags"] if with_tags else []),
-        title=Text(f"pixdex: {_describe(query, texts, images, like, minus, tags)}"),
-        title_justify="left",
-        show_edge=False,
-        pad_edge=False,
-    )
-    for h in hits:
-        cells = [str(h["rank"]), f"{h['score']:.3f}", Text(h["path"])]  # Text: no markup in file names
+    table = Table(title=Text(title), title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("rank", justify="right", no_wrap=True)
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("score", no_wrap=True)
+    table.add_column("path", overflow="fold")
+    if with_tags:
+        table.add_column("tags", overflow="fold")
+    for h in hits:  # Text: no markup in file names or labels
+        cells = [str(h["rank"]), str(h["id"]), f"{h['score']:.3f}", Text(visible(h["path"]))]
         if with_tags:
             cells.append(Text(", ".join(t["label"] for t in h.get("tags", [])[:3])))
         table.add_row(*cells)
-    Console(soft_wrap=True).print(table)
+    Console(file=out, width=width, highlight=False).print(table)

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from pixdex.errors import PixdexError
+from pixdex.paths import pixdex_command
 from pixdex.search.filters import Filters
 from pixdex.search.query import QueryPart, build_parts, encode_parts
 from pixdex.search.store_view import Row, StoreView
@@ -63,7 +64,8 @@ class SearchEngine:
         spec = ident.get("model")
         if not spec:
             raise PixdexError(
-                f"the store at {self.store_dir} is not bound to a model yet; run: pixdex index FOLDER"
+                f"the store at {self.store_dir} is not bound to a model yet; run: "
+                f"{pixdex_command('index', 'FOLDER', store_dir=self.store_dir)}"
             )
         ckpt = ident.get("checkpoint") or self.view.sidecar.get("checkpoint")
         return spec, ckpt

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pixdex.errors import PixdexError
 from pixdex.fsutil import atomic_write
+from pixdex.paths import pixdex_command
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,10 @@ class Unavailable(PixdexError):
         self.status = status
 
 
-def _changed(row, what: str) -> Unavailable:
+def _changed(row, what: str, store_dir: Path) -> Unavailable:
+    fix = pixdex_command("index", "FOLDER", store_dir=store_dir)
     return Unavailable(
-        410, f"the file of image {row.id} {what} since it was indexed; run pixdex index to refresh it"
+        410, f"the file of image {row.id} {what} since it was indexed; run {fix} on its folder"
     )
 
 
@@ -86,19 +88,19 @@ class Media:
         try:
             f, st = open_regular(row.path)
         except NotRegularFile:
-            raise _changed(row, "is no longer a regular file") from None
+            raise _changed(row, "is no longer a regular file", self.dir.parent) from None
         except FileNotFoundError:
             raise Unavailable(404, f"the file of image {row.id} is missing") from None
         except OSError as e:
             raise Unavailable(404, f"cannot open the file of image {row.id}: {e.strerror or e}") from None
         with f:
             if row.size is not None and st.st_size != row.size:
-                raise _changed(row, "changed size")
+                raise _changed(row, "changed size", self.dir.parent)
             if st.st_size > MAX_ORIGINAL_BYTES:
                 raise PixdexError(f"image {row.id} is too large to serve")
             data = f.read(st.st_size + 1)
         if len(data) != st.st_size or (row.content_hash and content_hash(data) != row.content_hash):
-            raise _changed(row, "changed content")
+            raise _changed(row, "changed content", self.dir.parent)
         return data, st
 
     def original(self, row) -> tuple[bytes, str]:

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from pixdex.errors import PixdexError
+from pixdex.paths import pixdex_command
 from pixdex.search.dates import date_condition, date_fields, to_datetime
 from pixdex.search.filters import Filters
 from pixdex.storage.contract import (
@@ -105,8 +106,14 @@ class StoreView:
         db = self.dir / DB_FILE
         if not db.is_file():
             if not self.dir.exists():
-                raise PixdexError(f"no store at {self.dir} (index some photos first: pixdex index FOLDER)")
-            raise PixdexError(f"{self.dir} is not a pixdex store (no {DB_FILE}); run: pixdex index FOLDER")
+                raise PixdexError(
+                    f"no store at {self.dir} (index some photos first: "
+                    f"{pixdex_command('index', 'FOLDER', store_dir=self.dir)})"
+                )
+            raise PixdexError(
+                f"{self.dir} is not a pixdex store (no {DB_FILE}); run: "
+                f"{pixdex_command('index', 'FOLDER', store_dir=self.dir)}"
+            )
         try:
             self.sidecar = json.loads((self.dir / SIDECAR_FILE).read_text())
         except FileNotFoundError:
@@ -173,7 +180,9 @@ class StoreView:
 
     def _need_tags(self) -> None:
         if not self.has_tags():
-            raise PixdexError(f"the store at {self.dir} has no tags yet; run: pixdex tag")
+            raise PixdexError(
+                f"the store at {self.dir} has no tags yet; run: {pixdex_command('tag', store_dir=self.dir)}"
+            )
 
     def tags_of(self, ids: list[int]) -> dict[int, list[tuple[str, float]]]:
         """``{id: [(label, prob), ...]}`` most probable first, for the given ids (one chunk)."""

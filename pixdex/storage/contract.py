@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from pixdex.paths import pixdex_command
+
 # ---------------------------------------------------------------------- files in a store folder
 
 DB_FILE = "pixdex.db"
@@ -177,5 +179,5 @@ def db_problem(store_dir, detail: str) -> str:
     what = "is empty (0 bytes)" if detail == "empty" else f"is damaged ({detail})"
     return (
         f"the store database {store_dir}/{DB_FILE} {what}; rebuild it from the photos with: "
-        f"pixdex index FOLDER --store {store_dir}"
+        f"{pixdex_command('index', 'FOLDER', store_dir=store_dir)}"
     )

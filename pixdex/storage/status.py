@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixdex.errors import PixdexError
+from pixdex.paths import pixdex_command
 from pixdex.storage import migrations
 from pixdex.storage.contract import STATUS_FAILED, STATUS_OK, db_problem, is_corrupt_db_error
 from pixdex.storage.faiss_index import id_checksum
@@ -127,6 +128,7 @@ def _store_status(store_dir: Path) -> dict:
 
 def print_status(info: dict, stream=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
@@ -141,7 +143,8 @@ def print_status(info: dict, stream=None) -> None:
     for r in info["failures"]:
         console.print(f"  {r['count']:>6}  {r['reason']}")
     if info["failed"]:
-        console.print(f"  list them with: pixdex status --failed --store {info['store']}", markup=False)
+        hint = pixdex_command("status", "--failed", store_dir=info["store"])
+        console.print(f"  list them with: {hint}", markup=False)
     f = info["faiss"]
     if f["agrees"]:
         agree = "[green]agrees with the database[/]"
@@ -149,7 +152,8 @@ def print_status(info: dict, stream=None) -> None:
         why = f"{f['missing']} missing, {f['extra']} extra"
         if f.get("problem"):
             why += f"; {f['problem']}"
-        agree = f"[red]does not agree with the database[/] ({why}; the next pixdex index repairs it)"
+        fix = pixdex_command("index", *(info["roots"] or ["FOLDER"]), store_dir=info["store"])
+        agree = f"[red]does not agree with the database[/] ({why}; indexing repairs it: {escape(fix)})"
     kind = f["type"] or "none"
     if f.get("nlist"):
         kind += f" (nlist {f['nlist']})"

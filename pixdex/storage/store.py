@@ -29,8 +29,9 @@ from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from pixdex.errors import PixdexError
+from pixdex.errors import PixdexError, StoreLocked
 from pixdex.fsutil import atomic_write
+from pixdex.paths import pixdex_command
 from pixdex.storage import migrations
 from pixdex.storage.contract import (
     DB_FILE,
@@ -110,9 +111,6 @@ def set_aside_damaged_db(store_dir: Path) -> Path:
     return target
 
 
-LOCKED_EXIT_CODE = 3  # the PixdexError exit code of a store another indexer holds
-
-
 class StoreLock:
     """An exclusive, non-blocking lock on ``STORE/index.lock`` held for an indexing run."""
 
@@ -129,10 +127,9 @@ class StoreLock:
             _lock_fd(fd)
         except BlockingIOError as e:
             os.close(fd)
-            raise PixdexError(
+            raise StoreLocked(
                 f"another pixdex index is already running on the store {self.path.parent}"
-                " (wait for it to finish)",
-                exit_code=LOCKED_EXIT_CODE,
+                " (wait for it to finish)"
             ) from e
         except OSError as e:
             os.close(fd)
@@ -217,7 +214,8 @@ class Store:
         db = store_dir / DB_FILE
         if not db.is_file():
             raise PixdexError(
-                f"no pixdex store at {store_dir} (create one with: pixdex index FOLDER --store {store_dir})"
+                f"no pixdex store at {store_dir} "
+                f"(create one with: {pixdex_command('index', 'FOLDER', store_dir=store_dir)})"
             )
         if db.stat().st_size == 0:
             raise PixdexError(db_problem(store_dir, "empty"))
@@ -235,7 +233,8 @@ class Store:
         if migrations.pending(engine):
             store.close()
             raise PixdexError(
-                f"the store at {store_dir} has an older schema; run pixdex index once to upgrade it"
+                f"the store at {store_dir} has an older schema; upgrade it by indexing once: "
+                f"{pixdex_command('index', 'FOLDER', store_dir=store_dir)}"
             )
         return store
 

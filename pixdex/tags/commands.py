@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from pixdex.errors import PixdexError
+from pixdex.paths import pixdex_command
 from pixdex.tags.labelsets import DEFAULT_TEMPLATES, load_labels, load_templates
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,9 @@ def tag_counts(store_dir: Path) -> list[dict]:
 
 def print_tag_counts(rows: list[dict], store_dir: Path) -> None:
     if not rows:
-        sys.stdout.write(f"No tags in the store at {store_dir}; run: pixdex tag\n")
+        sys.stdout.write(
+            f"No tags in the store at {store_dir}; run: {pixdex_command('tag', store_dir=store_dir)}\n"
+        )
         return
     from rich.console import Console
     from rich.table import Table

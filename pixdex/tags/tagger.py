@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 
 from pixdex.encoders.zeroshot import ZeroShotClassifier, build_classifier
 from pixdex.errors import PixdexError
+from pixdex.paths import pixdex_command
 from pixdex.storage import contract as c
 from pixdex.storage.schema import ImageRow, VectorRow
 from pixdex.storage.store import Store
@@ -105,7 +106,10 @@ def classifier_for_store(
 
     identity = store.identity
     if identity is None:
-        raise PixdexError(f"the store at {store.dir} has no indexed images; run: pixdex index FOLDER")
+        raise PixdexError(
+            f"the store at {store.dir} has no indexed images; run: "
+            f"{pixdex_command('index', 'FOLDER', store_dir=store.dir)}"
+        )
     labels = load_labels(labels_spec)
     templates = load_templates(templates_spec)
     set_id = label_set_id(labels, templates, identity)
@@ -224,7 +228,10 @@ def tag_store(
     """``pixdex tag``: open the store for writing and tag it (see :func:`tag_with_store`)."""
     store_dir = Path(store_dir).expanduser()
     if not (store_dir / c.DB_FILE).is_file():
-        raise PixdexError(f"no pixdex store at {store_dir} (index some photos first: pixdex index FOLDER)")
+        raise PixdexError(
+            f"no pixdex store at {store_dir} (index some photos first: "
+            f"{pixdex_command('index', 'FOLDER', store_dir=store_dir)})"
+        )
     store = Store.open_writer(store_dir)
     try:
         return tag_with_store(store, labels, templates, top, min_prob)
