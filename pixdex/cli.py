@@ -185,8 +185,10 @@ def index(
     model: Optional[str] = ModelOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
     device: str = DeviceOpt,
-    batch_size: int = typer.Option(32, "--batch-size"),
-    workers: int = typer.Option(0, "--workers", help="Decode workers (0: automatic)."),
+    batch_size: int = typer.Option(
+        0, "--batch-size", help="Images per encoder batch (0: automatic: 32 on CPU, by free memory on CUDA)."
+    ),
+    workers: int = typer.Option(0, "--workers", help="Decode workers (0: one per core)."),
     json_out: bool = typer.Option(False, "--json", help="Quiet; print the summary as JSON."),
     tag: bool = typer.Option(
         False, "--tag", help="Also tag new images (the store's last label set, else builtin:everyday)."

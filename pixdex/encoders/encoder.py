@@ -87,8 +87,8 @@ class Encoder:
 
         self._need("image")
         if self._input is None:
-            pre = self.preprocess
-            self._input = DeviceInput(self.device, pre.config.mean, pre.config.std, self.image_size)
+            pre = self.config.preprocess
+            self._input = DeviceInput(self.device, pre.mean, pre.std, self.image_size)
         shape = tuple(batch.shape)
         uint8 = str(batch.dtype).endswith("uint8")
         if not self._input.check(shape, uint8):
