@@ -46,14 +46,29 @@ quick=${GPU_CHECK_QUICK:-0}
 
 # 1. install
 if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  reqs=$(mktemp)
-  # every wheel carried, by project name; faiss last and without dependencies (its CUDA libraries come
-  # with torch), and only when no faiss is importable yet
-  for w in "$WHEELS"/*.whl; do basename "$w" | cut -d- -f1; done | sort -u | grep -v '^faiss' >"$reqs"
-  if timeout 120 $PY -m pip install -q --no-index --find-links "$WHEELS" -r "$reqs" >/dev/null 2>&1; then
-    row "install" "ok" "$(wc -l <"$reqs") packages from $WHEELS"
+  # the carried wheels of projects not installed yet (torch and what came with it stay as they are),
+  # without dependency resolution: the folder is the set; faiss separately, below
+  mapfile -t todo < <($PY - "$WHEELS" <<'EOF_PY'
+import sys
+from importlib import metadata
+from pathlib import Path
+
+def norm(name):
+    return name.lower().replace("-", "_").replace(".", "_")
+
+have = {norm(d.metadata["Name"]) for d in metadata.distributions() if d.metadata["Name"]}
+for w in sorted(Path(sys.argv[1]).glob("*.whl")):
+    name = norm(w.name.split("-")[0])
+    if not name.startswith("faiss") and name not in have:
+        print(w)
+EOF_PY
+)
+  if [ ${#todo[@]} -eq 0 ]; then
+    row "install" "ok" "everything carried is installed already"
+  elif timeout 120 $PY -m pip install -q --no-index --no-deps "${todo[@]}" >/dev/null 2>&1; then
+    row "install" "ok" "${#todo[@]} wheels from $WHEELS"
   else
-    row "install" "failed" "pip install --no-index --find-links $WHEELS"
+    row "install" "failed" "pip install --no-index --no-deps ($WHEELS)"
   fi
   if ! $PY -c 'import faiss' 2>/dev/null; then
     fw=$(ls "$WHEELS"/faiss_gpu*.whl "$WHEELS"/faiss_cpu*.whl 2>/dev/null | head -n 1)
@@ -63,7 +78,6 @@ if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
       row "install faiss" "not run" "no faiss wheel carried"
     fi
   fi
-  rm -f "$reqs"
 else
   row "install" "not run" "no wheel folder $WHEELS (bench/gpu_wheels.sh makes one)"
 fi

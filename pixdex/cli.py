@@ -512,3 +512,11 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("pixdex: interrupted\n")
         sys.exit(130)
+    except ModuleNotFoundError as e:
+        if e.name != "faiss":
+            raise
+        # faiss comes from an extra (faiss-cpu and faiss-gpu both provide the module: README, Install)
+        sys.stderr.write(
+            "pixdex: error: FAISS is not installed: pip install 'pixdex[cpu]' (or 'pixdex[gpu]' on a CUDA machine)\n"
+        )
+        sys.exit(2)
