@@ -24,7 +24,7 @@ from pixdex.cli_common import (
 from pixdex.cli_common import echo_json as _echo_json
 from pixdex.cli_common import store_dir as _store_dir
 from pixdex.cli_watch import watch
-from pixdex.errors import PixdexError
+from pixdex.errors import ExitCode, PixdexError
 
 app = PixdexTyper(name="pixdex", help="Local-first semantic image search and dataset deduplication.")
 
@@ -188,8 +188,10 @@ def index(
     model: Optional[str] = ModelOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
     device: str = DeviceOpt,
-    batch_size: int = typer.Option(32, "--batch-size", help="Images encoded per batch."),
-    workers: int = typer.Option(0, "--workers", help="Decode workers (0: automatic)."),
+    batch_size: int = typer.Option(
+        0, "--batch-size", help="Images per encoder batch (0: automatic: 32 on CPU, by free memory on CUDA)."
+    ),
+    workers: int = typer.Option(0, "--workers", help="Decode workers (0: one per core)."),
     json_out: bool = typer.Option(False, "--json", help="Quiet; print the summary as JSON."),
     tag: bool = typer.Option(
         False, "--tag", help="Also tag new images (the store's last label set, else builtin:everyday)."
@@ -566,3 +568,11 @@ def main() -> None:
         sys.exit(int(e.exit_code))
     except KeyboardInterrupt as e:  # outside a command (PixdexCommand reports those)
         sys.exit(report_interrupt(e))
+    except ModuleNotFoundError as e:
+        if e.name != "faiss":
+            raise
+        # faiss comes from an extra (faiss-cpu and faiss-gpu both provide the module: README, Install)
+        sys.stderr.write(
+            "pixdex: error: FAISS is not installed: pip install 'pixdex[cpu]' (or 'pixdex[gpu]' on a CUDA machine)\n"
+        )
+        sys.exit(int(ExitCode.CANNOT_RUN))

@@ -17,6 +17,7 @@ from typing import Optional, Union
 import numpy as np
 
 from pixdex.encoders.checksum import file_sha256
+from pixdex.encoders.device_input import autocast_dtype
 from pixdex.encoders.spec import ResolvedSpec, resolve_spec
 from pixdex.errors import PixdexError
 from pixdex.storage.contract import RANDOM_INIT_PREFIX
@@ -58,6 +59,9 @@ class Encoder:
         self.model_dir = resolved.model_dir
         self.preprocess = Preprocessor(resolved.config.preprocess)
         self._tokenizer = None
+        self._input = None  # DeviceInput, made on first use
+        # reduced precision on the device (bfloat16 on CUDA); None: float32. Set to None for exact float32.
+        self.autocast_dtype = autocast_dtype(device)
 
     @property
     def tokenizer(self):
@@ -72,25 +76,48 @@ class Encoder:
             raise PixdexError(f"this encoder of {self.name} was loaded without its {tower} tower")
 
     def encode_images(self, batch) -> np.ndarray:
-        """``(N, 3, S, S)`` preprocessed images (numpy or torch) -> ``(N, dim)``."""
+        """Preprocessed images -> ``(N, dim)``: float32 ``(N, 3, S, S)`` normalised as
+        :class:`~pixdex.encoders.preprocess.Preprocessor` does, or uint8 ``(N, S, S, 3)`` resized pixels
+        (:meth:`~pixdex.encoders.preprocess.Preprocessor.pixels`, normalised here on the device);
+        numpy or torch. Runs under :attr:`autocast_dtype` when set (CUDA: bfloat16)."""
         import torch
         import torch.nn.functional as F
 
+        from pixdex.encoders.device_input import DeviceInput
+
         self._need("image")
-        x = (
-            torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            if isinstance(batch, np.ndarray)
-            else batch
-        )
-        s = self.image_size
-        if x.ndim != 4 or tuple(x.shape[1:]) != (3, s, s):
-            raise PixdexError(f"{self.name} expects images of shape (N, 3, {s}, {s}), got {tuple(x.shape)}")
-        if x.shape[0] == 0:
+        if self._input is None:
+            pre = self.config.preprocess
+            self._input = DeviceInput(self.device, pre.mean, pre.std, self.image_size)
+        shape = tuple(batch.shape)
+        uint8 = str(batch.dtype).endswith("uint8")
+        if not self._input.check(shape, uint8):
+            s = self.image_size
+            want = f"(N, {s}, {s}, 3) uint8" if uint8 else f"(N, 3, {s}, {s})"
+            raise PixdexError(f"{self.name} expects images of shape {want}, got {shape}")
+        if shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
-            feats = self.model.encode_image(x.to(self.device, torch.float32, non_blocking=True))
+            x = self._input.to_model(batch)
+            with self._autocast():
+                feats = self.model.encode_image(x)
             feats = F.normalize(feats.float(), dim=-1)
         return feats.cpu().numpy()
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=self.autocast_dtype)
+
+    def batch_size(self) -> int:
+        """The image batch size for this encoder's device (:func:`device_input.auto_batch_size`)."""
+        from pixdex.encoders.device_input import auto_batch_size
+
+        return auto_batch_size(self.config, self.device)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch

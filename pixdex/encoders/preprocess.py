@@ -84,7 +84,13 @@ class Preprocessor:
         x /= self.std
         return x
 
-    def __call__(self, img: Image.Image) -> np.ndarray:
+    def pixels(self, img: Image.Image) -> np.ndarray:
+        """The resized and cropped image as uint8 ``(H, W, 3)``: what the decode workers ship to the
+        encoder, which normalises it on its device (:mod:`pixdex.encoders.device_input`) exactly as
+        :meth:`normalize` does."""
         if img.mode != "RGB":
             img = img.convert("RGB")
-        return self.normalize(np.asarray(self.resize(img)))
+        return np.asarray(self.resize(img))
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        return self.normalize(self.pixels(img))

@@ -106,6 +106,11 @@ class LazyPreprocess:
     def __call__(self, img):
         return self._lazy.preprocessor()(img)
 
+    def pixels(self, img):
+        """The preprocessing's uint8 ``pixels(img)``; ``pre(img)`` (float32) for one without it."""
+        pre = self._lazy.preprocessor()
+        return pre.pixels(img) if hasattr(pre, "pixels") else pre(img)
+
 
 def preprocessor_of(store: Store):
     ident = store.identity or {}

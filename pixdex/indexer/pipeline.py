@@ -50,36 +50,68 @@ def copy_hash_of(img) -> Optional[perceptual.CopyHash]:
         return None
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's CPU set), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def default_workers() -> int:
-    """Decode threads when not given: the CPU count, at least 1, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """Decode workers when not given: one per usable core (no cap: on a GPU machine decoding is the
+    bottleneck, and 12 MP JPEGs need every core; on CPU the :class:`DecodeGate` keeps decoding out of
+    the encoder's way)."""
+    return usable_cpus()
+
+
+class ThreadWorkers:
+    """The default executor of :func:`ordered_map`: a thread pool."""
+
+    def __init__(self, workers: int):
+        self.pool = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="pixdex-decode")
+
+    def submit(self, fn: Callable[[T], R], item: T) -> Future:
+        return self.pool.submit(fn, item)
+
+    def result(self, fut: Future, fn: Callable[[T], R], item: T) -> R:
+        return fut.result()
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def ordered_map(
-    fn: Callable[[T], R], items: Iterable[T], workers: int, lookahead: int
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    workers: int,
+    lookahead: int,
+    executor=None,
 ) -> Iterator[tuple[T, R]]:
     """Yield ``(item, fn(item))`` in input order, computing at most ``lookahead`` results ahead.
 
     ``fn`` must not raise (return errors as values). Stopping the iteration early cancels queued work.
+    ``executor``: ``submit(fn, item) -> Future``, ``result(future, fn, item)`` and ``shutdown()``
+    (default: :class:`ThreadWorkers` of ``workers`` threads; :class:`pixdex.indexer.procpool.ProcessDecoder`
+    for worker processes). An item's result is yielded before the next item is submitted.
     """
-    workers = max(1, int(workers))
-    lookahead = max(workers, int(lookahead))
+    lookahead = max(max(1, int(workers)), int(lookahead))
     it = iter(items)
     pending: collections.deque[tuple[T, Future]] = collections.deque()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pixdex-decode")
+    pool = executor if executor is not None else ThreadWorkers(workers)
     try:
         for item in it:
             pending.append((item, pool.submit(fn, item)))
             if len(pending) >= lookahead:
                 first, fut = pending.popleft()
-                yield first, fut.result()
+                yield first, pool.result(fut, fn, first)
         while pending:
             first, fut = pending.popleft()
-            yield first, fut.result()
+            yield first, pool.result(fut, fn, first)
     finally:
         for _, fut in pending:
             fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown()
 
 
 @dataclass
@@ -87,11 +119,14 @@ class Loaded:
     """The outcome of loading one file."""
 
     content_hash: Optional[str] = None
-    pixels: Optional[np.ndarray] = None  # preprocessed (3, H, W) float32
+    # uint8 (S, S, 3) resized pixels (Preprocessor.pixels), or float32 (3, S, S) from a preprocessing
+    # without ``pixels``; Encoder.encode_images takes a stack of either
+    pixels: Optional[np.ndarray] = None
     info: Optional[ImageInfo] = None
     error: Optional[str] = None  # why it failed (then pixels is None)
     known: bool = False  # content already in the store: not decoded
     copy_hash: Optional[perceptual.CopyHash] = None  # (rows, quality), when decoded
+    slot: Optional[int] = None  # worker processes: the shared-memory slot holding the pixels
 
     @property
     def ok(self) -> bool:
@@ -153,6 +188,14 @@ def load_candidate(
     return decode_pixels(data, h, path, preprocess)
 
 
+def model_pixels(preprocess: Callable, img) -> np.ndarray:
+    """What the encoder is fed for ``img``: ``preprocess.pixels(img)`` (uint8, normalised on the
+    encoder's device) when the preprocessing has it, else ``preprocess(img)`` as float32."""
+    pixels = getattr(preprocess, "pixels", None)
+    out = np.asarray(pixels(img) if pixels is not None else preprocess(img))
+    return out if out.dtype == np.uint8 else out.astype(np.float32, copy=False)
+
+
 def decode_pixels(data: bytes, h: str, path: str, preprocess: Callable) -> Loaded:
     """Decode and preprocess ``data``; never raises (see :func:`load_candidate`)."""
     hashing = copy_hashes_enabled()
@@ -167,7 +210,7 @@ def decode_pixels(data: bytes, h: str, path: str, preprocess: Callable) -> Loade
     img = images[0]
     try:
         copy_hash = copy_hash_of(images[1]) if hashing else None
-        pixels = np.asarray(preprocess(img), dtype=np.float32)
+        pixels = model_pixels(preprocess, img)
     except DecodeError as e:
         return Loaded(content_hash=h, info=info, error=reason_of(e))
     except Exception as e:  # noqa: BLE001 - OverflowError, MemoryError (empty message), ...

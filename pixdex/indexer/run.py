@@ -34,6 +34,7 @@ from typing import Optional
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
+from pixdex.encoders.device_input import CPU_BATCH
 from pixdex.encoders.registry import DEFAULT_MODEL
 from pixdex.errors import Interrupted, PartialRun, PixdexError
 from pixdex.indexer.backfill import backfill_copy_hashes
@@ -51,9 +52,9 @@ from pixdex.indexer.pipeline import (
     copy_hashes_enabled,
     default_workers,
     load_candidate,
-    ordered_map,
 )
 from pixdex.indexer.plan import Candidate, make_plan
+from pixdex.indexer.procpool import decode_stream, expected_batch_size
 from pixdex.indexer.report import Progress, Tally, Timings, print_summary
 from pixdex.indexer.scan import compile_patterns, normalise_roots, scan
 from pixdex.storage import faiss_index
@@ -128,14 +129,11 @@ def _remove_empty_store(store_dir: Path) -> None:
 class _Run:
     """The state of one indexing run (see the module doc)."""
 
-    def __init__(self, store: Store, enc: LazyEncoder, batch_size: int, tally: Tally, progress: Progress):
-        self.store, self.enc, self.batch_size, self.tally, self.progress = (
-            store,
-            enc,
-            max(1, batch_size),
-            tally,
-            progress,
-        )
+    def __init__(
+        self, store: Store, enc: LazyEncoder, batch_size: Optional[int], tally: Tally, progress: Progress
+    ):
+        self.store, self.enc, self.tally, self.progress = store, enc, tally, progress
+        self.batch_size = max(1, batch_size) if batch_size else None  # None: the encoder's, once loaded
         self.timings = enc.timings
         self.batch = Batch()
         self.pending: list[tuple[Candidate, Loaded, bool]] = []  # decoded, waiting for the encoder
@@ -205,6 +203,9 @@ class _Run:
             self.progress.advance()
             return
         self.pending.append((cand, res, count))
+        if self.batch_size is None:
+            enc = self.enc.get()
+            self.batch_size = enc.batch_size() if hasattr(enc, "batch_size") else CPU_BATCH
         if len(self.pending) >= self.batch_size:
             self.encode_pending()
 
@@ -297,6 +298,10 @@ class _Run:
         self.commit()
 
 
+def _path_of(c: Candidate) -> str:
+    return c.entry.path
+
+
 def _entry_of(r: NewRow):
     from pixdex.indexer.scan import FileEntry
 
@@ -309,7 +314,7 @@ def index_paths(
     model: Optional[str] = None,
     checkpoint: Optional[Path] = None,
     device: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = 0,
     workers: int = 0,
     json_mode: bool = False,
     ivf_threshold: Optional[int] = None,
@@ -321,6 +326,7 @@ def index_paths(
 ) -> dict:
     """Index ``paths`` into the store at ``store_dir``; return the summary dict (printed unless json_mode).
 
+    ``batch_size`` 0: the encoder's own (:meth:`Encoder.batch_size`: 32 on CPU, by free memory on CUDA).
     ``encoder_loader(spec, checkpoint, device, towers) -> Encoder`` replaces ``load_encoder`` (tests).
     A damaged database is set aside (renamed, never deleted) and the store rebuilt from the photos with
     the model recorded in ``store.json``.
@@ -358,7 +364,7 @@ def _index_paths(
     model: Optional[str] = None,
     checkpoint: Optional[Path] = None,
     device: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = 0,
     workers: int = 0,
     json_mode: bool = False,
     ivf_threshold: Optional[int] = None,
@@ -370,8 +376,8 @@ def _index_paths(
 ) -> dict:
     if not paths:
         raise PixdexError("give at least one folder or file to index")
-    if batch_size < 1:
-        raise PixdexError("--batch-size must be at least 1")
+    if batch_size < 0:
+        raise PixdexError("--batch-size must be 0 (automatic) or more")
     t0 = time.monotonic()
     threshold = faiss_index.ivf_threshold(ivf_threshold)
     nworkers = workers if workers and workers > 0 else default_workers()
@@ -431,14 +437,12 @@ def _index_paths(
             known_hashes = frozenset(run.live_by_hash) | frozenset(run.vanished_by_hash)
             progress = run.progress = Progress(len(plan.candidates), quiet=json_mode)
 
-            def work(c: Candidate) -> Loaded:
-                return load_candidate(c.entry.path, enc.preprocess, known_hashes, gate=run.gate)
-
-            lookahead = 2 * batch_size + 2 * nworkers
+            lookahead = 2 * (batch_size or expected_batch_size(device)) + 2 * nworkers
+            decoded = decode_stream(
+                plan.candidates, _path_of, enc, device, nworkers, lookahead, known_hashes, run.gate
+            )
             # closing: on Ctrl-C the queued reads are cancelled now, not run to the end at exit
-            with contextlib.closing(
-                timings.waiting(ordered_map(work, plan.candidates, nworkers, lookahead), "wait_decode")
-            ) as loaded:
+            with contextlib.closing(timings.waiting(decoded, "wait_decode")) as loaded:
                 for cand, res in loaded:
                     tally.add("hashed", 1 if res.content_hash else 0)
                     run.resolve(cand, res)

@@ -151,6 +151,31 @@ def _gpu_count() -> int:
         return 0
 
 
+GPU_MIN_QUERIES = 64  # fewer queries search on the CPU: the copy to the GPU would cost more
+GPU_MIN_ADD = 50_000  # an IVF build adds on the GPU from this many vectors (assignment to the lists)
+_gpu_res = None
+
+
+def gpu_available() -> bool:
+    """Whether FAISS has a GPU to use (faiss built with GPU support and a device) and
+    ``PIXDEX_FAISS_GPU`` is not ``0``."""
+    return os.environ.get("PIXDEX_FAISS_GPU", "1") != "0" and _gpu_count() > 0
+
+
+def to_gpu(index):
+    """A GPU copy of ``index`` (one shared ``StandardGpuResources``), or None when that fails (logged)."""
+    import faiss
+
+    global _gpu_res
+    try:
+        if _gpu_res is None:
+            _gpu_res = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(_gpu_res, 0, index)
+    except (RuntimeError, AttributeError) as e:
+        log.warning("cannot use the GPU for FAISS (%s); staying on the CPU", str(e).splitlines()[0][:160])
+        return None
+
+
 class VectorIndex:
     """A FAISS index over (id, vector) pairs with the operations the store needs."""
 
@@ -158,6 +183,7 @@ class VectorIndex:
         self.index = index
         self.kind = kind
         self.trained_on = int(trained_on)
+        self._gpu = None  # (GPU copy, id map or None) for large searches; dropped on every change
 
     # ------------------------------------------------------------------ construction
 
@@ -175,10 +201,9 @@ class VectorIndex:
         dim = sample.shape[1]
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, int(nlist), faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = 1234
-        if use_gpu and _gpu_count() > 0:
+        gpu = to_gpu(index) if use_gpu and gpu_available() else None
+        if gpu is not None:
             try:
-                res = faiss.StandardGpuResources()
-                gpu = faiss.index_cpu_to_gpu(res, 0, index)
                 gpu.train(sample)
                 index = faiss.index_gpu_to_cpu(gpu)
                 log.info("trained IVF%d on the GPU with %d points", nlist, len(sample))
@@ -251,7 +276,32 @@ class VectorIndex:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if self.kind == "ivf":
             self.index.nprobe = int(nprobe or default_nprobe(self.nlist))
+        if len(q) >= GPU_MIN_QUERIES and self.ntotal and gpu_available():
+            found = self._search_gpu(q, int(k))
+            if found is not None:
+                return found
         return self.index.search(q, int(k))
+
+    def _search_gpu(self, q: np.ndarray, k: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """Many queries at once on the GPU (same results as the CPU's; None: the GPU is not usable)."""
+        import faiss
+
+        if self._gpu is None:
+            if self.kind == "flat":  # the GPU holds the flat vectors; ids are mapped back here
+                gpu = to_gpu(faiss.downcast_index(self.index.index))
+                self._gpu = None if gpu is None else (gpu, faiss.vector_to_array(self.index.id_map))
+            else:
+                gpu = to_gpu(self.index)
+                self._gpu = None if gpu is None else (gpu, None)
+            if self._gpu is None:
+                return None
+        gpu, id_map = self._gpu
+        if self.kind == "ivf":
+            gpu.nprobe = self.index.nprobe
+        dist, pos = gpu.search(q, k)
+        if id_map is None:
+            return dist, pos
+        return dist, np.where(pos >= 0, id_map[np.clip(pos, 0, None)], -1)
 
     def describe(self) -> dict:
         d = {"file": FAISS_FILE, "type": self.kind, "dim": self.dim, "ntotal": self.ntotal}
@@ -264,6 +314,7 @@ class VectorIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if ids.size:
+            self._gpu = None
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
 
     def remove(self, ids: np.ndarray) -> int:
@@ -272,6 +323,7 @@ class VectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if not ids.size:
             return 0
+        self._gpu = None
         return int(self.index.remove_ids(faiss.IDSelectorBatch(ids.size, faiss.swig_ptr(ids))))
 
     def save(self, path: Path) -> None:
@@ -317,9 +369,21 @@ def build(
         vi = VectorIndex.train_ivf(sample, nlist, trained_on=n, use_gpu=use_gpu)
     else:
         vi = VectorIndex.flat(dim)
+    # a large IVF build assigns its vectors to the lists on the GPU, then comes back to the CPU
+    gpu = to_gpu(vi.index) if kind == "ivf" and n >= GPU_MIN_ADD and use_gpu and gpu_available() else None
     for s in range(0, n, _CHUNK):
         ids, vecs = fetch(db_ids[s : s + _CHUNK])
-        vi.add(ids, vecs)
+        if gpu is not None:
+            gpu.add_with_ids(
+                np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(ids, np.int64)
+            )
+        else:
+            vi.add(ids, vecs)
+    if gpu is not None:
+        import faiss
+
+        vi.index = faiss.index_gpu_to_cpu(gpu)
+        log.info("added %d vectors to IVF%d on the GPU", n, vi.nlist)
     return vi
 
 
