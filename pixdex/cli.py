@@ -21,6 +21,7 @@ from pixdex.cli_common import (
 )
 from pixdex.cli_common import echo_json as _echo_json
 from pixdex.cli_common import store_dir as _store_dir
+from pixdex.cli_export import export_cmd, import_cmd
 from pixdex.errors import PixdexError
 
 app = typer.Typer(
@@ -498,6 +499,10 @@ def dataset_dedup(
         from pixdex.dataset.report import print_summary
 
         print_summary(summary)
+
+
+app.command("export")(export_cmd)
+app.command("import")(import_cmd)
 
 
 def main() -> None:
