@@ -17,6 +17,7 @@ from pixdex.cli_common import (
     CheckpointOpt,
     DeviceOpt,
     ModelOpt,
+    RayOpt,
     StoreOpt,
 )
 from pixdex.cli_common import echo_json as _echo_json
@@ -192,6 +193,7 @@ def index(
     tag: bool = typer.Option(
         False, "--tag", help="Also tag new images (the store's last label set, else builtin:everyday)."
     ),
+    ray: Optional[str] = RayOpt,
 ):
     """Index photo folders into a store (incremental, crash-safe)."""
     from pixdex.indexer.run import index_paths
@@ -206,6 +208,7 @@ def index(
         workers=workers,
         json_mode=json_out,
         tag=tag,
+        ray=ray,
     )
     if json_out:
         _echo_json(summary)

@@ -92,10 +92,11 @@ class Loaded:
     error: Optional[str] = None  # why it failed (then pixels is None)
     known: bool = False  # content already in the store: not decoded
     copy_hash: Optional[perceptual.CopyHash] = None  # (rows, quality), when decoded
+    vector: Optional[np.ndarray] = None  # the embedding, when encoded elsewhere (pixdex.scale's actors)
 
     @property
     def ok(self) -> bool:
-        return self.pixels is not None
+        return self.pixels is not None or self.vector is not None
 
 
 class DecodeGate:

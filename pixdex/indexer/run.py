@@ -121,6 +121,7 @@ class _Run:
         self.save_every = _env_float("PIXDEX_FAISS_SAVE_S", FAISS_SAVE_EVERY_S)
         self.gate = DecodeGate()
         self.gate_decoding = os.environ.get("PIXDEX_DECODE_GATE", "auto") != "0"
+        self.ray_summary: Optional[dict] = None  # set by pixdex.scale.index.ray_results
 
     # ------------------------------------------------------------------ FAISS
 
@@ -205,15 +206,19 @@ class _Run:
     def encode_pending(self) -> None:
         if not self.pending:
             return
-        enc = self.enc.get()
-        batch = np.stack([r.pixels for _, r, _ in self.pending])
-        with (
-            cpu_threads(enc) as nthreads,
-            self.gate.closed(self.gate_decoding and uses_all_cores(enc, nthreads)),
-            self.timings("encode"),
-        ):
-            vecs = enc.encode_images(batch)
-        self.tally.add("encoded", len(self.pending))
+        vecs = [r.vector for _, r, _ in self.pending]  # encoded elsewhere (pixdex.scale), or None
+        todo = [k for k, v in enumerate(vecs) if v is None]
+        if todo:
+            enc = self.enc.get()
+            batch = np.stack([self.pending[k][1].pixels for k in todo])
+            with (
+                cpu_threads(enc) as nthreads,
+                self.gate.closed(self.gate_decoding and uses_all_cores(enc, nthreads)),
+                self.timings("encode"),
+            ):
+                for k, v in zip(todo, enc.encode_images(batch)):
+                    vecs[k] = v
+            self.tally.add("encoded", len(todo))
         for (cand, res, count), v in zip(self.pending, vecs):
             e, info = cand.entry, res.info
             self._insert(
@@ -287,6 +292,7 @@ def index_paths(
     ivf_threshold: Optional[int] = None,
     encoder_loader: Optional[Callable] = None,
     tag: bool = False,
+    ray: Optional[str] = None,
 ) -> dict:
     """Index ``paths`` into the store at ``store_dir``; return the summary dict (printed unless json_mode).
 
@@ -295,10 +301,12 @@ def index_paths(
     the model recorded in ``store.json``.
     ``tag``: then tag the images not tagged yet (:func:`pixdex.tags.tagger.tag_with_store`, the store's
     last label set or the default one); the summary's ``tags`` describes it.
+    ``ray``: read, decode and encode on a Ray cluster at this address (``local``: a Ray started here;
+    ``auto``: the running cluster), see :mod:`pixdex.scale.index`; the summary's ``ray`` describes it.
     """
     args = (paths, store_dir, model, checkpoint, device, batch_size, workers, json_mode, ivf_threshold)
     try:
-        return _index_paths(*args, encoder_loader=encoder_loader, tag=tag)
+        return _index_paths(*args, encoder_loader=encoder_loader, tag=tag, ray=ray)
     except DamagedStore as e:
         store_dir = Path(store_dir).expanduser()
         lock = StoreLock(store_dir)
@@ -308,7 +316,7 @@ def index_paths(
         finally:
             lock.release()
         log.warning("%s; set it aside as %s and rebuilding the store", e, aside.name)
-    return _index_paths(*args, encoder_loader=encoder_loader, tag=tag)
+    return _index_paths(*args, encoder_loader=encoder_loader, tag=tag, ray=ray)
 
 
 def _index_paths(
@@ -323,11 +331,16 @@ def _index_paths(
     ivf_threshold: Optional[int] = None,
     encoder_loader: Optional[Callable] = None,
     tag: bool = False,
+    ray: Optional[str] = None,
 ) -> dict:
     if not paths:
         raise PixdexError("give at least one folder or file to index")
     if batch_size < 1:
         raise PixdexError("--batch-size must be at least 1")
+    if ray is not None:
+        from pixdex.scale import require_ray
+
+        require_ray()  # without the extra: one line, before anything is created
     t0 = time.monotonic()
     threshold = faiss_index.ivf_threshold(ivf_threshold)
     nworkers = workers if workers and workers > 0 else default_workers()
@@ -344,6 +357,7 @@ def _index_paths(
     progress = Progress(0, quiet=True)
     ok = False
     tag_summary: Optional[dict] = None
+    run_ray: Optional[dict] = None
     try:
         with warnings.catch_warnings():
             # Pillow warns for images over MAX_IMAGE_PIXELS; pixdex.images records those as failures.
@@ -386,15 +400,20 @@ def _index_paths(
             def work(c: Candidate) -> Loaded:
                 return load_candidate(c.entry.path, enc.preprocess, known_hashes, gate=run.gate)
 
-            lookahead = 2 * batch_size + 2 * nworkers
+            if ray is None:
+                lookahead = 2 * batch_size + 2 * nworkers
+                results = ordered_map(work, plan.candidates, nworkers, lookahead)
+            else:  # read, decode and encode on a Ray cluster; shards ingested here (pixdex.scale)
+                from pixdex.scale.index import ray_results
+
+                results = ray_results(ray, run, plan.candidates, known_hashes, work)
             # closing: on Ctrl-C the queued reads are cancelled now, not run to the end at exit
-            with contextlib.closing(
-                timings.waiting(ordered_map(work, plan.candidates, nworkers, lookahead), "wait_decode")
-            ) as loaded:
+            with contextlib.closing(timings.waiting(results, "wait_decode")) as loaded:
                 for cand, res in loaded:
                     tally.add("hashed", 1 if res.content_hash else 0)
                     run.resolve(cand, res)
             run.finish_files()
+            run_ray = run.ray_summary
             gone = [k.id for p, k in plan.vanished.items() if p not in run.claimed]
             if gone:
                 run.batch.deletes.extend(gone)
@@ -468,6 +487,8 @@ def _index_paths(
     }
     if tag_summary is not None:
         summary["tags"] = tag_summary
+    if run_ray is not None:
+        summary["ray"] = run_ray
     if not json_mode:
         print_summary(summary)
         if tag_summary is not None:
