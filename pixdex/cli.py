@@ -465,6 +465,7 @@ def dataset_dedup(
     workers: int = typer.Option(0, "--workers", help="Decode workers (0: automatic)."),
     device: str = DeviceOpt,
     json_out: bool = typer.Option(False, "--json", help="Quiet; print the summary as JSON."),
+    ray: Optional[str] = RayOpt,
 ):
     """Label duplicate pairs, images and captions, mismatches and leaks of a dataset; write a clean copy."""
     from pixdex.dataset.api import COPY_DISTANCE, dedup, summary_of
@@ -494,6 +495,7 @@ def dataset_dedup(
         workers=workers,
         device=device,
         progress=not json_out,
+        ray=ray,
     )
     summary = summary_of(result)
     if json_out:

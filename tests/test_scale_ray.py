@@ -197,3 +197,41 @@ def test_cli_index_ray_json(ray_address, tmp_path):
     )  # fmt: skip
     assert rc == 0, err[-2000:]
     assert json.loads(out)["ray"]["encoded"] == 3
+
+
+def test_dataset_dedup_ray_equals_plain(ray_address, small_shards, tmp_path):
+    import csv
+
+    from pixdex.dataset.api import dedup, summary_of
+    from pixdex.dataset.store import EmbeddingStore
+    from pixdex.training.demo_data import generate
+
+    manifest = generate(tmp_path / "demo", n=10, seed=31, image_size=64)
+    (tmp_path / "demo" / "broken.png").write_bytes(b"\x89PNG broken")
+    with open(manifest, "a", newline="") as f:
+        csv.writer(f).writerow(["broken.png", "a red circle", "", ""])
+    kw = dict(model=MODEL, device="cpu", progress=False)
+    plain = dedup(manifest, out=tmp_path / "plain", **kw)
+    scaled = dedup(manifest, out=tmp_path / "ray", ray=ray_address, **kw)
+    for col in ("key", "labels", "duplicate_of", "error", "kept"):
+        assert scaled.column(col).to_pylist() == plain.column(col).to_pylist(), col
+    assert summary_of(scaled)["embeddings"]["unreadable"] == 1
+    with (
+        EmbeddingStore.open(tmp_path / "plain" / "store") as a,
+        EmbeddingStore.open(tmp_path / "ray" / "store") as b,
+    ):
+        assert a.known_images() == b.known_images() and a.known_captions() == b.known_captions()
+        hashes, texts = sorted(a.known_images()), sorted(a.known_captions())
+        dim = a.identity["dim"]
+        va, ea = a.image_vectors(hashes, dim)
+        vb, eb = b.image_vectors(hashes, dim)
+        assert ea == eb and len(ea) == 1
+        ok = [k for k in range(len(hashes)) if k not in ea]
+        assert np.einsum("ij,ij->i", va[ok], vb[ok]).min() >= 0.9999
+        ca, cb = a.caption_vectors(texts, dim), b.caption_vectors(texts, dim)
+        assert np.einsum("ij,ij->i", ca, cb).min() >= 0.9999
+        assert a.copy_hashes(hashes).keys() == b.copy_hashes(hashes).keys()
+    # a second run encodes nothing
+    again = dedup(manifest, out=tmp_path / "ray2", store=tmp_path / "ray" / "store", ray=ray_address, **kw)
+    e = summary_of(again)["embeddings"]
+    assert (e["images_encoded"], e["captions_encoded"]) == (0, 0)

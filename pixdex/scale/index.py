@@ -24,19 +24,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Collection, Iterator, Sequence
-from pathlib import Path
 
 from pixdex.indexer.pipeline import Loaded
 from pixdex.indexer.plan import Candidate
-from pixdex.scale import connect, embed_resources, env_int
+from pixdex.scale import connect
+from pixdex.scale.pipeline import run_pipeline
 from pixdex.scale.shards import Shard, iter_shards, read_shard, staging_dir
-from pixdex.scale.workers import Embedder, decode_batch, loaded_of
+from pixdex.scale.workers import loaded_of
 
 log = logging.getLogger(__name__)
-
-SHARD_ROWS = 256  # rows per shard (= per actor batch); PIXDEX_RAY_SHARD_ROWS
-DECODE_ROWS = 32  # files per decode task; PIXDEX_RAY_DECODE_ROWS
-DECODE_MEMORY = 256 * 1024 * 1024  # bytes reserved per decode task
 
 
 def _rows(shard: Shard, wanted: dict[str, Candidate]) -> Iterator[tuple[Candidate, Loaded]]:
@@ -83,42 +79,19 @@ def ray_results(
         yield from ingest(path, shard, True)
 
     if wanted:
-        actors, resources, device = embed_resources(ray, enc.device)
-        summary.update(actors=actors, device=device)
         items = [
             {
                 "item": c.entry.path,
                 "path": c.entry.path,
+                "data": None,
                 "extra": json.dumps({"size": c.entry.size, "mtime_ns": c.entry.mtime_ns}),
             }
             for c in wanted.values()
         ]
-        ds = ray.data.from_items(items)
-        ds = ds.map_batches(
-            decode_batch,
-            fn_kwargs={"preprocess": identity["preprocess"], "known": frozenset(known_hashes)},
-            batch_size=env_int("PIXDEX_RAY_DECODE_ROWS", DECODE_ROWS),
-            num_cpus=1,
-            # memory for a batch of decoded images; also, resources that differ from the actors' keep
-            # Ray Data from fusing decoding into the embedding actors: decoding stays in CPU tasks
-            # spread over the cluster, overlapping the encoder
-            memory=DECODE_MEMORY,
+        shards = run_pipeline(
+            ray, items, identity, enc.spec, enc.checkpoint, enc.device, staging, known_hashes, summary=summary
         )
-        ds = ds.map_batches(
-            Embedder,
-            fn_constructor_kwargs={
-                "spec": enc.spec,
-                "checkpoint": enc.checkpoint,
-                "device": device,
-                "identity": identity,
-                "staging": str(staging),
-            },
-            batch_size=env_int("PIXDEX_RAY_SHARD_ROWS", SHARD_ROWS),
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            **resources,
-        )
-        for row in ds.iter_rows():
-            path = Path(row["shard"])
+        for path in shards:
             shard = read_shard(path, identity)
             summary["shards"] += 1
             summary["encoded"] += shard.encoded

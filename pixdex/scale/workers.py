@@ -82,8 +82,10 @@ def loaded_of(m: dict, vector: Optional[np.ndarray]):
     )
 
 
-def decode_batch(batch: dict, preprocess: dict, known) -> dict:
-    """Read, hash and (unless the hash is in ``known``) decode + preprocess each item of ``batch``."""
+def decode_batch(batch: dict, preprocess: dict, known, vectors_known=frozenset()) -> dict:
+    """Read, hash and (unless the hash is in ``known``) decode + preprocess each item of ``batch``.
+    Content in ``vectors_known`` is decoded for its copy-tier hashes only (its pixels are not sent on
+    to the encoder): a dataset store made before copy hashes."""
     from pixdex.images import content_hash
     from pixdex.indexer.pipeline import Loaded, decode_pixels, load_candidate
 
@@ -102,7 +104,7 @@ def decode_batch(batch: dict, preprocess: dict, known) -> dict:
             data = bytes(datas[k])
             h = content_hash(data)
             res = Loaded(content_hash=h, known=True) if h in known else decode_pixels(data, h, "", pre)
-        if res.pixels is not None:
+        if res.pixels is not None and res.content_hash not in vectors_known:
             pixels[k], has[k] = res.pixels, True
         metas.append(json.dumps({**json.loads(batch["extra"][k]), **meta_of(res)}))
     return {"item": batch["item"], "meta": np.array(metas, dtype=object), "pixels": pixels, "has_pixels": has}
