@@ -19,10 +19,12 @@ from pixdex.cli_common import (
     CheckpointOpt,
     DeviceOpt,
     ModelOpt,
+    RayOpt,
     StoreOpt,
 )
 from pixdex.cli_common import echo_json as _echo_json
 from pixdex.cli_common import store_dir as _store_dir
+from pixdex.cli_export import export_cmd, import_cmd
 from pixdex.cli_watch import watch
 from pixdex.errors import ExitCode, PixdexError
 
@@ -207,6 +209,7 @@ def index(
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Try again the unchanged files that failed before."
     ),
+    ray: Optional[str] = RayOpt,
 ):
     """Index photo folders into a store (incremental, crash-safe)."""
     from pixdex.indexer.run import index_paths
@@ -224,6 +227,7 @@ def index(
         exclude=exclude,
         clear_excludes=clear_excludes,
         retry_failed=retry_failed,
+        ray=ray,
     )
     if json_out:
         _echo_json(summary)
@@ -520,6 +524,7 @@ def dataset_dedup(
     workers: int = typer.Option(0, "--workers", help="Decode workers (0: automatic)."),
     device: str = DeviceOpt,
     json_out: bool = typer.Option(False, "--json", help="Quiet; print the summary as JSON."),
+    ray: Optional[str] = RayOpt,
 ):
     """Label duplicate pairs, images and captions, mismatches and leaks of a dataset; write a clean copy."""
     from pixdex.dataset.api import COPY_DISTANCE, dedup, summary_of
@@ -549,6 +554,7 @@ def dataset_dedup(
         workers=workers,
         device=device,
         progress=not json_out,
+        ray=ray,
     )
     summary = summary_of(result)
     if json_out:
@@ -557,6 +563,10 @@ def dataset_dedup(
         from pixdex.dataset.report import print_summary
 
         print_summary(summary)
+
+
+app.command("export")(export_cmd)
+app.command("import")(import_cmd)
 
 
 def main() -> None:

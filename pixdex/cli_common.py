@@ -28,6 +28,13 @@ CheckpointOpt = typer.Option(
     None, "--checkpoint", metavar="FILE", help="Weights file to load (works offline)."
 )
 DeviceOpt = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda.")
+RayOpt = typer.Option(
+    None,
+    "--ray",
+    metavar="ADDRESS",
+    help="Decode and encode on a Ray cluster: local (start one here), auto, or HOST:PORT / ray://HOST:PORT "
+    '(needs pip install "pixdex[scale]").',
+)
 
 
 def store_dir(store: Optional[Path]) -> Path:

@@ -49,6 +49,7 @@ def dedup(
     progress: bool = True,
     encoder_loader: Callable | None = None,
     finder=None,
+    ray: str | None = None,
 ):
     """Label every row of an image-caption dataset; return the labels as a table.
 
@@ -78,6 +79,9 @@ def dedup(
     With ``out`` (a folder) it also writes ``kept.*`` (the input's format and columns; webdataset:
     ``kept.txt`` and, with ``write_shards``, shards of the kept samples), ``removed.csv``, ``labels.csv``
     (``labels.parquet`` for parquet or in-memory input), ``report.html`` and ``summary.json``.
+
+    ``ray``: the embedding pass runs on a Ray cluster at this address (``local``, ``auto`` or
+    ``HOST:PORT``; :mod:`pixdex.scale.dataset`), with the same store and the same labels.
 
     Returns a ``pyarrow.Table`` (a pandas ``DataFrame`` when ``data`` is one) with one row per input
     row, in order: ``key``, ``labels`` (``;``-joined), ``duplicate_of`` (the kept row's key), the
@@ -110,6 +114,10 @@ def dedup(
         check_thresholds(int(copy_distance), None)
     if batch_size < 1:
         raise PixdexError("--batch-size must be at least 1")
+    if ray is not None:
+        from pixdex.scale import require_ray
+
+        require_ray()
     is_pandas = _is_pandas(data)
     dataset = _open(data, image_col, caption_col, key_col)
     against_ds = _open(against, image_col, caption_col, key_col) if _given(against) else None
@@ -120,16 +128,24 @@ def dedup(
     timings = Timings()
     with EmbeddingStore.open(store_dir) as cache:
         lazy = LazyModel(cache, model, checkpoint, device, encoder_loader, timings)
+
+        def embed(rows, bar):
+            if ray is None:
+                return embed_rows(rows, cache, lazy, batch_size, workers, bar)
+            from pixdex.scale.dataset import embed_rows_ray
+
+            return embed_rows_ray(rows, cache, lazy, ray, bar)
+
         bar = Progress(_row_count(dataset), quiet=not progress, description="embedding", unit="rows")
         try:
-            emb = embed_rows(dataset.rows(), cache, lazy, batch_size, workers, bar)
+            emb = embed(dataset.rows(), bar)
         finally:
             bar.close()
         against_emb = None
         if against_ds is not None:
             bar = Progress(_row_count(against_ds), quiet=not progress, description="against", unit="rows")
             try:
-                against_emb = embed_rows(against_ds.rows(), cache, lazy, batch_size, workers, bar)
+                against_emb = embed(against_ds.rows(), bar)
             finally:
                 bar.close()
         spec = lazy.spec

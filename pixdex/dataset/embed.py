@@ -270,7 +270,23 @@ def embed_rows(
     flush_images()
     flush_captions()
 
-    with timings("read_vectors"):
+    return gather_embedded(store, model, keys, captions, names, image_hashes, text_hashes, errors, counts)
+
+
+def gather_embedded(
+    store: EmbeddingStore,
+    model: LazyModel,
+    keys: list[str],
+    captions: list[str],
+    names: list[str],
+    image_hashes: list[str | None],
+    text_hashes: list[str],
+    errors: dict[int, str],
+    counts: dict,
+) -> Embedded:
+    """The :class:`Embedded` of rows whose vectors are all in the store (read back per distinct hash);
+    also used by the Ray path (:mod:`pixdex.scale.dataset`)."""
+    with model.timings("read_vectors"):
         dim = model.dim
         img_vecs, cap_vecs = _gather(store, image_hashes, text_hashes, dim, errors)
         copies = store.copy_hashes(sorted({h for r, h in enumerate(image_hashes) if h and r not in errors}))

@@ -127,10 +127,11 @@ class Loaded:
     known: bool = False  # content already in the store: not decoded
     copy_hash: Optional[perceptual.CopyHash] = None  # (rows, quality), when decoded
     slot: Optional[int] = None  # worker processes: the shared-memory slot holding the pixels
+    vector: Optional[np.ndarray] = None  # the embedding, when encoded elsewhere (pixdex.scale's actors)
 
     @property
     def ok(self) -> bool:
-        return self.pixels is not None
+        return self.pixels is not None or self.vector is not None
 
 
 class DecodeGate:

@@ -146,6 +146,7 @@ class _Run:
         self.save_every = _env_float("PIXDEX_FAISS_SAVE_S", FAISS_SAVE_EVERY_S)
         self.gate = DecodeGate()
         self.gate_decoding = os.environ.get("PIXDEX_DECODE_GATE", "auto") != "0"
+        self.ray_summary: Optional[dict] = None  # set by pixdex.scale.index.ray_results
 
     # ------------------------------------------------------------------ FAISS
 
@@ -226,15 +227,19 @@ class _Run:
     def encode_pending(self) -> None:
         if not self.pending:
             return
-        enc = self.enc.get()
-        batch = np.stack([r.pixels for _, r, _ in self.pending])
-        with (
-            cpu_threads(enc) as nthreads,
-            self.gate.closed(self.gate_decoding and uses_all_cores(enc, nthreads)),
-            self.timings("encode"),
-        ):
-            vecs = enc.encode_images(batch)
-        self.tally.add("encoded", len(self.pending))
+        vecs = [r.vector for _, r, _ in self.pending]  # encoded elsewhere (pixdex.scale), or None
+        todo = [k for k, v in enumerate(vecs) if v is None]
+        if todo:
+            enc = self.enc.get()
+            batch = np.stack([self.pending[k][1].pixels for k in todo])
+            with (
+                cpu_threads(enc) as nthreads,
+                self.gate.closed(self.gate_decoding and uses_all_cores(enc, nthreads)),
+                self.timings("encode"),
+            ):
+                for k, v in zip(todo, enc.encode_images(batch)):
+                    vecs[k] = v
+            self.tally.add("encoded", len(todo))
         for (cand, res, count), v in zip(self.pending, vecs):
             e, info = cand.entry, res.info
             self._insert(
@@ -323,6 +328,7 @@ def index_paths(
     exclude: Sequence[str] = (),
     clear_excludes: bool = False,
     retry_failed: bool = False,
+    ray: Optional[str] = None,
 ) -> dict:
     """Index ``paths`` into the store at ``store_dir``; return the summary dict (printed unless json_mode).
 
@@ -335,6 +341,8 @@ def index_paths(
     ``exclude``: gitignore-style patterns added to those each root remembers in the store
     (``clear_excludes``: forget those first); files they exclude leave the store. ``retry_failed``:
     also try again the unchanged files that failed before.
+    ``ray``: read, decode and encode on a Ray cluster at this address (``local``: a Ray started here;
+    ``auto``: the running cluster), see :mod:`pixdex.scale.index`; the summary's ``ray`` describes it.
     """
     args = (paths, store_dir, model, checkpoint, device, batch_size, workers, json_mode, ivf_threshold)
     more = dict(
@@ -343,6 +351,7 @@ def index_paths(
         exclude=exclude,
         clear_excludes=clear_excludes,
         retry_failed=retry_failed,
+        ray=ray,
     )
     try:
         return _index_paths(*args, **more)
@@ -373,11 +382,16 @@ def _index_paths(
     exclude: Sequence[str] = (),
     clear_excludes: bool = False,
     retry_failed: bool = False,
+    ray: Optional[str] = None,
 ) -> dict:
     if not paths:
         raise PixdexError("give at least one folder or file to index")
     if batch_size < 0:
         raise PixdexError("--batch-size must be 0 (automatic) or more")
+    if ray is not None:
+        from pixdex.scale import require_ray
+
+        require_ray()  # without the extra: one line, before anything is created
     t0 = time.monotonic()
     threshold = faiss_index.ivf_threshold(ivf_threshold)
     nworkers = workers if workers and workers > 0 else default_workers()
@@ -395,6 +409,7 @@ def _index_paths(
     progress = Progress(0, quiet=True)
     ok = False
     tag_summary: Optional[dict] = None
+    run_ray: Optional[dict] = None
     try:
         with warnings.catch_warnings():
             # Pillow warns for images over MAX_IMAGE_PIXELS; pixdex.images records those as failures.
@@ -438,15 +453,24 @@ def _index_paths(
             progress = run.progress = Progress(len(plan.candidates), quiet=json_mode)
 
             lookahead = 2 * (batch_size or expected_batch_size(device)) + 2 * nworkers
-            decoded = decode_stream(
-                plan.candidates, _path_of, enc, device, nworkers, lookahead, known_hashes, run.gate
-            )
+            if ray is None:
+                results = decode_stream(
+                    plan.candidates, _path_of, enc, device, nworkers, lookahead, known_hashes, run.gate
+                )
+            else:  # read, decode and encode on a Ray cluster; shards ingested here (pixdex.scale)
+                from pixdex.scale.index import ray_results
+
+                def work(c: Candidate) -> Loaded:
+                    return load_candidate(c.entry.path, enc.preprocess, known_hashes, gate=run.gate)
+
+                results = ray_results(ray, run, plan.candidates, known_hashes, work)
             # closing: on Ctrl-C the queued reads are cancelled now, not run to the end at exit
-            with contextlib.closing(timings.waiting(decoded, "wait_decode")) as loaded:
+            with contextlib.closing(timings.waiting(results, "wait_decode")) as loaded:
                 for cand, res in loaded:
                     tally.add("hashed", 1 if res.content_hash else 0)
                     run.resolve(cand, res)
             run.finish_files()
+            run_ray = run.ray_summary
             gone = [k.id for p, k in plan.vanished.items() if p not in run.claimed]
             gone += [k.id for k in plan.excluded.values()]
             if gone:
@@ -529,6 +553,8 @@ def _index_paths(
     }
     if tag_summary is not None:
         summary["tags"] = tag_summary
+    if run_ray is not None:
+        summary["ray"] = run_ray
     if not json_mode:
         print_summary(summary)
         if tag_summary is not None:

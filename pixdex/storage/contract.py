@@ -28,6 +28,10 @@ LOCK_FILE = "index.lock"
 TEXT_TOWER_FILE = "text_tower.safetensors"
 TEXT_TOWER_META = "text_tower.json"
 
+# A Ray run's shards waiting for the one writer (pixdex.scale.shards): pixdex's own files, deleted once
+# ingested; scans skip the store folder, so they are never indexed.
+STAGING_DIR = "staging"
+
 SIDECAR_FORMAT = 1  # store.json "format"
 TEXT_TOWER_FORMAT = 1  # text_tower.json "format"
 
