@@ -68,3 +68,109 @@ def test_int8_conversion_equals_torch_quantize_dynamic():
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         assert torch.equal(ours(x), ref(x))
+
+
+# ----------------------------------------------------------------------------- fast load path
+
+
+def _checkpoint_pt(tmp_path, name="tiny-vit", seed=1, file="open_clip_pytorch_model.bin"):
+    from pixdex.encoders.build import build_model
+    from pixdex.encoders.registry import get_config
+
+    torch.manual_seed(seed)
+    model = build_model(get_config(name)).eval()
+    with torch.no_grad():  # constant-initialised vectors random too, so every tensor matters
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    path = tmp_path / file
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def _reference_outputs(path, name):
+    """The plain path: a randomly initialised CPU model, the file read by torch.load, load_state_dict."""
+    from pixdex.encoders.build import build_model
+    from pixdex.encoders.registry import get_config
+    from pixdex.encoders.tokenizer import get_tokenizer
+
+    cfg = get_config(name)
+    model = build_model(cfg).eval()
+    sd = torch.load(path, weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()}, strict=True)
+    x = torch.randn(3, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
+    ids = torch.from_numpy(get_tokenizer(cfg)(["a photo of a cat", "snow"]))
+    with torch.inference_mode():
+        return x, ids, model.encode_image(x), model.encode_text(ids)
+
+
+def _fast_outputs(path, name, x, ids):
+    from pixdex.encoders.encoder import load_encoder
+
+    enc = load_encoder(name, checkpoint=path, device="cpu")
+    assert all(not p.is_meta for p in enc.model.parameters())
+    with torch.inference_mode():
+        return enc.model.encode_image(x), enc.model.encode_text(ids)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("PIXDEX_CACHE_DIR", str(d))
+    return d
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
+def test_fast_load_path_equals_the_plain_one(tmp_path, cache, name):
+    """Meta build + cached safetensors copy (memory-mapped, assigned): the very outputs of a CPU-built
+    model given torch.load's tensors with load_state_dict, on the first load (conversion) and the next."""
+    path = _checkpoint_pt(tmp_path, name)
+    x, ids, ref_img, ref_txt = _reference_outputs(path, name)
+    for _ in range(2):
+        img, txt = _fast_outputs(path, name, x, ids)
+        assert torch.equal(img, ref_img) and torch.equal(txt, ref_txt)
+    assert len(list((cache / "checkpoints").glob("*.safetensors"))) == 1
+
+
+def test_second_load_reads_the_cached_copy_not_the_torch_file(tmp_path, cache, monkeypatch):
+    from pixdex.encoders import checkpoint
+
+    path = _checkpoint_pt(tmp_path)
+    x, ids, ref_img, _ = _reference_outputs(path, "tiny-vit")
+    _fast_outputs(path, "tiny-vit", x, ids)
+    (copy,) = (cache / "checkpoints").glob("*.safetensors")
+
+    def no_unpickling(p):
+        raise AssertionError(f"{p} read again")
+
+    monkeypatch.setattr(checkpoint, "_read_torch", no_unpickling)
+    img, _ = _fast_outputs(path, "tiny-vit", x, ids)
+    assert torch.equal(img, ref_img)
+    from safetensors import safe_open
+
+    with safe_open(str(copy), framework="pt") as f:
+        assert f.metadata()["source"] == str(path.resolve())
+
+
+def test_a_changed_torch_file_is_converted_again(tmp_path, cache):
+    path = _checkpoint_pt(tmp_path, seed=1)
+    x, ids, _, _ = _reference_outputs(path, "tiny-vit")
+    first, _ = _fast_outputs(path, "tiny-vit", x, ids)
+    (old_copy,) = (cache / "checkpoints").glob("*.safetensors")
+    (tmp_path / "other").mkdir()
+    new = _checkpoint_pt(tmp_path / "other", seed=2)
+    path.write_bytes(new.read_bytes())  # the same path, new weights (and a new size or mtime)
+    _, _, ref_img, _ = _reference_outputs(path, "tiny-vit")
+    img, _ = _fast_outputs(path, "tiny-vit", x, ids)
+    assert torch.equal(img, ref_img) and not torch.equal(img, first)
+    (new_copy,) = (cache / "checkpoints").glob("*.safetensors")  # the old copy of this source is gone
+    assert new_copy != old_copy
+
+
+def test_unwritable_cache_still_loads(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("PIXDEX_CACHE_DIR", str(blocker / "cache"))
+    path = _checkpoint_pt(tmp_path)
+    x, ids, ref_img, _ = _reference_outputs(path, "tiny-vit")
+    img, _ = _fast_outputs(path, "tiny-vit", x, ids)
+    assert torch.equal(img, ref_img)
