@@ -53,7 +53,7 @@ from pixdex.indexer.pipeline import (
     ordered_map,
 )
 from pixdex.indexer.plan import Candidate, make_plan
-from pixdex.indexer.report import Progress, Tally, Timings, print_summary
+from pixdex.indexer.report import Progress, RunProgress, Tally, Timings, print_summary
 from pixdex.indexer.scan import normalise_roots, scan
 from pixdex.storage import faiss_index
 from pixdex.storage.contract import (
@@ -101,7 +101,7 @@ def _remove_empty_store(store_dir: Path) -> None:
 class _Run:
     """The state of one indexing run (see the module doc)."""
 
-    def __init__(self, store: Store, enc: LazyEncoder, batch_size: int, tally: Tally, progress: Progress):
+    def __init__(self, store: Store, enc: LazyEncoder, batch_size: int, tally: Tally, progress: RunProgress):
         self.store, self.enc, self.batch_size, self.tally, self.progress = (
             store,
             enc,
@@ -184,7 +184,11 @@ class _Run:
             self.tally.fail(res.error or "unknown error")
             self.progress.advance()
             return
+        if not self.enc.loaded and self.enc.start():  # in the background: the next files decode meanwhile
+            self.progress.loading(self.enc.spec)
         self.pending.append((cand, res, count))
+        if count:
+            self.progress.advance()
         if len(self.pending) >= self.batch_size:
             self.encode_pending()
 
@@ -235,14 +239,15 @@ class _Run:
                 ),
                 count,
             )
-        n = len(self.pending)
+        self.progress.add_encoded(len(self.pending))
         self.pending = []
         self.commit()
-        self.progress.advance(n)
 
     def commit(self) -> None:
         if not len(self.batch):
             return
+        if self.enc.bind_before_writes:
+            self.enc.get()  # the model is bound (or found not to fit) before anything is written
         if self.dim is None:
             self.dim = int(self.store.identity["dim"])
         batch, self.batch = self.batch, Batch()
@@ -341,7 +346,7 @@ def _index_paths(
     store = Store.open_writer(store_dir)
     tally = Tally()
     timings = Timings()
-    progress = Progress(0, quiet=True)
+    progress = RunProgress(quiet=json_mode)
     ok = False
     tag_summary: Optional[dict] = None
     try:
@@ -351,11 +356,24 @@ def _index_paths(
 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             spec, ckpt, load_now = model_choice(store, model, checkpoint)
-            enc = LazyEncoder(store, spec, ckpt, device, loader=encoder_loader, timings=timings)
+            enc = LazyEncoder(
+                store,
+                spec,
+                ckpt,
+                device,
+                loader=encoder_loader,
+                timings=timings,
+                on_ready=progress.model_ready,
+            )
             if not load_now and text_tower_needs_repair(store):
                 enc.repair_text_tower = load_now = True
             if load_now:
-                enc.get()
+                enc.bind_before_writes = True
+                progress.loading(spec)
+                if encoder_loader is None:  # in the background, while the files are scanned and decoded
+                    enc.start()
+                else:  # a test's loader may be asked for the preprocessing of a new store
+                    enc.get()
             run = _Run(store, enc, batch_size, tally, progress)
             with timings("faiss"):
                 repaired = run.reconcile(threshold)
@@ -381,7 +399,7 @@ def _index_paths(
                 if k.status == STATUS_OK and k.content_hash:
                     run.live_by_hash.setdefault(k.content_hash, k.id)
             known_hashes = frozenset(run.live_by_hash) | frozenset(run.vanished_by_hash)
-            progress = run.progress = Progress(len(plan.candidates), quiet=json_mode)
+            progress.files(len(plan.candidates))
 
             def work(c: Candidate) -> Loaded:
                 return load_candidate(c.entry.path, enc.preprocess, known_hashes, gate=run.gate)
@@ -394,7 +412,10 @@ def _index_paths(
                 for cand, res in loaded:
                     tally.add("hashed", 1 if res.content_hash else 0)
                     run.resolve(cand, res)
+            if enc.bind_before_writes:
+                enc.get()  # a new store is bound even when there is nothing to encode
             run.finish_files()
+            progress.close()  # the files are done: what follows has its own display
             gone = [k.id for p, k in plan.vanished.items() if p not in run.claimed]
             if gone:
                 run.batch.deletes.extend(gone)
@@ -464,7 +485,10 @@ def _index_paths(
         "total": faiss_info.get("ntotal", 0),
         "elapsed_s": round(elapsed, 3),
         "timings_s": timings.as_dict(),
-        "images_per_s": round(c["encoded"] / elapsed, 2) if elapsed > 0 else 0.0,
+        # the model's loading is not in the rate: start-up is until the model was ready to encode
+        "startup_s": round(progress.ready_at - t0, 3) if progress.ready_at is not None else None,
+        "first_batch_at": progress.first_batch_at,  # unix time of the first batch encoded
+        "images_per_s": progress.rate(),
     }
     if tag_summary is not None:
         summary["tags"] = tag_summary
