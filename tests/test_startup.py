@@ -174,3 +174,73 @@ def test_unwritable_cache_still_loads(tmp_path, monkeypatch):
     x, ids, ref_img, _ = _reference_outputs(path, "tiny-vit")
     img, _ = _fast_outputs(path, "tiny-vit", x, ids)
     assert torch.equal(img, ref_img)
+
+
+# ----------------------------------------------------------------------------- int8 check, remembered
+
+
+def _int8_encoder(weights_path, sha="ab" * 32):
+    from types import SimpleNamespace
+
+    from pixdex.encoders.config import VisionConfig
+    from pixdex.encoders.vit import VisionTransformer
+
+    torch.manual_seed(0)
+    cfg = VisionConfig(image_size=64, patch_size=16, width=256, layers=2, heads=4)
+    visual = VisionTransformer(cfg, 64).eval()
+    calls = []  # the float32 tower's runs (the int8 twin, a copy, carries the hook too: not counted)
+    visual.register_forward_hook(lambda m, *a: calls.append(1) if m is visual else None)
+    enc = SimpleNamespace(
+        model=SimpleNamespace(visual=visual),
+        device="cpu",
+        name="test-vit",
+        weights_path=weights_path,
+        checkpoint_sha256=lambda: sha,
+    )
+    return enc, calls
+
+
+def test_int8_check_is_remembered_per_weights_file(tmp_path, cache):
+    from pixdex.encoders import int8
+
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    first, calls = _int8_encoder(tmp_path / "w.safetensors")
+    assert int8.speed_up(first)
+    with torch.inference_mode():
+        first.model.visual(x)
+    assert calls == [1] and first.model.visual.checked is True  # the float32 probe ran once
+    seen = json.loads((cache / int8.CHECKS_FILE).read_text())
+    assert list(seen.values()) == [first.model.visual.min_cosine]
+
+    again, calls = _int8_encoder(tmp_path / "w.safetensors")
+    assert int8.speed_up(again)
+    tower = again.model.visual
+    assert tower.checked is True and tower.min_cosine == first.model.visual.min_cosine
+    with torch.inference_mode():
+        out = tower(x)
+        assert torch.equal(out, tower.int8_visual(x))  # int8 from the first batch on
+    assert calls == []  # no float32 probe
+
+    other, calls = _int8_encoder(tmp_path / "w.safetensors", sha="cd" * 32)  # other weights: checked
+    assert int8.speed_up(other) and other.model.visual.checked is None
+
+
+def test_a_failed_int8_check_is_remembered_and_random_weights_are_not(tmp_path, cache, monkeypatch):
+    from pixdex.encoders import int8
+
+    monkeypatch.setattr(int8, "MIN_COSINE", 1.01)  # unreachable: the check fails
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    enc, _ = _int8_encoder(tmp_path / "w.safetensors")
+    assert int8.speed_up(enc)
+    with torch.inference_mode():
+        enc.model.visual(x)
+    assert enc.model.visual.checked is False
+    again, _ = _int8_encoder(tmp_path / "w.safetensors")
+    assert not int8.speed_up(again)  # float32 straight away, no int8 twin built
+
+    random_init, _ = _int8_encoder(None)
+    monkeypatch.setattr(int8, "MIN_COSINE", 0.5)
+    assert int8.speed_up(random_init)
+    with torch.inference_mode():
+        random_init.model.visual(x)
+    assert len(json.loads((cache / int8.CHECKS_FILE).read_text())) == 1  # only the file's check
