@@ -136,6 +136,10 @@ def test_model_loads_in_a_background_thread_and_its_errors_reach_the_run(tmp_pat
     monkeypatch.setattr(encoder, "load_encoder", recording)
     make_images(tmp_path / "p", 3)
     index_paths([tmp_path / "p"], tmp_path / "s1", model=MODEL, json_mode=True)  # new store
+    from pixdex.storage.contract import TEXT_TOWER_FILE, TEXT_TOWER_META
+
+    # exported beside the encoding, and whole by the time the run returns
+    assert (tmp_path / "s1" / TEXT_TOWER_FILE).is_file() and (tmp_path / "s1" / TEXT_TOWER_META).is_file()
     make_images(tmp_path / "p", 2, seed=5, start=10)
     index_paths([tmp_path / "p"], tmp_path / "s1", json_mode=True)  # bound store, 2 new files
     assert threads == ["pixdex-load-model", "pixdex-load-model"]

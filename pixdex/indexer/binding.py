@@ -59,6 +59,10 @@ class LazyEncoder:
         self._loaded = None
         self._error: Optional[BaseException] = None
         self._load_s = 0.0
+        # the text tower's export on bind runs beside the encoding, until finish() (the indexer's choice)
+        self.export_in_background = False
+        self._exporting: Optional[threading.Thread] = None
+        self.export_s = 0.0
 
     def start(self) -> bool:
         """Start loading the model in a background thread; False when loaded or loading already."""
@@ -81,8 +85,9 @@ class LazyEncoder:
     def get(self):
         with self._lock:
             if self._enc is None:
-                with self.timings("load_model"):  # the time this run waited for the model
+                with self.timings("wait_model"):  # what the run waited (loading overlaps other work)
                     enc = self._wait_for_model()
+                self.timings.seconds["load_model"] += self._load_s  # what loading took
                 self._bind(enc)
                 self._enc = enc
             return self._enc
@@ -131,9 +136,30 @@ class LazyEncoder:
     def _bind(self, enc) -> None:
         ident = enc.identity()
         self.newly_bound = self.store.bind_model(ident, checkpoint=ident.get("checkpoint") or self.checkpoint)
-        if self.newly_bound or self.repair_text_tower:
-            with self.timings("export_text_tower"):
-                _export_text_tower(enc, self.store.dir)
+        if not (self.newly_bound or self.repair_text_tower):
+            return
+        if not self.export_in_background:
+            self._export(enc)
+            return
+        self._exporting = threading.Thread(
+            target=self._export, args=(enc,), name="pixdex-export-text-tower", daemon=True
+        )
+        self._exporting.start()
+
+    def _export(self, enc) -> None:
+        t = time.monotonic()
+        try:
+            _export_text_tower(enc, self.store.dir)
+        except Exception as e:  # noqa: BLE001 - in a thread of its own: logged, search exports it on demand
+            log.warning("could not export the text tower for torch-free search: %s", e)
+        self.export_s = time.monotonic() - t
+
+    def finish(self) -> None:
+        """Wait for the text tower's export (see ``export_in_background``)."""
+        if self._exporting is not None:
+            self._exporting.join()
+            self._exporting = None
+            self.timings.seconds["export_text_tower"] += self.export_s
 
     def preprocessor(self):
         """The preprocessing, for the workers. It needs no model (nor torch) on a bound store (the store's

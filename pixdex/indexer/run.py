@@ -347,6 +347,7 @@ def _index_paths(
     tally = Tally()
     timings = Timings()
     progress = RunProgress(quiet=json_mode)
+    enc: Optional[LazyEncoder] = None
     ok = False
     tag_summary: Optional[dict] = None
     try:
@@ -365,6 +366,7 @@ def _index_paths(
                 timings=timings,
                 on_ready=progress.model_ready,
             )
+            enc.export_in_background = True  # finished below, before the run ends either way
             if not load_now and text_tower_needs_repair(store):
                 enc.repair_text_tower = load_now = True
             if load_now:
@@ -415,6 +417,7 @@ def _index_paths(
             if enc.bind_before_writes:
                 enc.get()  # a new store is bound even when there is nothing to encode
             run.finish_files()
+            enc.finish()
             progress.close()  # the files are done: what follows has its own display
             gone = [k.id for p, k in plan.vanished.items() if p not in run.claimed]
             if gone:
@@ -451,6 +454,8 @@ def _index_paths(
             f"cannot write the store at {store_dir}: {e.strerror or e} (what was indexed is kept; run again)"
         ) from e
     finally:
+        if enc is not None:
+            enc.finish()  # a text tower being written is written whole
         progress.close()
         # Whether this first run bound the store: read without a transaction of the writer's engine (its
         # BEGIN IMMEDIATE would wait on a write lock that an interrupted batch may still hold, for
