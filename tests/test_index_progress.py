@@ -119,7 +119,7 @@ def test_spinner_is_drawn_as_soon_as_the_model_starts_loading(tmp_path, monkeypa
     make_images(tmp_path / "p", 3)
     index_paths([tmp_path / "p"], tmp_path / "store", model=MODEL, json_mode=False)
     text = out.getvalue()
-    assert f"loading model {MODEL} ..." in text
+    assert "loading model ..." in text and MODEL in text
     assert "3 encoded" in text and "images/s" in text
 
 

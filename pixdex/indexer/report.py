@@ -106,20 +106,17 @@ class RunProgress:
             MofNCompleteColumn,
             SpinnerColumn,
             TextColumn,
-            TimeElapsedColumn,
             TimeRemainingColumn,
         )
         from rich.progress import Progress as RichProgress
 
         files_only = _files_only
-        self._bar = RichProgress(
+        self._bar = RichProgress(  # 80 columns wide at most
             SpinnerColumn(finished_text=" "),
             TextColumn("[bold]{task.description}"),
-            files_only(BarColumn()),
+            files_only(BarColumn(bar_width=16)),
             files_only(MofNCompleteColumn()),
-            files_only(TextColumn("{task.fields[rate]}")),
-            TimeElapsedColumn(),
-            files_only(TextColumn("eta")),
+            TextColumn("{task.fields[detail]}"),  # the model loading, or the files' encoded count and rate
             files_only(TimeRemainingColumn()),
             console=console,
             transient=False,
@@ -130,7 +127,7 @@ class RunProgress:
     def loading(self, model: str) -> None:
         """A spinner line until :meth:`model_ready`."""
         if self._bar is not None and self._loading is None and self.ready_at is None:
-            self._loading = self._bar.add_task(f"loading model {model} ...", total=None, status=True)
+            self._loading = self._bar.add_task("loading model ...", total=None, status=True, detail=model)
             self._bar.refresh()  # drawn now, not at the next tick
 
     def model_ready(self, at: Optional[float] = None) -> None:
@@ -144,7 +141,7 @@ class RunProgress:
     def files(self, total: int) -> None:
         """Show the bar of ``total`` files (nothing to show for none)."""
         if self._bar is not None and total > 0 and self._files is None:
-            self._files = self._bar.add_task("indexing", total=total, rate="", status=False)
+            self._files = self._bar.add_task("indexing", total=total, detail="", status=False)
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None and self._files is not None:
@@ -157,7 +154,7 @@ class RunProgress:
         self.last_batch_at = time.monotonic()
         self.encoded += n
         if self._bar is not None and self._files is not None:
-            self._bar.update(self._files, rate=f"{self.encoded} encoded, {self.rate():.1f} images/s")
+            self._bar.update(self._files, detail=f"{self.encoded} encoded, {self.rate():.1f} images/s")
 
     def encode_seconds(self) -> Optional[float]:
         """Seconds from the model ready to the last batch encoded (None before any)."""
