@@ -2,7 +2,7 @@
 
 Formats, detected from the file (not only its name):
 
-- safetensors (preferred; read lazily, only the tensors a model keeps);
+- safetensors (preferred; memory-mapped, only the tensors a model keeps);
 - torch zip / legacy state dicts (``.bin``, ``.pt``, ``.pth``) via ``torch.load(weights_only=True)``, with
   nested ``state_dict`` / ``model`` entries and ``module.`` prefixes unwrapped
   (:mod:`pixdex.encoders.state_dict_layout`);
@@ -13,6 +13,9 @@ Formats, detected from the file (not only its name):
   rebuild function, storage types and ``OrderedDict``; every ``__torch__.*`` class becomes an inert
   attribute bag, storages come straight from the archive's ``data/`` entries, and nothing else can be
   constructed or called.
+
+Torch files (state dicts and TorchScript archives alike) are converted once to a safetensors copy in the
+user cache dir (:mod:`pixdex.encoders.ptcache`), which later loads memory-map.
 
 Key mapping: wrapper prefixes go; open_clip's extra ``input_resolution`` / ``context_length`` /
 ``vocab_size`` keys are dropped; foreign SigLIP layouts (Hugging Face ``vision_model.`` / ``text_model.``
@@ -226,9 +229,26 @@ def read_state_dict(
     path = Path(path).expanduser()
     if not path.is_file():
         raise PixdexError(f"checkpoint not found: {path}")
-    if _is_safetensors(path):
+    st = _as_safetensors(path)
+    if st is None:
+        return _read_torch(path)
+    if st == path:
         return _read_safetensors(path, keep)
-    return _read_torch(path)
+    try:
+        return _read_safetensors(st, keep)
+    except PixdexError as e:  # a damaged cached copy: the source is still there
+        log.warning("%s; reading %s itself", e, path)
+        return _read_torch(path)
+
+
+def _as_safetensors(path: Path) -> Optional[Path]:
+    """``path`` when it is a safetensors file, else its safetensors copy in the user cache dir (made on
+    first use, :mod:`pixdex.encoders.ptcache`), else None (no cache)."""
+    if _is_safetensors(path):
+        return path
+    from pixdex.encoders.ptcache import convert_once
+
+    return convert_once(path, _read_torch)
 
 
 # ----------------------------------------------------------------------------- key mapping
@@ -311,9 +331,10 @@ def _lazy_keep(path, dropped: tuple[str, ...]) -> Optional[Callable[[str], bool]
 
     path = Path(path).expanduser()
     try:
-        if not _is_safetensors(path):
+        st = _as_safetensors(path)
+        if st is None:
             return None
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with safe_open(str(st), framework="pt", device="cpu") as f:
             keys = list(f.keys())
     except (OSError, ValueError, PixdexError):
         return None

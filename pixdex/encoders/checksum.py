@@ -1,6 +1,6 @@
 """``file_sha256(path)``: a weights file's SHA-256, cached by (path, size, mtime) in memory and in the
-user cache dir (``PIXDEX_CACHE_DIR`` or platformdirs' ``pixdex`` cache), so that a store's model identity
-does not cost a full read of a large checkpoint on every run."""
+user cache dir (:func:`cache_dir`: ``PIXDEX_CACHE_DIR`` or platformdirs' ``pixdex`` cache), so that a
+store's model identity does not cost a full read of a large checkpoint on every run."""
 
 from __future__ import annotations
 
@@ -20,15 +20,22 @@ _HASH_LOCK = threading.Lock()
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def _hash_cache_file() -> Optional[Path]:
+def cache_dir() -> Optional[Path]:
+    """pixdex's cache folder (``PIXDEX_CACHE_DIR``, else platformdirs' per-user cache dir; None without
+    platformdirs). Everything in it can be made again: weights hashes, converted checkpoints."""
     env = os.environ.get("PIXDEX_CACHE_DIR")
     if env:
-        return Path(env).expanduser() / "sha256.json"
+        return Path(env).expanduser()
     try:
         from platformdirs import user_cache_dir
     except ModuleNotFoundError:
         return None
-    return Path(user_cache_dir("pixdex", appauthor=False)) / "sha256.json"
+    return Path(user_cache_dir("pixdex", appauthor=False))
+
+
+def _hash_cache_file() -> Optional[Path]:
+    root = cache_dir()
+    return root / "sha256.json" if root is not None else None
 
 
 def file_sha256(path: Union[str, Path]) -> str:

@@ -4,10 +4,9 @@ with OpenAI's state-dict names; equal to open_clip's ``CLIP`` on the same weight
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from pixdex.encoders.config import ModelConfig
-from pixdex.encoders.layers import TwoTowerModel
+from pixdex.encoders.layers import TwoTowerModel, initial
 from pixdex.encoders.text import TEXT_KEY_PREFIXES, build_text_tower, encode_text_tokens
 
 
@@ -31,7 +30,7 @@ class CLIP(TwoTowerModel):
         else:
             raise ValueError(f"CLIP has no {v.kind!r} vision tower (vit or resnet)")
         build_text_tower(self, config.text, config.embed_dim)
-        self.logit_scale = nn.Parameter(torch.ones([]) * config.init_logit_scale)
+        self.logit_scale = initial((), lambda: torch.ones([]) * config.init_logit_scale)
         self.logit_bias = None
 
     def text_features(self, ids: torch.Tensor) -> torch.Tensor:

@@ -14,13 +14,18 @@ int8 embedding varies slightly (cosine > 0.999) with its batch-mates.
 
 Quantisation must not change what a store holds: :class:`Int8Tower` checks itself on the first real
 batch it sees (int8 vs float32 on up to :data:`CHECK_IMAGES` of its images) and falls back to float32 for
-good if any embedding is below :data:`MIN_COSINE`. Only used on CPU; ``PIXDEX_FAST=0`` turns it off.
+good if any embedding is below :data:`MIN_COSINE`. The check's outcome (the minimum cosine) is
+remembered per weights file, model and torch build in the user cache dir (:data:`CHECKS_FILE`), so only
+the first run with a given checkpoint pays for the float32 probe (about as long as encoding the batch);
+randomly initialised models, which have no weights file, are checked on every run. Only used on CPU;
+``PIXDEX_FAST=0`` turns it off.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import json
 import logging
 import os
 import warnings
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 MIN_COSINE = 0.995  # per image, int8 vs float32, on the first batch (the bar is 0.99: keep a margin)
 MIN_WIDTH = 256  # narrower towers gain nothing from int8 GEMMs
 CHECK_IMAGES = 8  # images of the first batch encoded both ways for the check
+CHECKS_FILE = "int8_checks.json"  # in the user cache dir: check key -> minimum cosine seen
 
 
 def enabled() -> bool:
@@ -59,16 +65,72 @@ def speed_up(encoder) -> bool:
         or not _is_plain_vit(visual)
     ):
         return False
+    key = _check_key(encoder)
+    known = _checks().get(key) if key else None
+    if known is not None and known < MIN_COSINE:
+        log.info(
+            "int8 image tower off: cosine %.4f < %.3f vs float32 on this model before", known, MIN_COSINE
+        )
+        return False
     try:
-        model.visual = Int8Tower(visual)
+        tower = Int8Tower(visual, check_key=key)
     except (RuntimeError, AttributeError) as e:  # no fbgemm/x86 engine in this torch build
         log.info("int8 image tower unavailable (%s); using float32", e)
         return False
+    if known is not None:
+        tower.checked, tower.min_cosine = True, known
+    model.visual = tower
     log.info(
-        "image tower: int8 dynamic quantisation of %d linear layers (checked on the first batch)",
-        count_quantized(model.visual.int8_visual),
+        "image tower: int8 dynamic quantisation of %d linear layers (%s)",
+        count_quantized(tower.int8_visual),
+        f"min cosine {known:.4f} vs float32 when checked before"
+        if known is not None
+        else "checked on the first batch",
     )
     return True
+
+
+def _check_key(encoder) -> Optional[str]:
+    """What a remembered check is valid for: the weights file's SHA-256, the model and the torch build;
+    None (check every run) without a weights file."""
+    if getattr(encoder, "weights_path", None) is None:
+        return None
+    try:
+        sha = encoder.checkpoint_sha256()
+    except (OSError, AttributeError):
+        return None
+    return f"{getattr(encoder, 'name', '')}|{sha}|torch {torch.__version__}|{_engine()}"
+
+
+def _checks_path():
+    from pixdex.encoders.checksum import cache_dir
+
+    root = cache_dir()
+    return root / CHECKS_FILE if root is not None else None
+
+
+def _checks() -> dict:
+    path = _checks_path()
+    try:
+        d = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in d.items() if isinstance(v, (int, float))} if isinstance(d, dict) else {}
+
+
+def _remember(key: str, min_cosine: float) -> None:
+    from pixdex.fsutil import atomic_write
+
+    path = _checks_path()
+    if path is None:
+        return
+    d = _checks()
+    d[key] = min_cosine
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(d, indent=0), durable=False)
+    except OSError as e:
+        log.debug("cannot remember the int8 check in %s: %s", path, e)
 
 
 def is_quantized(visual) -> bool:
@@ -95,8 +157,6 @@ def _linear_over(weight: nn.Parameter, bias: Optional[nn.Parameter]) -> nn.Linea
 def int8_twin(visual: nn.Module) -> nn.Module:
     """A copy of the ViT ``visual`` whose Linear layers (attention in/out projections, MLP) are
     dynamically quantised to int8; every other module and tensor is ``visual``'s own, shared."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
     torch.backends.quantized.engine = _engine()
     shared = {id(t): t for t in itertools.chain(visual.parameters(), visual.buffers())}
     twin = copy.deepcopy(visual, shared)  # new module objects, the same tensors
@@ -104,8 +164,35 @@ def int8_twin(visual: nn.Module) -> nn.Module:
         block.attn.in_proj = _linear_over(block.attn.in_proj_weight, block.attn.in_proj_bias)
     with warnings.catch_warnings():  # torch.ao eager quantisation is deprecated but still the fbgemm path
         warnings.simplefilter("ignore")
-        quantize_dynamic(twin, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+        _swap_linears(twin)
     return twin
+
+
+def _swap_linears(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if type(child) is nn.Linear:
+            setattr(module, name, int8_linear(child))
+        else:
+            _swap_linears(child)
+
+
+def int8_linear(lin: nn.Linear) -> nn.Module:
+    """``torch.ao``'s dynamic int8 Linear of ``lin``, as ``quantize_dynamic`` with the per-channel dynamic
+    qconfig makes it (the same weight observer, qparams and rounding: identical outputs), without its
+    constructor's packing of a full-size placeholder weight first (a third of the conversion time)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    observer = per_channel_dynamic_qconfig.weight()
+    observer(lin.weight)
+    scale, zero_point = observer.calculate_qparams()
+    qweight = torch.quantize_per_channel(
+        lin.weight.float(), scale.to(torch.double), zero_point.to(torch.int64), observer.ch_axis, torch.qint8
+    )
+    q = DynamicQuantizedLinear(1, 1, dtype=torch.qint8)  # a 1x1 placeholder, replaced just below
+    q.in_features, q.out_features = lin.in_features, lin.out_features
+    q.set_weight_bias(qweight, lin.bias)
+    return q
 
 
 def count_quantized(module: nn.Module) -> int:
@@ -117,7 +204,7 @@ def count_quantized(module: nn.Module) -> int:
 class Int8Tower(nn.Module):
     """The float32 tower and its int8 twin (:func:`int8_twin`), with the first-batch self-check."""
 
-    def __init__(self, visual: nn.Module):
+    def __init__(self, visual: nn.Module, check_key: Optional[str] = None):
         super().__init__()
         self.float_visual = visual
         # Not registered as a submodule: the model's state dict stays the float tower's (the twin is
@@ -125,6 +212,7 @@ class Int8Tower(nn.Module):
         object.__setattr__(self, "int8_visual", int8_twin(visual))
         self.checked: Optional[bool] = None  # None: not yet compared with float32; False: fell back
         self.min_cosine: Optional[float] = None
+        self.check_key = check_key  # where the check's outcome is remembered (None: not remembered)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.checked is False or x.device.type != "cpu":
@@ -136,6 +224,8 @@ class Int8Tower(nn.Module):
             cos = F.cosine_similarity(got.float(), ref.float(), dim=-1)
             self.min_cosine = float(cos.min())
             self.checked = self.min_cosine >= MIN_COSINE
+            if self.check_key is not None:
+                _remember(self.check_key, self.min_cosine)
             rest = x[CHECK_IMAGES:]
             if not self.checked:
                 log.warning(

@@ -10,12 +10,33 @@ renaming. Optional extras use open_clip's names: ``ls_1.gamma`` / ``ls_2.gamma``
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def on_meta() -> bool:
+    """Whether modules are being built on the meta device (``with torch.device("meta")``): no memory and
+    no initial values, the checkpoint's tensors are assigned afterwards. Random or scaled initial values
+    are skipped there (:func:`initial`, :func:`init_`): torch's meta kernels for ``randn``, ``normal_`` or
+    a tensor times a number are Python code whose first use imports torch._dynamo and sympy, seconds of
+    start-up for values nobody reads."""
+    return torch.empty(()).is_meta
+
+
+def initial(shape: tuple[int, ...], make: Callable[[], torch.Tensor]) -> nn.Parameter:
+    """A parameter holding ``make()`` (its initial values), or an empty one of ``shape`` on the meta
+    device. ``make`` is called exactly as before otherwise, so seeded random initialisation is unchanged."""
+    return nn.Parameter(torch.empty(shape) if on_meta() else make())
+
+
+def init_(fn: Callable, *args, **kwargs) -> None:
+    """``fn(*args, **kwargs)`` (an in-place ``nn.init`` function) unless building on the meta device."""
+    if not on_meta():
+        fn(*args, **kwargs)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -64,7 +85,7 @@ def mlp(width: int, mlp_ratio: float, act: str) -> nn.Sequential:
 class LayerScale(nn.Module):
     def __init__(self, dim: int, init_value: float):
         super().__init__()
-        self.gamma = nn.Parameter(init_value * torch.ones(dim))
+        self.gamma = initial((dim,), lambda: init_value * torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
@@ -175,7 +196,9 @@ class Transformer(nn.Module):
         return x
 
     def init_weights(self, proj_std: float, attn_std: float, fc_std: float) -> None:
-        """OpenAI's initialisation of the block weights."""
+        """OpenAI's initialisation of the block weights (none on the meta device)."""
+        if on_meta():
+            return
         for block in self.resblocks:
             nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)

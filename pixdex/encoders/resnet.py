@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixdex.encoders.config import VisionConfig
+from pixdex.encoders.layers import init_, initial
 
 
 class Bottleneck(nn.Module):
@@ -54,7 +55,10 @@ class AttentionPool2d(nn.Module):
 
     def __init__(self, spacial_dim: int, embed_dim: int, heads: int, output_dim: int):
         super().__init__()
-        self.positional_embedding = nn.Parameter(torch.randn(spacial_dim**2 + 1, embed_dim) / embed_dim**0.5)
+        tokens = spacial_dim**2 + 1
+        self.positional_embedding = initial(
+            (tokens, embed_dim), lambda: torch.randn(tokens, embed_dim) / embed_dim**0.5
+        )
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
@@ -102,7 +106,7 @@ class ModifiedResNet(nn.Module):
         )
         std = embed_dim**-0.5
         for lin in (self.attnpool.q_proj, self.attnpool.k_proj, self.attnpool.v_proj, self.attnpool.c_proj):
-            nn.init.normal_(lin.weight, std=std)
+            init_(nn.init.normal_, lin.weight, std=std)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for name, p in stage.named_parameters():
                 if name.endswith("bn3.weight"):

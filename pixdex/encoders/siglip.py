@@ -34,7 +34,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixdex.encoders.config import ModelConfig, TextConfig, VisionConfig
-from pixdex.encoders.layers import LayerNorm, MultiheadAttention, Transformer, TwoTowerModel, mlp
+from pixdex.encoders.layers import (
+    LayerNorm,
+    MultiheadAttention,
+    Transformer,
+    TwoTowerModel,
+    init_,
+    initial,
+    mlp,
+)
 from pixdex.encoders.text import build_text_trunk
 from pixdex.errors import PixdexError
 
@@ -60,7 +68,7 @@ class AttentionPool(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, act: str, eps: float):
         super().__init__()
-        self.probe = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
+        self.probe = initial((1, 1, width), lambda: torch.randn(1, 1, width) * width**-0.5)
         self.attn = PoolAttention(width, heads)
         self.ln = LayerNorm(width, eps=eps)
         self.mlp = mlp(width, mlp_ratio, act)
@@ -91,7 +99,8 @@ class SigLIPVisionTower(nn.Module):
         self.grid = cfg.image_size // cfg.patch_size
         self.output_dim = width
         self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=True)
-        self.positional_embedding = nn.Parameter(torch.randn(self.grid * self.grid, width) * 0.02)
+        tokens = self.grid * self.grid
+        self.positional_embedding = initial((tokens, width), lambda: torch.randn(tokens, width) * 0.02)
         self.transformer = Transformer(
             width, layers, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps, cfg.qk_norm, cfg.layer_scale_init
         )
@@ -124,8 +133,8 @@ class SigLIPTextTower(nn.Module):
         if cfg.width % cfg.heads:
             raise PixdexError(f"SigLIP text width {cfg.width} is not divisible by {cfg.heads} heads")
         build_text_trunk(self, cfg, lambda: nn.Linear(cfg.width, embed_dim))
-        nn.init.normal_(self.text_projection.weight, std=cfg.width**-0.5)
-        nn.init.zeros_(self.text_projection.bias)
+        init_(nn.init.normal_, self.text_projection.weight, std=cfg.width**-0.5)
+        init_(nn.init.zeros_, self.text_projection.bias)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         ids = torch.as_tensor(ids).to(self.token_embedding.weight.device, torch.long)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pixdex.encoders.config import TextConfig
-from pixdex.encoders.layers import LayerNorm, Transformer
+from pixdex.encoders.layers import LayerNorm, Transformer, init_, on_meta
 
 # state-dict keys (prefixes) that belong to the CLIP text tower
 TEXT_KEY_PREFIXES = (
@@ -27,13 +27,17 @@ def build_text_trunk(owner: nn.Module, cfg: TextConfig, projection) -> None:
     width = cfg.width
     owner.context_length = cfg.context_length
     owner.vocab_size = cfg.vocab_size
-    owner.token_embedding = nn.Embedding(cfg.vocab_size, width)
+    owner.token_embedding = (  # nn.Embedding's own init is a normal_ (see layers.on_meta)
+        nn.Embedding(cfg.vocab_size, width, _weight=torch.empty(cfg.vocab_size, width))
+        if on_meta()
+        else nn.Embedding(cfg.vocab_size, width)
+    )
     owner.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, width))
     owner.transformer = Transformer(width, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps)
     owner.ln_final = LayerNorm(width, eps=cfg.ln_eps)
     owner.text_projection = projection()
-    nn.init.normal_(owner.token_embedding.weight, std=0.02)
-    nn.init.normal_(owner.positional_embedding, std=0.01)
+    init_(nn.init.normal_, owner.token_embedding.weight, std=0.02)
+    init_(nn.init.normal_, owner.positional_embedding, std=0.01)
     owner.transformer.init_weights(
         proj_std=width**-0.5 * (2 * cfg.layers) ** -0.5, attn_std=width**-0.5, fc_std=(2 * width) ** -0.5
     )
@@ -44,7 +48,7 @@ def build_text_tower(owner: nn.Module, cfg: TextConfig, embed_dim: int) -> None:
     if cfg.kind != "clip":
         raise ValueError(f"the CLIP model needs a 'clip' text tower, not {cfg.kind!r}")
     build_text_trunk(owner, cfg, lambda: nn.Parameter(torch.empty(cfg.width, embed_dim)))
-    nn.init.normal_(owner.text_projection, std=cfg.width**-0.5)
+    init_(nn.init.normal_, owner.text_projection, std=cfg.width**-0.5)
 
 
 def encode_text_tokens(owner: nn.Module, ids: torch.Tensor) -> torch.Tensor:

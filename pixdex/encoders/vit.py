@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pixdex.encoders.config import VisionConfig
-from pixdex.encoders.layers import LayerNorm, Transformer
+from pixdex.encoders.layers import LayerNorm, Transformer, initial
 
 
 class VisionTransformer(nn.Module):
@@ -24,8 +24,9 @@ class VisionTransformer(nn.Module):
         self.output_dim = output_dim
         scale = width**-0.5
         self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid * self.grid + 1, width))
+        self.class_embedding = initial((width,), lambda: scale * torch.randn(width))
+        tokens = self.grid * self.grid + 1
+        self.positional_embedding = initial((tokens, width), lambda: scale * torch.randn(tokens, width))
         self.ln_pre = LayerNorm(width, eps=cfg.ln_eps)
         self.transformer = Transformer(
             width,
@@ -38,7 +39,7 @@ class VisionTransformer(nn.Module):
             cfg.layer_scale_init,
         )
         self.ln_post = LayerNorm(width, eps=cfg.ln_eps)
-        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        self.proj = initial((width, output_dim), lambda: scale * torch.randn(width, output_dim))
         layers = int(cfg.layers)
         self.transformer.init_weights(
             proj_std=scale * (2 * layers) ** -0.5, attn_std=scale, fc_std=(2 * width) ** -0.5

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
@@ -26,7 +27,12 @@ log = logging.getLogger(__name__)
 
 
 class LazyEncoder:
-    """Loads the encoder on first use (thread-safe) and checks it against the store's model."""
+    """Loads the encoder on first use (thread-safe) and checks it against the store's model.
+
+    :meth:`start` loads it in a background thread instead (importing torch, reading the weights, the int8
+    conversion), so that scanning, reading and decoding go on meanwhile; :meth:`get` waits for it. The
+    store is bound (and the text tower exported) in the thread that calls :meth:`get`.
+    """
 
     def __init__(
         self,
@@ -36,6 +42,7 @@ class LazyEncoder:
         device: str,
         loader: Optional[Callable] = None,
         timings: Optional[Timings] = None,
+        on_ready: Optional[Callable[[], None]] = None,
     ):
         self.store, self.spec, self.checkpoint, self.device = store, spec, checkpoint, device
         self.timings = timings or Timings()
@@ -45,21 +52,73 @@ class LazyEncoder:
         self._lock = threading.Lock()
         self.newly_bound = False
         self.repair_text_tower = False  # the store's exported text tower is damaged: export it again
+        self.on_ready = on_ready  # called (from the loading thread) once the model is loaded
+        self.ready_at: Optional[float] = None  # time.monotonic() when the model was loaded
+        self.bind_before_writes = False  # the run must bind (or check) the model before it writes
+        self._thread: Optional[threading.Thread] = None
+        self._loaded = None
+        self._error: Optional[BaseException] = None
+        self._load_s = 0.0
+        # the text tower's export on bind runs beside the encoding, until finish() (the indexer's choice)
+        self.export_in_background = False
+        self._exporting: Optional[threading.Thread] = None
+        self.export_s = 0.0
+
+    def start(self) -> bool:
+        """Start loading the model in a background thread; False when loaded or loading already."""
+        with self._lock:
+            if self._enc is not None or self._thread is not None:
+                return False
+            towers = self._towers()
+            self._thread = threading.Thread(
+                target=self._load_in_background, args=(towers,), name="pixdex-load-model", daemon=True
+            )
+            self._thread.start()
+            return True
+
+    def _load_in_background(self, towers: tuple[str, ...]) -> None:
+        try:
+            self._loaded = self._load_model(towers)
+        except BaseException as e:  # noqa: BLE001 - handed over to the thread that calls get(), raised there
+            self._error = e
 
     def get(self):
         with self._lock:
             if self._enc is None:
-                with self.timings("load_model"):
-                    self._enc = self._load()
+                with self.timings("wait_model"):  # what the run waited (loading overlaps other work)
+                    enc = self._wait_for_model()
+                self.timings.seconds["load_model"] += self._load_s  # what loading took
+                self._bind(enc)
+                self._enc = enc
             return self._enc
+
+    def _wait_for_model(self):
+        if self._thread is None:
+            return self._load_model(self._towers())
+        self._thread.join()
+        self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        enc, self._loaded = self._loaded, None
+        return enc
 
     @property
     def loaded(self) -> bool:
         return self._enc is not None
 
-    def _load(self):
+    @property
+    def load_seconds(self) -> float:
+        """How long loading the model took (in the background or not)."""
+        return self._load_s
+
+    def _towers(self) -> tuple[str, ...]:
         new_store = self.store.identity is None
-        towers = ("image", "text") if new_store or self.repair_text_tower else ("image",)
+        return ("image", "text") if new_store or self.repair_text_tower else ("image",)
+
+    def _load_model(self, towers: tuple[str, ...]):
+        """The encoder with its int8 image tower; touches no store (it may run in a background thread)."""
+        t = time.monotonic()
         if self._loader is not None:
             enc = self._loader(self.spec, self.checkpoint, self.device, towers)
         else:
@@ -67,25 +126,66 @@ class LazyEncoder:
 
             enc = load_encoder(self.spec, checkpoint=self.checkpoint, device=self.device, towers=towers)
         maybe_speed_up(enc)
-        ident = enc.identity()
-        self.newly_bound = self.store.bind_model(ident, checkpoint=ident.get("checkpoint") or self.checkpoint)
-        if self.newly_bound or self.repair_text_tower:
-            with self.timings("export_text_tower"):
-                _export_text_tower(enc, self.store.dir)
+        enc.identity()  # hashes the weights file once (cached), here rather than when binding
+        self.ready_at = time.monotonic()
+        self._load_s = self.ready_at - t
+        if self.on_ready is not None:
+            self.on_ready()
         return enc
 
+    def _bind(self, enc) -> None:
+        ident = enc.identity()
+        self.newly_bound = self.store.bind_model(ident, checkpoint=ident.get("checkpoint") or self.checkpoint)
+        if not (self.newly_bound or self.repair_text_tower):
+            return
+        if not self.export_in_background:
+            self._export(enc)
+            return
+        self._exporting = threading.Thread(
+            target=self._export, args=(enc,), name="pixdex-export-text-tower", daemon=True
+        )
+        self._exporting.start()
+
+    def _export(self, enc) -> None:
+        t = time.monotonic()
+        try:
+            _export_text_tower(enc, self.store.dir)
+        except Exception as e:  # noqa: BLE001 - in a thread of its own: logged, search exports it on demand
+            log.warning("could not export the text tower for torch-free search: %s", e)
+        self.export_s = time.monotonic() - t
+
+    def finish(self) -> None:
+        """Wait for the text tower's export (see ``export_in_background``)."""
+        if self._exporting is not None:
+            self._exporting.join()
+            self._exporting = None
+            self.timings.seconds["export_text_tower"] += self.export_s
+
     def preprocessor(self):
-        """The preprocessing, for the workers. On a bound store this needs no model (nor torch): the
-        store's identity records the preprocessing, so decoding starts while the encoder still loads."""
+        """The preprocessing, for the workers. It needs no model (nor torch) on a bound store (the store's
+        identity records the preprocessing) or a new one (the model spec's config says it), so decoding
+        starts while the encoder still loads; only a test's custom loader is asked for it."""
         pre = self._pre
         if pre is None:
             with self._lock:
                 if self._pre is None:
-                    self._pre = self._enc.preprocess if self._enc is not None else preprocessor_of(self.store)
+                    self._pre = (
+                        self._enc.preprocess
+                        if self._enc is not None
+                        else preprocessor_of(self.store) or self._spec_preprocessor()
+                    )
                 pre = self._pre
             if pre is None:
                 pre = self._pre = self.get().preprocess
         return pre
+
+    def _spec_preprocessor(self):
+        if self._loader is not None:
+            return None
+        from pixdex.encoders.preprocess import Preprocessor
+        from pixdex.encoders.spec import resolve_spec
+
+        return Preprocessor(resolve_spec(self.spec, self.checkpoint).config.preprocess)
 
     @property
     def preprocess(self) -> LazyPreprocess:

@@ -55,7 +55,7 @@ from pixdex.indexer.pipeline import (
 )
 from pixdex.indexer.plan import Candidate, make_plan
 from pixdex.indexer.procpool import decode_stream, expected_batch_size
-from pixdex.indexer.report import Progress, Tally, Timings, print_summary
+from pixdex.indexer.report import Progress, RunProgress, Tally, Timings, print_summary
 from pixdex.indexer.scan import compile_patterns, normalise_roots, scan
 from pixdex.storage import faiss_index
 from pixdex.storage.contract import (
@@ -130,7 +130,7 @@ class _Run:
     """The state of one indexing run (see the module doc)."""
 
     def __init__(
-        self, store: Store, enc: LazyEncoder, batch_size: Optional[int], tally: Tally, progress: Progress
+        self, store: Store, enc: LazyEncoder, batch_size: Optional[int], tally: Tally, progress: RunProgress
     ):
         self.store, self.enc, self.tally, self.progress = store, enc, tally, progress
         self.batch_size = max(1, batch_size) if batch_size else None  # None: the encoder's, once loaded
@@ -203,11 +203,15 @@ class _Run:
             self.tally.fail(res.error or "unknown error", e.path)
             self.progress.advance()
             return
+        if not self.enc.loaded and self.enc.start():  # in the background: the next files decode meanwhile
+            self.progress.loading(self.enc.spec)
         self.pending.append((cand, res, count))
-        if self.batch_size is None:
+        if count:
+            self.progress.advance()
+        if self.batch_size is None and self.enc.loaded:  # the encoder's batch size, once it is there
             enc = self.enc.get()
             self.batch_size = enc.batch_size() if hasattr(enc, "batch_size") else CPU_BATCH
-        if len(self.pending) >= self.batch_size:
+        if len(self.pending) >= (self.batch_size or CPU_BATCH):
             self.encode_pending()
 
     def _drop_old(self, old: Optional[KnownFile]) -> None:
@@ -261,14 +265,15 @@ class _Run:
                 ),
                 count,
             )
-        n = len(self.pending)
+        self.progress.add_encoded(len(self.pending))
         self.pending = []
         self.commit()
-        self.progress.advance(n)
 
     def commit(self) -> None:
         if not len(self.batch):
             return
+        if self.enc.bind_before_writes:
+            self.enc.get()  # the model is bound (or found not to fit) before anything is written
         if self.dim is None:
             self.dim = int(self.store.identity["dim"])
         batch, self.batch = self.batch, Batch()
@@ -406,7 +411,8 @@ def _index_paths(
     store = Store.open_writer(store_dir)
     tally = Tally()
     timings = Timings()
-    progress = Progress(0, quiet=True)
+    progress = RunProgress(quiet=json_mode)
+    enc: Optional[LazyEncoder] = None
     ok = False
     tag_summary: Optional[dict] = None
     run_ray: Optional[dict] = None
@@ -417,11 +423,25 @@ def _index_paths(
 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             spec, ckpt, load_now = model_choice(store, model, checkpoint)
-            enc = LazyEncoder(store, spec, ckpt, device, loader=encoder_loader, timings=timings)
+            enc = LazyEncoder(
+                store,
+                spec,
+                ckpt,
+                device,
+                loader=encoder_loader,
+                timings=timings,
+                on_ready=progress.model_ready,
+            )
+            enc.export_in_background = True  # finished below, before the run ends either way
             if not load_now and text_tower_needs_repair(store):
                 enc.repair_text_tower = load_now = True
             if load_now:
-                enc.get()
+                enc.bind_before_writes = True
+                progress.loading(spec)
+                if encoder_loader is None:  # in the background, while the files are scanned and decoded
+                    enc.start()
+                else:  # a test's loader may be asked for the preprocessing of a new store
+                    enc.get()
             run = _Run(store, enc, batch_size, tally, progress)
             with timings("faiss"):
                 repaired = run.reconcile(threshold)
@@ -450,7 +470,7 @@ def _index_paths(
                 if k.status == STATUS_OK and k.content_hash:
                     run.live_by_hash.setdefault(k.content_hash, k.id)
             known_hashes = frozenset(run.live_by_hash) | frozenset(run.vanished_by_hash)
-            progress = run.progress = Progress(len(plan.candidates), quiet=json_mode)
+            progress.files(len(plan.candidates))
 
             lookahead = 2 * (batch_size or expected_batch_size(device)) + 2 * nworkers
             if ray is None:
@@ -469,8 +489,12 @@ def _index_paths(
                 for cand, res in loaded:
                     tally.add("hashed", 1 if res.content_hash else 0)
                     run.resolve(cand, res)
+            if enc.bind_before_writes:
+                enc.get()  # a new store is bound even when there is nothing to encode
             run.finish_files()
             run_ray = run.ray_summary
+            enc.finish()
+            progress.close()  # the files are done: what follows has its own display
             gone = [k.id for p, k in plan.vanished.items() if p not in run.claimed]
             gone += [k.id for k in plan.excluded.values()]
             if gone:
@@ -511,6 +535,8 @@ def _index_paths(
             f"cannot write the store at {store_dir}: {e.strerror or e} (what was indexed is kept; run again)"
         ) from e
     finally:
+        if enc is not None:
+            enc.finish()  # a text tower being written is written whole
         progress.close()
         # Whether this first run bound the store: read without a transaction of the writer's engine (its
         # BEGIN IMMEDIATE would wait on a write lock that an interrupted batch may still hold, for
@@ -549,7 +575,10 @@ def _index_paths(
         "total": faiss_info.get("ntotal", 0),
         "elapsed_s": round(elapsed, 3),
         "timings_s": timings.as_dict(),
-        "images_per_s": round(c["encoded"] / elapsed, 2) if elapsed > 0 else 0.0,
+        # the model's loading is not in the rate: start-up is until the model was ready to encode
+        "startup_s": round(progress.ready_at - t0, 3) if progress.ready_at is not None else None,
+        "first_batch_at": progress.first_batch_at,  # unix time of the first batch encoded
+        "images_per_s": progress.rate(),
     }
     if tag_summary is not None:
         summary["tags"] = tag_summary
