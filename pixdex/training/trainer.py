@@ -255,32 +255,23 @@ def evaluate_split(model, images, ids, captions, idx, device) -> dict[str, float
 
 
 def train(o: TrainOptions) -> dict:
-    """Run (or resume) training; returns a summary (steps, final metrics, output paths)."""
-    import torch
-    import torch.nn.functional as F
+    """Run (or resume) training; returns a summary (steps, final metrics, output paths).
 
-    from pixdex.encoders.build import build_model
+    Under ``torchrun`` with several processes this process trains its share of every global batch with
+    ``DistributedDataParallel`` (:mod:`pixdex.training.distributed`); process 0 writes the outputs."""
     from pixdex.encoders.encoder import resolve_device
-    from pixdex.encoders.preprocess import Preprocessor
-    from pixdex.encoders.tokenizer import get_tokenizer
-    from pixdex.training.data import (
-        ImageSource,
-        caption_draw,
-        epoch_order,
-        group_by_image,
-        micro_batches,
-        split_indices,
-        tokenize_captions,
-    )
-    from pixdex.training.losses import make_loss, same_caption_matrix
-    from pixdex.training.manifest import read_manifest
+    from pixdex.training import distributed
 
     _validate(o)
-    out = Path(o.out).expanduser()
+    dist = distributed.from_env()
+    device = distributed.process_device(dist, resolve_device(o.device))
+    with distributed.session(dist, device):
+        return _train(o, dist, device)
+
+
+def _load_saved(out: Path, key: dict) -> Optional[dict]:
+    """The resume state of the same run in ``out`` (None when there is none); another run's is refused."""
     st.check_out_dir(out)
-    samples = read_manifest(o.data, o.image_col, o.caption_col)
-    config, init_weights, model_dir = resolve_model(o.model, o.init)
-    key = _run_key(o, samples, config)
     saved = st.load_resume(out)
     if saved is not None:
         differ = sorted(
@@ -291,6 +282,36 @@ def train(o: TrainOptions) -> dict:
                 f"--out {out} holds a run with other options ({', '.join(differ)}); "
                 "use the same command to resume, or another --out"
             )
+    return saved
+
+
+def _train(o: TrainOptions, dist, device: str) -> dict:
+    import torch
+
+    from pixdex.encoders.build import build_model
+    from pixdex.encoders.preprocess import Preprocessor
+    from pixdex.encoders.tokenizer import get_tokenizer
+    from pixdex.training import distributed
+    from pixdex.training.data import (
+        ImageSource,
+        caption_draw,
+        epoch_order,
+        group_by_image,
+        micro_batches,
+        split_indices,
+        tokenize_captions,
+    )
+    from pixdex.training.losses import TrainingPair, make_loss, same_caption_matrix
+    from pixdex.training.manifest import read_manifest
+
+    out = Path(o.out).expanduser()
+    samples = read_manifest(o.data, o.image_col, o.caption_col)
+    config, init_weights, model_dir = resolve_model(o.model, o.init)
+    key = _run_key(o, samples, config)
+    distributed.check_same(dist, key)
+    # only process 0 reads --out; the others get the state from it
+    saved = distributed.from_main(dist, lambda: _load_saved(out, key))
+    if saved is not None:
         if saved.get("done"):
             log.info("%s: this run already finished (%d steps)", out, saved["step"])
             return {
@@ -300,13 +321,19 @@ def train(o: TrainOptions) -> dict:
                 "done": True,
                 "history": saved.get("history", []),
             }
-    device = resolve_device(o.device)
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
 
     # rows naming the same image are its alternative captions: the image is the training item
     image_samples, caption_rows = group_by_image(samples)
     train_idx, val_idx = split_indices(len(image_samples), o.val_fraction, o.seed)
-    micro_per_epoch = len(train_idx) // min(o.batch_size, len(train_idx))
+    batch = min(o.batch_size, len(train_idx))
+    if batch % dist.world_size:
+        raise PixdexError(
+            f"the batch of {batch} pairs does not split evenly over {dist.world_size} processes; "
+            "make --batch-size (the global batch) a multiple of the number of processes"
+        )
+    micro_per_epoch = len(train_idx) // batch
     steps_per_epoch = max(1, micro_per_epoch // o.accum)
     accum = min(o.accum, micro_per_epoch)
     total = steps_per_epoch * o.epochs
@@ -369,6 +396,9 @@ def train(o: TrainOptions) -> dict:
             torch.cuda.set_rng_state_all(saved["rng_cuda"])
         step, history = int(saved["step"]), list(saved.get("history", []))
         log.info("resuming %s at step %d of %d", out, step, total)
+    # one forward for both towers, in DDP when several processes train (DDP syncs the weights from
+    # process 0 and averages the gradients of the towers and of the loss's temperature)
+    net = distributed.wrap(TrainingPair(model, loss_fn, amp_dtype if use_cuda else None), dist, device)
 
     def sync_logits():
         with torch.no_grad():
@@ -396,6 +426,8 @@ def train(o: TrainOptions) -> dict:
 
     def write_outputs(done: bool) -> None:
         sync_logits()
+        if not dist.is_main:
+            return
         st.write_model(out, model, config)
         st.write_json(
             out / st.METRICS_FILE,
@@ -403,13 +435,15 @@ def train(o: TrainOptions) -> dict:
         )
         save_state(done)
 
-    reporter = _Reporter(o.progress, total, step)
-    reporter.line(
-        f"training {config.name} on {len(train_idx)} images ({len(val_idx)} held out, "
-        f"{len(samples)} captions in all), "
-        f"{total} steps of {o.batch_size}x{accum}, loss {kind}, device {device}"
-        + (f", resuming at step {step}" if step else "")
-    )
+    reporter = _Reporter(o.progress and dist.is_main, total, step)
+    if dist.is_main:
+        reporter.line(
+            f"training {config.name} on {len(train_idx)} images ({len(val_idx)} held out, "
+            f"{len(samples)} captions in all), "
+            f"{total} steps of {batch}x{accum}, loss {kind}, device {device}"
+            + (f" x {dist.world_size} processes" if dist.enabled else "")
+            + (f", resuming at step {step}" if step else "")
+        )
     started, run_loss, run_n = time.time(), 0.0, 0
     mbs_epoch, mbs = -1, []
     try:
@@ -422,23 +456,21 @@ def train(o: TrainOptions) -> dict:
             opt.zero_grad(set_to_none=True)
             step_loss = 0.0
             for m in range(accum):
-                b = mbs[in_epoch * accum + m]
+                gb = mbs[in_epoch * accum + m]  # the global batch; this process encodes its slice
+                b = dist.shard(gb)
                 x = torch.from_numpy(images.batch(b)).to(device, non_blocking=True)
                 t = torch.from_numpy(row_ids[drawn[b]]).to(device, non_blocking=True)
-                same = same_caption_matrix(t)
+                same = same_caption_matrix(torch.from_numpy(row_ids[drawn[gb]]).to(device))
                 # identical captions in one batch ("a red circle" twice) are not each other's negatives
-                positives = same if int(same.sum()) > len(b) else None
-                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_cuda):
-                    ie, te = model.encode_image(x), model.encode_text(t)
-                # the loss in fp32, outside autocast
-                loss = (
-                    loss_fn(
-                        F.normalize(ie.float(), dim=-1), F.normalize(te.float(), dim=-1), positives=positives
-                    )
-                    / accum
-                )
-                scaler.scale(loss).backward()
+                positives = same if int(same.sum()) > len(gb) else None
+                with distributed.no_sync(net, dist, sync=m == accum - 1):
+                    ie, te = net(x, t)
+                    ie, te = distributed.gather_features(ie, dist), distributed.gather_features(te, dist)
+                    loss = loss_fn(ie, te, positives=positives) / accum
+                    # x world_size: DDP averages the processes' shares of the gradient (see distributed)
+                    scaler.scale(loss * dist.world_size).backward()
                 step_loss += float(loss.detach())
+            distributed.undo_loss_scaling(loss_fn, dist)
             if not math.isfinite(step_loss):
                 raise PixdexError(
                     f"the loss became {step_loss} at step {step + 1}; lower --lr "
@@ -463,13 +495,15 @@ def train(o: TrainOptions) -> dict:
                     "temperature": loss_fn.temperature(),
                     "seconds": round(time.time() - started, 1),
                 }
-                if len(val_idx):
+                if len(val_idx) and dist.is_main:
                     entry["val"] = evaluate_split(model, images, ids, captions, val_idx, device)
                 history.append(entry)
-                reporter.line(_epoch_line(entry))
+                if dist.is_main:
+                    reporter.line(_epoch_line(entry))
                 run_loss, run_n = 0.0, 0
                 write_outputs(done=step == total)
-            elif step % o.save_every == 0:
+                distributed.barrier(dist)  # the epoch's outputs are written before anyone goes on
+            elif step % o.save_every == 0 and dist.is_main:
                 save_state(done=False)
     finally:
         reporter.close()
