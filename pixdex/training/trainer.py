@@ -385,6 +385,7 @@ def _train(o: TrainOptions, dist, device: str) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and amp_dtype == torch.float16)
 
     step, history = 0, []
+    run_loss, run_n = 0.0, 0  # the current epoch's summed step losses, for its mean
     if saved is not None:
         model.load_state_dict(saved["model"])
         loss_fn.load_state_dict(saved["loss"])
@@ -395,6 +396,7 @@ def _train(o: TrainOptions, dist, device: str) -> dict:
         if use_cuda and saved.get("rng_cuda") is not None:
             torch.cuda.set_rng_state_all(saved["rng_cuda"])
         step, history = int(saved["step"]), list(saved.get("history", []))
+        run_loss, run_n = float(saved.get("run_loss", 0.0)), int(saved.get("run_n", 0))
         log.info("resuming %s at step %d of %d", out, step, total)
     # one forward for both towers, in DDP when several processes train (DDP syncs the weights from
     # process 0 and averages the gradients of the towers and of the loss's temperature)
@@ -414,6 +416,8 @@ def _train(o: TrainOptions, dist, device: str) -> dict:
                 "step": step,
                 "done": done,
                 "history": history,
+                "run_loss": run_loss,
+                "run_n": run_n,
                 "model": model.state_dict(),
                 "loss": loss_fn.state_dict(),
                 "optimizer": opt.state_dict(),
@@ -444,7 +448,7 @@ def _train(o: TrainOptions, dist, device: str) -> dict:
             + (f" x {dist.world_size} processes" if dist.enabled else "")
             + (f", resuming at step {step}" if step else "")
         )
-    started, run_loss, run_n = time.time(), 0.0, 0
+    started = time.time()
     mbs_epoch, mbs = -1, []
     try:
         while step < total:
