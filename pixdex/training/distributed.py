@@ -19,6 +19,7 @@ The run is the one-process run, split:
   so the loss is multiplied by the number of processes (:data:`world_size`) to make the average the
   sum, i.e. the one-process gradient. The loss's own temperature (and bias) sees the full loss on every
   process, so its gradient is already whole: :func:`undo_loss_scaling` divides it back.
+- **Held-out recall.** Each process encodes a part of the held-out items; all compute the same recall.
 - **Files.** Only process 0 reads and writes ``--out`` (resume state, model, metrics, progress); it
   sends the resume state to the others (:func:`from_main`), so machines need not share ``--out``.
   Every process reads the manifest and its images at the same paths.
@@ -154,14 +155,19 @@ def check_same(dist: Dist, key: dict) -> None:
 
 
 def wrap(module, dist: Dist, device: str):
-    """``module`` in ``DistributedDataParallel`` for a multi-process run, else itself."""
+    """``module`` in ``DistributedDataParallel`` for a multi-process run, else itself. On CUDA its
+    BatchNorm layers (ModifiedResNet) become ``SyncBatchNorm``, which normalises over the global batch
+    as one process does; PyTorch has no CPU SyncBatchNorm, so on CPU each process normalises its own
+    slice (a BatchNorm model then trains slightly differently from the one-process run)."""
     if not dist.enabled:
         return module
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    ids = [torch.device(device).index] if device.startswith("cuda") else None
-    return DistributedDataParallel(module, device_ids=ids)
+    if device.startswith("cuda"):
+        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return DistributedDataParallel(module, device_ids=[torch.device(device).index])
+    return DistributedDataParallel(module)
 
 
 def no_sync(net, dist: Dist, sync: bool):
@@ -183,6 +189,17 @@ def gather_features(local, dist: Dist):
     td.all_gather(parts, local.detach().contiguous())
     parts[dist.rank] = local
     return torch.cat(parts)
+
+
+def gather_arrays(part: Optional[np.ndarray], dist: Dist) -> np.ndarray:
+    """Every process's rows (None: none) concatenated in rank order, on every process."""
+    if not dist.enabled:
+        return part
+    import torch.distributed as td
+
+    parts: list[Any] = [None] * dist.world_size
+    td.all_gather_object(parts, part)
+    return np.concatenate([p for p in parts if p is not None])
 
 
 def undo_loss_scaling(loss_module, dist: Dist) -> None:

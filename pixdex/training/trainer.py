@@ -17,6 +17,9 @@
   same command again continues from the last saved step (model, optimizer, scheduler, scaler, RNG and
   data order, which is a pure function of seed and epoch). Different options for the same ``OUT`` are
   refused.
+- Several processes: under ``torchrun`` (``torchrun --nproc_per_node N -m pixdex train ...``) the run
+  is data-parallel and trains the one-process model: ``--batch-size`` is the global batch, each process
+  encodes its slice and the loss sees all of it (``pixdex.training.distributed``).
 - Each epoch: held-out recall@1/5 both ways (``pixdex.training.evaluate``), logged and written to
   ``OUT/metrics.json``; ``OUT/model.safetensors`` + ``OUT/config.json`` are usable as ``--model OUT``.
 
@@ -242,15 +245,20 @@ def _encode_all(model, images, ids, idx, device, batch=256) -> tuple[np.ndarray,
     return np.concatenate(ie), np.concatenate(te)
 
 
-def evaluate_split(model, images, ids, captions, idx, device) -> dict[str, float]:
+def evaluate_split(model, images, ids, captions, idx, device, dist=None) -> dict[str, float]:
+    """Held-out recall of the items ``idx``; with several processes each encodes a contiguous part."""
+    from pixdex.training import distributed
     from pixdex.training.evaluate import recall_at_k
 
+    dist = dist or distributed.SINGLE
+    part = np.array_split(np.asarray(idx), dist.world_size)[dist.rank]
     was_training = model.training
     model.eval()
     try:
-        ie, te = _encode_all(model, images, ids, idx, device)
+        ie, te = _encode_all(model, images, ids, part, device) if len(part) else (None, None)
     finally:
         model.train(was_training)
+    ie, te = distributed.gather_arrays(ie, dist), distributed.gather_arrays(te, dist)
     return recall_at_k(ie, te, [captions[i] for i in idx])
 
 
@@ -499,8 +507,8 @@ def _train(o: TrainOptions, dist, device: str) -> dict:
                     "temperature": loss_fn.temperature(),
                     "seconds": round(time.time() - started, 1),
                 }
-                if len(val_idx) and dist.is_main:
-                    entry["val"] = evaluate_split(model, images, ids, captions, val_idx, device)
+                if len(val_idx):
+                    entry["val"] = evaluate_split(model, images, ids, captions, val_idx, device, dist)
                 history.append(entry)
                 if dist.is_main:
                     reporter.line(_epoch_line(entry))
