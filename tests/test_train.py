@@ -324,3 +324,5 @@ def test_killed_run_resumes_from_its_last_step(demo, tmp_path, monkeypatch):
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (out, straight))
     assert ma["steps"] == mb["steps"] == 2
     assert ma["epochs"][0]["val"] == mb["epochs"][0]["val"]
+    # the epoch's mean loss counts the steps before the kill too
+    assert ma["epochs"][0]["train_loss"] == pytest.approx(mb["epochs"][0]["train_loss"], rel=1e-5)

@@ -136,6 +136,24 @@ class SigLipLoss(nn.Module):
         return float(1.0 / self.logit_scale.detach().exp())
 
 
+class TrainingPair(nn.Module):
+    """The model's two towers and the loss as one module (what ``DistributedDataParallel`` wraps, so the
+    loss's temperature is kept in step across processes too): ``forward(images, ids)`` gives the
+    L2-normalised fp32 features the loss takes (the towers under autocast when ``amp_dtype`` is set)."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module, amp_dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.amp_dtype = amp_dtype
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            ie, te = self.model.encode_image(images), self.model.encode_text(ids)
+        # the loss in fp32, outside autocast
+        return F.normalize(ie.float(), dim=-1), F.normalize(te.float(), dim=-1)
+
+
 def make_loss(
     kind: str, init_logit_scale: Optional[float] = None, init_logit_bias: Optional[float] = None
 ) -> nn.Module:

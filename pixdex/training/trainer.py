@@ -17,6 +17,9 @@
   same command again continues from the last saved step (model, optimizer, scheduler, scaler, RNG and
   data order, which is a pure function of seed and epoch). Different options for the same ``OUT`` are
   refused.
+- Several processes: under ``torchrun`` (``torchrun --nproc_per_node N -m pixdex train ...``) the run
+  is data-parallel and trains the one-process model: ``--batch-size`` is the global batch, each process
+  encodes its slice and the loss sees all of it (``pixdex.training.distributed``).
 - Each epoch: held-out recall@1/5 both ways (``pixdex.training.evaluate``), logged and written to
   ``OUT/metrics.json``; ``OUT/model.safetensors`` + ``OUT/config.json`` are usable as ``--model OUT``.
 
@@ -242,45 +245,41 @@ def _encode_all(model, images, ids, idx, device, batch=256) -> tuple[np.ndarray,
     return np.concatenate(ie), np.concatenate(te)
 
 
-def evaluate_split(model, images, ids, captions, idx, device) -> dict[str, float]:
+def evaluate_split(model, images, ids, captions, idx, device, dist=None) -> dict[str, float]:
+    """Held-out recall of the items ``idx``; with several processes each encodes a contiguous part."""
+    from pixdex.training import distributed
     from pixdex.training.evaluate import recall_at_k
 
+    dist = dist or distributed.SINGLE
+    part = np.array_split(np.asarray(idx), dist.world_size)[dist.rank]
     was_training = model.training
     model.eval()
     try:
-        ie, te = _encode_all(model, images, ids, idx, device)
+        ie, te = _encode_all(model, images, ids, part, device) if len(part) else (None, None)
     finally:
         model.train(was_training)
+    ie, te = distributed.gather_arrays(ie, dist), distributed.gather_arrays(te, dist)
     return recall_at_k(ie, te, [captions[i] for i in idx])
 
 
 def train(o: TrainOptions) -> dict:
-    """Run (or resume) training; returns a summary (steps, final metrics, output paths)."""
-    import torch
-    import torch.nn.functional as F
+    """Run (or resume) training; returns a summary (steps, final metrics, output paths).
 
-    from pixdex.encoders.build import build_model
+    Under ``torchrun`` with several processes this process trains its share of every global batch with
+    ``DistributedDataParallel`` (:mod:`pixdex.training.distributed`); process 0 writes the outputs."""
     from pixdex.encoders.encoder import resolve_device
-    from pixdex.encoders.preprocess import Preprocessor
-    from pixdex.encoders.tokenizer import get_tokenizer
-    from pixdex.training.data import (
-        ImageSource,
-        caption_draw,
-        epoch_order,
-        group_by_image,
-        micro_batches,
-        split_indices,
-        tokenize_captions,
-    )
-    from pixdex.training.losses import make_loss, same_caption_matrix
-    from pixdex.training.manifest import read_manifest
+    from pixdex.training import distributed
 
     _validate(o)
-    out = Path(o.out).expanduser()
+    dist = distributed.from_env()
+    device = distributed.process_device(dist, resolve_device(o.device))
+    with distributed.session(dist, device):
+        return _train(o, dist, device)
+
+
+def _load_saved(out: Path, key: dict) -> Optional[dict]:
+    """The resume state of the same run in ``out`` (None when there is none); another run's is refused."""
     st.check_out_dir(out)
-    samples = read_manifest(o.data, o.image_col, o.caption_col)
-    config, init_weights, model_dir = resolve_model(o.model, o.init)
-    key = _run_key(o, samples, config)
     saved = st.load_resume(out)
     if saved is not None:
         differ = sorted(
@@ -291,6 +290,36 @@ def train(o: TrainOptions) -> dict:
                 f"--out {out} holds a run with other options ({', '.join(differ)}); "
                 "use the same command to resume, or another --out"
             )
+    return saved
+
+
+def _train(o: TrainOptions, dist, device: str) -> dict:
+    import torch
+
+    from pixdex.encoders.build import build_model
+    from pixdex.encoders.preprocess import Preprocessor
+    from pixdex.encoders.tokenizer import get_tokenizer
+    from pixdex.training import distributed
+    from pixdex.training.data import (
+        ImageSource,
+        caption_draw,
+        epoch_order,
+        group_by_image,
+        micro_batches,
+        split_indices,
+        tokenize_captions,
+    )
+    from pixdex.training.losses import TrainingPair, make_loss, same_caption_matrix
+    from pixdex.training.manifest import read_manifest
+
+    out = Path(o.out).expanduser()
+    samples = read_manifest(o.data, o.image_col, o.caption_col)
+    config, init_weights, model_dir = resolve_model(o.model, o.init)
+    key = _run_key(o, samples, config)
+    distributed.check_same(dist, key)
+    # only process 0 reads --out; the others get the state from it
+    saved = distributed.from_main(dist, lambda: _load_saved(out, key))
+    if saved is not None:
         if saved.get("done"):
             log.info("%s: this run already finished (%d steps)", out, saved["step"])
             return {
@@ -300,13 +329,19 @@ def train(o: TrainOptions) -> dict:
                 "done": True,
                 "history": saved.get("history", []),
             }
-    device = resolve_device(o.device)
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
 
     # rows naming the same image are its alternative captions: the image is the training item
     image_samples, caption_rows = group_by_image(samples)
     train_idx, val_idx = split_indices(len(image_samples), o.val_fraction, o.seed)
-    micro_per_epoch = len(train_idx) // min(o.batch_size, len(train_idx))
+    batch = min(o.batch_size, len(train_idx))
+    if batch % dist.world_size:
+        raise PixdexError(
+            f"the batch of {batch} pairs does not split evenly over {dist.world_size} processes; "
+            "make --batch-size (the global batch) a multiple of the number of processes"
+        )
+    micro_per_epoch = len(train_idx) // batch
     steps_per_epoch = max(1, micro_per_epoch // o.accum)
     accum = min(o.accum, micro_per_epoch)
     total = steps_per_epoch * o.epochs
@@ -358,6 +393,7 @@ def train(o: TrainOptions) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and amp_dtype == torch.float16)
 
     step, history = 0, []
+    run_loss, run_n = 0.0, 0  # the current epoch's summed step losses, for its mean
     if saved is not None:
         model.load_state_dict(saved["model"])
         loss_fn.load_state_dict(saved["loss"])
@@ -368,7 +404,11 @@ def train(o: TrainOptions) -> dict:
         if use_cuda and saved.get("rng_cuda") is not None:
             torch.cuda.set_rng_state_all(saved["rng_cuda"])
         step, history = int(saved["step"]), list(saved.get("history", []))
+        run_loss, run_n = float(saved.get("run_loss", 0.0)), int(saved.get("run_n", 0))
         log.info("resuming %s at step %d of %d", out, step, total)
+    # one forward for both towers, in DDP when several processes train (DDP syncs the weights from
+    # process 0 and averages the gradients of the towers and of the loss's temperature)
+    net = distributed.wrap(TrainingPair(model, loss_fn, amp_dtype if use_cuda else None), dist, device)
 
     def sync_logits():
         with torch.no_grad():
@@ -384,6 +424,8 @@ def train(o: TrainOptions) -> dict:
                 "step": step,
                 "done": done,
                 "history": history,
+                "run_loss": run_loss,
+                "run_n": run_n,
                 "model": model.state_dict(),
                 "loss": loss_fn.state_dict(),
                 "optimizer": opt.state_dict(),
@@ -396,6 +438,8 @@ def train(o: TrainOptions) -> dict:
 
     def write_outputs(done: bool) -> None:
         sync_logits()
+        if not dist.is_main:
+            return
         st.write_model(out, model, config)
         st.write_json(
             out / st.METRICS_FILE,
@@ -403,14 +447,16 @@ def train(o: TrainOptions) -> dict:
         )
         save_state(done)
 
-    reporter = _Reporter(o.progress, total, step)
-    reporter.line(
-        f"training {config.name} on {len(train_idx)} images ({len(val_idx)} held out, "
-        f"{len(samples)} captions in all), "
-        f"{total} steps of {o.batch_size}x{accum}, loss {kind}, device {device}"
-        + (f", resuming at step {step}" if step else "")
-    )
-    started, run_loss, run_n = time.time(), 0.0, 0
+    reporter = _Reporter(o.progress and dist.is_main, total, step)
+    if dist.is_main:
+        reporter.line(
+            f"training {config.name} on {len(train_idx)} images ({len(val_idx)} held out, "
+            f"{len(samples)} captions in all), "
+            f"{total} steps of {batch}x{accum}, loss {kind}, device {device}"
+            + (f" x {dist.world_size} processes" if dist.enabled else "")
+            + (f", resuming at step {step}" if step else "")
+        )
+    started = time.time()
     mbs_epoch, mbs = -1, []
     try:
         while step < total:
@@ -422,23 +468,21 @@ def train(o: TrainOptions) -> dict:
             opt.zero_grad(set_to_none=True)
             step_loss = 0.0
             for m in range(accum):
-                b = mbs[in_epoch * accum + m]
+                gb = mbs[in_epoch * accum + m]  # the global batch; this process encodes its slice
+                b = dist.shard(gb)
                 x = torch.from_numpy(images.batch(b)).to(device, non_blocking=True)
                 t = torch.from_numpy(row_ids[drawn[b]]).to(device, non_blocking=True)
-                same = same_caption_matrix(t)
+                same = same_caption_matrix(torch.from_numpy(row_ids[drawn[gb]]).to(device))
                 # identical captions in one batch ("a red circle" twice) are not each other's negatives
-                positives = same if int(same.sum()) > len(b) else None
-                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_cuda):
-                    ie, te = model.encode_image(x), model.encode_text(t)
-                # the loss in fp32, outside autocast
-                loss = (
-                    loss_fn(
-                        F.normalize(ie.float(), dim=-1), F.normalize(te.float(), dim=-1), positives=positives
-                    )
-                    / accum
-                )
-                scaler.scale(loss).backward()
+                positives = same if int(same.sum()) > len(gb) else None
+                with distributed.no_sync(net, dist, sync=m == accum - 1):
+                    ie, te = net(x, t)
+                    ie, te = distributed.gather_features(ie, dist), distributed.gather_features(te, dist)
+                    loss = loss_fn(ie, te, positives=positives) / accum
+                    # x world_size: DDP averages the processes' shares of the gradient (see distributed)
+                    scaler.scale(loss * dist.world_size).backward()
                 step_loss += float(loss.detach())
+            distributed.undo_loss_scaling(loss_fn, dist)
             if not math.isfinite(step_loss):
                 raise PixdexError(
                     f"the loss became {step_loss} at step {step + 1}; lower --lr "
@@ -464,12 +508,14 @@ def train(o: TrainOptions) -> dict:
                     "seconds": round(time.time() - started, 1),
                 }
                 if len(val_idx):
-                    entry["val"] = evaluate_split(model, images, ids, captions, val_idx, device)
+                    entry["val"] = evaluate_split(model, images, ids, captions, val_idx, device, dist)
                 history.append(entry)
-                reporter.line(_epoch_line(entry))
+                if dist.is_main:
+                    reporter.line(_epoch_line(entry))
                 run_loss, run_n = 0.0, 0
                 write_outputs(done=step == total)
-            elif step % o.save_every == 0:
+                distributed.barrier(dist)  # the epoch's outputs are written before anyone goes on
+            elif step % o.save_every == 0 and dist.is_main:
                 save_state(done=False)
     finally:
         reporter.close()
