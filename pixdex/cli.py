@@ -21,6 +21,7 @@ from pixdex.cli_common import (
 )
 from pixdex.cli_common import echo_json as _echo_json
 from pixdex.cli_common import store_dir as _store_dir
+from pixdex.cli_export_model import export_model
 from pixdex.errors import PixdexError
 
 app = typer.Typer(
@@ -223,6 +224,9 @@ def status(
         _echo_json(info)
     else:
         print_status(info)
+
+
+app.command("export-model")(export_model)
 
 
 # ----------------------------------------------------------------------------- search
