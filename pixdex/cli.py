@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from pixdex.cli_common import (
+    BackendOpt,
     CheckpointOpt,
     DeviceOpt,
     ModelOpt,
@@ -91,13 +92,16 @@ def embed(
     text: Optional[str] = typer.Option(None, "--text", help="Text to embed."),
     image: Optional[Path] = typer.Option(None, "--image", help="Image file to embed."),
     device: str = DeviceOpt,
+    backend: Optional[str] = BackendOpt,
 ):
     """Print one L2-normalised embedding as JSON: {"model", "dim", "embedding"}."""
     if (text is None) == (image is None):
         raise PixdexError("give exactly one of --text or --image")
     from pixdex.encoders.encoder import embed_one
 
-    _echo_json(embed_one(model, checkpoint=checkpoint, text=text, image=image, device=device))
+    _echo_json(
+        embed_one(model, checkpoint=checkpoint, text=text, image=image, device=device, backend=backend)
+    )
 
 
 # ----------------------------------------------------------------------------- training
@@ -192,6 +196,10 @@ def index(
     tag: bool = typer.Option(
         False, "--tag", help="Also tag new images (the store's last label set, else builtin:everyday)."
     ),
+    backend: str = typer.Option(
+        "auto", "--backend", help="Encoder engine: auto, torch (int8 image tower on CPU), onnx, onnx-int8."
+    ),
+    exact: bool = typer.Option(False, "--exact", help="Float32 eager torch: no int8, no ONNX Runtime."),
 ):
     """Index photo folders into a store (incremental, crash-safe)."""
     from pixdex.indexer.run import index_paths
@@ -206,6 +214,8 @@ def index(
         workers=workers,
         json_mode=json_out,
         tag=tag,
+        backend=backend,
+        exact=exact,
     )
     if json_out:
         _echo_json(summary)

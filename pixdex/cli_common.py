@@ -20,6 +20,11 @@ ModelOpt = typer.Option(
 )
 CheckpointOpt = typer.Option(None, "--checkpoint", help="Weights file to load (works offline).")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+BackendOpt = typer.Option(
+    None,
+    "--backend",
+    help="Encoder engine: torch (float32), onnx or onnx-int8 (ONNX Runtime, CPU; default torch).",
+)
 
 
 def store_dir(store: Optional[Path]) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Optional, Union
@@ -21,14 +20,12 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def _hash_cache_file() -> Optional[Path]:
-    env = os.environ.get("PIXDEX_CACHE_DIR")
-    if env:
-        return Path(env).expanduser() / "sha256.json"
+    from pixdex.paths import default_cache_dir
+
     try:
-        from platformdirs import user_cache_dir
-    except ModuleNotFoundError:
+        return default_cache_dir() / "sha256.json"
+    except ModuleNotFoundError:  # no platformdirs and no PIXDEX_CACHE_DIR
         return None
-    return Path(user_cache_dir("pixdex", appauthor=False)) / "sha256.json"
 
 
 def file_sha256(path: Union[str, Path]) -> str:

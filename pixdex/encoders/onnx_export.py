@@ -228,5 +228,25 @@ def export_encoder(
     if tok_file is not None:
         atomic_write(out_dir / tok_file.name, lambda tmp: shutil.copyfile(tok_file, tmp), durable=False)
     meta = manifest(encoder, towers, _opset_of(written[0]), fp16, tok_file)
+    _keep_earlier_towers(meta, out_dir)
     atomic_write(out_dir / MANIFEST, json.dumps(meta, indent=1, default=str))
     return meta
+
+
+def _keep_earlier_towers(meta: dict, out_dir: Path) -> None:
+    """A tower exported earlier into the same folder from the same weights (``--towers image`` then
+    ``--towers text``) stays listed in the new manifest."""
+    try:
+        old = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(old, dict) or not isinstance(old.get("towers"), dict):
+        return
+    if old.get("identity") != meta["identity"] or old.get("fp16_weights") != meta["fp16_weights"]:
+        return
+    for t, d in old["towers"].items():
+        if t not in meta["towers"] and t in FILES and isinstance(d, dict) and (out_dir / FILES[t]).is_file():
+            meta["towers"][t] = d
+            if t == "text" and old.get("tokenizer", {}).get("file"):
+                meta["tokenizer"] = old["tokenizer"]
+    meta["towers"] = {t: meta["towers"][t] for t in FILES if t in meta["towers"]}

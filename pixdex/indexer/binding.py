@@ -36,8 +36,11 @@ class LazyEncoder:
         device: str,
         loader: Optional[Callable] = None,
         timings: Optional[Timings] = None,
+        backend: str = "auto",
+        exact: bool = False,
     ):
         self.store, self.spec, self.checkpoint, self.device = store, spec, checkpoint, device
+        self.backend, self.exact = backend, exact
         self.timings = timings or Timings()
         self._loader = loader
         self._enc = None
@@ -66,7 +69,7 @@ class LazyEncoder:
             from pixdex.encoders.encoder import load_encoder
 
             enc = load_encoder(self.spec, checkpoint=self.checkpoint, device=self.device, towers=towers)
-        maybe_speed_up(enc)
+        maybe_speed_up(enc, self.backend, self.exact)
         ident = enc.identity()
         self.newly_bound = self.store.bind_model(ident, checkpoint=ident.get("checkpoint") or self.checkpoint)
         if self.newly_bound or self.repair_text_tower:
@@ -122,11 +125,12 @@ def preprocessor_of(store: Store):
         return None
 
 
-def maybe_speed_up(enc) -> None:
-    """The int8 image tower on CPU (pixdex.encoders.int8), checked against float32 on the first batch."""
-    from pixdex.encoders.int8 import speed_up
+def maybe_speed_up(enc, backend: str = "auto", exact: bool = False) -> None:
+    """The backend's fast path (pixdex.encoders.backends: by default the int8 image tower on CPU, checked
+    against float32 on the first batch); ``exact`` keeps float32."""
+    from pixdex.encoders.backends import apply_backend
 
-    speed_up(enc)
+    apply_backend(enc, backend, exact)
 
 
 def _export_text_tower(enc, store_dir: Path) -> None:

@@ -287,6 +287,8 @@ def index_paths(
     ivf_threshold: Optional[int] = None,
     encoder_loader: Optional[Callable] = None,
     tag: bool = False,
+    backend: str = "auto",
+    exact: bool = False,
 ) -> dict:
     """Index ``paths`` into the store at ``store_dir``; return the summary dict (printed unless json_mode).
 
@@ -295,10 +297,11 @@ def index_paths(
     the model recorded in ``store.json``.
     ``tag``: then tag the images not tagged yet (:func:`pixdex.tags.tagger.tag_with_store`, the store's
     last label set or the default one); the summary's ``tags`` describes it.
+    ``backend`` / ``exact``: what runs the encoder (:mod:`pixdex.encoders.backends`).
     """
     args = (paths, store_dir, model, checkpoint, device, batch_size, workers, json_mode, ivf_threshold)
     try:
-        return _index_paths(*args, encoder_loader=encoder_loader, tag=tag)
+        return _index_paths(*args, encoder_loader=encoder_loader, tag=tag, backend=backend, exact=exact)
     except DamagedStore as e:
         store_dir = Path(store_dir).expanduser()
         lock = StoreLock(store_dir)
@@ -308,7 +311,7 @@ def index_paths(
         finally:
             lock.release()
         log.warning("%s; set it aside as %s and rebuilding the store", e, aside.name)
-    return _index_paths(*args, encoder_loader=encoder_loader, tag=tag)
+    return _index_paths(*args, encoder_loader=encoder_loader, tag=tag, backend=backend, exact=exact)
 
 
 def _index_paths(
@@ -323,9 +326,14 @@ def _index_paths(
     ivf_threshold: Optional[int] = None,
     encoder_loader: Optional[Callable] = None,
     tag: bool = False,
+    backend: str = "auto",
+    exact: bool = False,
 ) -> dict:
     if not paths:
         raise PixdexError("give at least one folder or file to index")
+    from pixdex.encoders.backends import check_backend
+
+    backend = check_backend(backend, exact)
     if batch_size < 1:
         raise PixdexError("--batch-size must be at least 1")
     t0 = time.monotonic()
@@ -351,7 +359,16 @@ def _index_paths(
 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             spec, ckpt, load_now = model_choice(store, model, checkpoint)
-            enc = LazyEncoder(store, spec, ckpt, device, loader=encoder_loader, timings=timings)
+            enc = LazyEncoder(
+                store,
+                spec,
+                ckpt,
+                device,
+                loader=encoder_loader,
+                timings=timings,
+                backend=backend,
+                exact=exact,
+            )
             if not load_now and text_tower_needs_repair(store):
                 enc.repair_text_tower = load_now = True
             if load_now:
