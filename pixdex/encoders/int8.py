@@ -42,9 +42,13 @@ def enabled() -> bool:
 
 
 def _is_plain_vit(visual) -> bool:
+    """A transformer image tower (CLIP ViT or SigLIP's) wide enough to gain from int8."""
+    from pixdex.encoders.siglip import SigLIPVisionTower
     from pixdex.encoders.vit import VisionTransformer
 
-    return isinstance(visual, VisionTransformer) and visual.transformer.width >= MIN_WIDTH
+    return (
+        isinstance(visual, (VisionTransformer, SigLIPVisionTower)) and visual.transformer.width >= MIN_WIDTH
+    )
 
 
 def speed_up(encoder) -> bool:
