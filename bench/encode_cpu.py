@@ -23,6 +23,7 @@ and read by pixdex's checkpoint loader (open_clip's SigLIP layout is mapped by p
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import statistics
 import sys
@@ -119,12 +120,16 @@ def bench(name: str, batch: int, reps: int, onnx: bool) -> None:
         if getattr(tower, "checked", True) is False:
             print(f"  ({label}: fell back to float32 after its check, cosine {tower.min_cosine:.5f})")
         cos[label] = _min_cos(e.encode_images(xn), want)
-        paths[label] = (lambda e: lambda: e.encode_images(xn))(e)
+        paths[label] = functools.partial(e.encode_images, xn)
     secs = _timed(paths, reps)
     print(f"{name}  image tower  batch {batch}  threads {torch.get_num_threads()}  reps {reps}")
     base = secs["open_clip"]
     for label, s in secs.items():
-        ok = "" if label == "open_clip" else ("  goal met" if base / s >= GOAL_SPEEDUP and cos[label] >= GOAL_COSINE else "")
+        ok = (
+            ""
+            if label == "open_clip"
+            else ("  goal met" if base / s >= GOAL_SPEEDUP and cos[label] >= GOAL_COSINE else "")
+        )
         print(
             f"  {label:15s} {s * 1000:8.1f} ms  {batch / s:7.1f} img/s  x{base / s:5.2f} vs open_clip"
             f"  min cos {cos[label]:.5f}{ok}"
@@ -148,7 +153,9 @@ def bench(name: str, batch: int, reps: int, onnx: bool) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", action="append", help="model name(s); default ViT-B-32-256 and ViT-B-16-SigLIP")
+    ap.add_argument(
+        "--model", action="append", help="model name(s); default ViT-B-32-256 and ViT-B-16-SigLIP"
+    )
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
