@@ -100,8 +100,8 @@ def bench(name: str, batch: int, reps: int, onnx: bool) -> None:
             if b == "torch" and got != "int8":
                 print(f"  ({name}: no torch int8 tower for this model)")
                 continue
-            if setup > 1:
-                print(f"  ({label}: export/quantise/load took {setup:.1f} s, cached for later runs)")
+            if b.startswith("onnx"):
+                print(f"  ({label}: export (first run only), quantise, load: {setup:.1f} s)")
             engines[label] = e
     size = enc.image_size
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
