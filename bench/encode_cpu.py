@@ -114,11 +114,12 @@ def bench(name: str, batch: int, reps: int, onnx: bool) -> None:
     want = ref_img()
     paths = {"open_clip": ref_img}
     cos = {"open_clip": 1.0}
-    for label, e in engines.items():
+    for label, e in list(engines.items()):
         e.encode_images(xn)  # warm-up; the int8 towers check themselves against float32 here
         tower = e.model.visual
         if getattr(tower, "checked", True) is False:
             print(f"  ({label}: fell back to float32 after its check, cosine {tower.min_cosine:.5f})")
+            label = f"{label} (fell back)"
         cos[label] = _min_cos(e.encode_images(xn), want)
         paths[label] = functools.partial(e.encode_images, xn)
     secs = _timed(paths, reps)

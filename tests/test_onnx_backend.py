@@ -147,3 +147,23 @@ def test_index_and_embed_with_the_onnx_backend(tmp_path):
     b = embed_one("tiny-vit", checkpoint="random", text="a dog", device="cpu")
     assert np.abs(np.array(a["embedding"]) - np.array(b["embedding"])).max() <= 1e-4
     assert json.dumps(a)  # JSON-safe
+
+
+def test_auto_picks_onnx_int8_for_wide_towers_and_falls_back(wide_model_dir, monkeypatch, caplog):
+    tiny = load_encoder("tiny-vit", checkpoint="random", device="cpu", towers=("image",))
+    assert backends.default_backend(tiny) == "torch"  # too narrow to gain from int8
+    enc = load_encoder(str(wide_model_dir), device="cpu", towers=("image",))
+    assert backends.default_backend(enc) == "onnx-int8"
+    monkeypatch.setenv("PIXDEX_FAST", "0")
+    assert backends.default_backend(enc) == "torch"
+    monkeypatch.delenv("PIXDEX_FAST")
+
+    def broken(*a, **k):
+        raise PixdexError("exporter broke")
+
+    monkeypatch.setattr(onnx_backend, "use_onnx", broken)
+    assert backends.apply_backend(enc, "auto") == "int8"  # the torch int8 tower instead, with a warning
+    assert isinstance(enc.model.visual, int8.Int8Tower)
+    assert "exporter broke" in caplog.text
+    with pytest.raises(PixdexError):  # named explicitly, the failure is the user's answer
+        backends.apply_backend(load_encoder(str(wide_model_dir), device="cpu", towers=("image",)), "onnx")

@@ -41,7 +41,7 @@ def enabled() -> bool:
     return os.environ.get("PIXDEX_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _is_plain_vit(visual) -> bool:
+def is_wide_transformer(visual) -> bool:
     """A transformer image tower (CLIP ViT or SigLIP's) wide enough to gain from int8."""
     from pixdex.encoders.siglip import SigLIPVisionTower
     from pixdex.encoders.vit import VisionTransformer
@@ -60,7 +60,7 @@ def speed_up(encoder) -> bool:
         or str(getattr(encoder, "device", "cpu")) != "cpu"
         or visual is None
         or is_quantized(visual)
-        or not _is_plain_vit(visual)
+        or not is_wide_transformer(visual)
     ):
         return False
     try:
