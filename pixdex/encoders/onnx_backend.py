@@ -7,9 +7,10 @@ encoder identity (model spec and weights checksum) and the ModelConfig, so new w
 config give a new folder, never a stale export. Files are written atomically: two processes exporting
 the same model at once both write the same files.
 
-In float32 the ONNX towers replace the torch ones. The int8 image tower goes through
-:class:`pixdex.encoders.int8.CheckedTower` (the same first-batch check against float32 as pixdex's own
-int8 tower, whose checked images keep their float32 embeddings); the text tower stays float32.
+In float32 (``onnx``) the ONNX towers replace the torch ones. With ``quantize`` (``onnx-int8``) only the
+image tower moves: its int8 session goes through :class:`pixdex.encoders.int8.CheckedTower` (the same
+first-batch check against float32 as pixdex's own int8 tower, whose checked images keep their float32
+embeddings), and the text tower stays torch's.
 """
 
 from __future__ import annotations
@@ -186,7 +187,10 @@ def use_onnx(encoder, quantize: bool = False) -> None:
     if str(encoder.device) != "cpu":
         raise PixdexError(f"the onnx backend runs on the CPU, not {encoder.device}")
     model = encoder.model
-    towers = [t for t in encoder.towers if t != "image" or not is_quantized(model.visual)]
+    # int8 is for the image tower (indexing); the text tower then stays torch's, whose CLIP text tower
+    # stops at the last EOT token of the batch, where the export runs the whole context
+    towers = [t for t in encoder.towers if t == "image" or not quantize]
+    towers = [t for t in towers if t != "image" or not is_quantized(model.visual)]
     folder = cached_export(encoder, towers)
     ort_module = _modules()
     if "image" in towers and quantize:
