@@ -69,7 +69,9 @@ def _min_cos(a, b) -> float:
 
 def _reference(name: str):
     import open_clip
+    import torch
 
+    torch.manual_seed(0)  # the same weights every run: the ONNX export cached by the first run is reused
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return open_clip.create_model(name, pretrained=None).eval()

@@ -167,3 +167,26 @@ def test_auto_picks_onnx_int8_for_wide_towers_and_falls_back(wide_model_dir, mon
     assert "exporter broke" in caplog.text
     with pytest.raises(PixdexError):  # named explicitly, the failure is the user's answer
         backends.apply_backend(load_encoder(str(wide_model_dir), device="cpu", towers=("image",)), "onnx")
+
+
+def test_same_weights_from_another_file_reuse_the_export(tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    import pixdex.encoders.onnx_export as onnx_export
+
+    ref = load_encoder("tiny-vit", checkpoint="random", device="cpu", towers=("image",))
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.model.state_dict().items()}, str(a))
+    shutil.copyfile(a, b)
+    backends.apply_backend(load_encoder("tiny-vit", checkpoint=a, device="cpu", towers=("image",)), "onnx")
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(onnx_export, "export_encoder", no_export)
+    enc = load_encoder("tiny-vit", checkpoint=b, device="cpu", towers=("image",))
+    backends.apply_backend(enc, "onnx")
+    x = _images(2, enc.image_size)
+    assert np.abs(enc.encode_images(x) - ref.encode_images(x)).max() <= 1e-4

@@ -77,7 +77,10 @@ def _cached_towers(folder: Path, identity: dict) -> set[str]:
         meta = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return set()
-    if not isinstance(meta, dict) or meta.get("identity") != identity or meta.get("fp16_weights"):
+    if not isinstance(meta, dict) or not isinstance(meta.get("identity"), dict) or meta.get("fp16_weights"):
+        return set()
+    # the same weights (by checksum) of the same model; the file they were read from may have moved
+    if any(meta["identity"].get(k) != identity.get(k) for k in ("model", "checkpoint_sha256")):
         return set()
     towers = meta.get("towers") if isinstance(meta.get("towers"), dict) else {}
     return {t for t, d in towers.items() if isinstance(d, dict) and (folder / str(d.get("file"))).is_file()}
