@@ -16,6 +16,7 @@ import typer
 from pixdex import cli_library
 from pixdex.cli_app import PixdexTyper, report_interrupt
 from pixdex.cli_common import (
+    BackendOpt,
     CheckpointOpt,
     DeviceOpt,
     ModelOpt,
@@ -25,6 +26,7 @@ from pixdex.cli_common import (
 from pixdex.cli_common import echo_json as _echo_json
 from pixdex.cli_common import store_dir as _store_dir
 from pixdex.cli_export import export_cmd, import_cmd
+from pixdex.cli_export_model import export_model
 from pixdex.cli_watch import watch
 from pixdex.errors import ExitCode, PixdexError
 
@@ -89,13 +91,16 @@ def embed(
     text: Optional[str] = typer.Option(None, "--text", help="Text to embed."),
     image: Optional[Path] = typer.Option(None, "--image", help="Image file to embed."),
     device: str = DeviceOpt,
+    backend: Optional[str] = BackendOpt,
 ):
     """Print one L2-normalised embedding as JSON: {"model", "dim", "embedding"}."""
     if (text is None) == (image is None):
         raise PixdexError("give exactly one of --text or --image")
     from pixdex.encoders.encoder import embed_one
 
-    _echo_json(embed_one(model, checkpoint=checkpoint, text=text, image=image, device=device))
+    _echo_json(
+        embed_one(model, checkpoint=checkpoint, text=text, image=image, device=device, backend=backend)
+    )
 
 
 # ----------------------------------------------------------------------------- training
@@ -210,6 +215,10 @@ def index(
         False, "--retry-failed", help="Try again the unchanged files that failed before."
     ),
     ray: Optional[str] = RayOpt,
+    backend: str = typer.Option(
+        "auto", "--backend", help="Encoder engine: auto, torch (int8 image tower on CPU), onnx, onnx-int8."
+    ),
+    exact: bool = typer.Option(False, "--exact", help="Float32 eager torch: no int8, no ONNX Runtime."),
 ):
     """Index photo folders into a store (incremental, crash-safe)."""
     from pixdex.indexer.run import index_paths
@@ -228,6 +237,8 @@ def index(
         clear_excludes=clear_excludes,
         retry_failed=retry_failed,
         ray=ray,
+        backend=backend,
+        exact=exact,
     )
     if json_out:
         _echo_json(summary)
@@ -257,6 +268,9 @@ def status(
         _echo_json(info)
     else:
         print_status(info)
+
+
+app.command("export-model")(export_model)
 
 
 # ----------------------------------------------------------------------------- search

@@ -35,6 +35,11 @@ RayOpt = typer.Option(
     help="Decode and encode on a Ray cluster: local (start one here), auto, or HOST:PORT / ray://HOST:PORT "
     '(needs pip install "pixdex[scale]").',
 )
+BackendOpt = typer.Option(
+    None,
+    "--backend",
+    help="Encoder engine: torch (float32), onnx or onnx-int8 (ONNX Runtime, CPU; default torch).",
+)
 
 
 def store_dir(store: Optional[Path]) -> Path:

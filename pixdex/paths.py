@@ -1,5 +1,5 @@
-"""Where pixdex keeps things (the default store directory), how it names a file (:func:`real_path`)
-and how a message names a store in a command it suggests (:func:`pixdex_command`).
+"""Where pixdex keeps things (the default store directory), its cache (:func:`default_cache_dir`), how it names a
+file (:func:`real_path`) and how a message names a store in a command it suggests (:func:`pixdex_command`).
 
 A root and each file in a store are identified by their real path, so that the same folder reached
 through a symbolic link, or typed with another case on a case-insensitive file system, is the same
@@ -123,3 +123,14 @@ def pixdex_command(*words, store_dir=None) -> str:
         if store.absolute() != default_store_dir().absolute():
             line += ["--store", shlex.quote(str(store))]
     return " ".join(line)
+
+
+def default_cache_dir() -> Path:
+    """``$PIXDEX_CACHE_DIR`` if set, else the platform's per-user cache directory (weights hashes, ONNX
+    exports: anything that can be rebuilt)."""
+    env = os.environ.get("PIXDEX_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("pixdex", appauthor=False))

@@ -194,3 +194,25 @@ def test_demo_model_stays_float32():
     ref = enc.encode_images(x)
     assert not int8.speed_up(enc) and not int8.is_quantized(enc.model.visual)
     assert np.array_equal(enc.encode_images(x), ref)
+
+
+def test_siglip_image_tower_gets_int8_too(tmp_path):
+    """SigLIP's image tower (the same blocks plus an attention-pooling head) takes the int8 path, within
+    the check's bar of float32 on real photos."""
+    from pixdex.encoders.siglip import SigLIPVisionTower
+
+    torch.manual_seed(0)
+    v = SigLIPVisionTower(
+        VisionConfig(kind="siglip", image_size=SIZE, patch_size=32, width=256, layers=2, heads=4)
+    )
+    v.eval()
+    x = torch.from_numpy(photos(tmp_path))
+    enc = encoder_of(v)
+    assert int8.speed_up(enc)
+    with torch.inference_mode():
+        ref = v(x)
+        enc.model.visual(x)
+        assert enc.model.visual.checked is True
+        got = enc.model.visual(x)
+    assert int8.count_quantized(enc.model.visual.int8_visual) > 0
+    assert float(torch.nn.functional.cosine_similarity(got, ref, dim=-1).min()) >= int8.MIN_COSINE

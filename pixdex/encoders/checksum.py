@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Optional, Union
@@ -21,16 +20,15 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def cache_dir() -> Optional[Path]:
-    """pixdex's cache folder (``PIXDEX_CACHE_DIR``, else platformdirs' per-user cache dir; None without
-    platformdirs). Everything in it can be made again: weights hashes, converted checkpoints."""
-    env = os.environ.get("PIXDEX_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
+    """pixdex's cache folder (:func:`pixdex.paths.default_cache_dir`), or None without platformdirs and
+    ``PIXDEX_CACHE_DIR``. Everything in it can be made again: weights hashes, converted checkpoints,
+    ONNX exports."""
+    from pixdex.paths import default_cache_dir
+
     try:
-        from platformdirs import user_cache_dir
-    except ModuleNotFoundError:
+        return default_cache_dir()
+    except ModuleNotFoundError:  # no platformdirs and no PIXDEX_CACHE_DIR
         return None
-    return Path(user_cache_dir("pixdex", appauthor=False))
 
 
 def _hash_cache_file() -> Optional[Path]:

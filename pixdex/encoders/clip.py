@@ -36,5 +36,8 @@ class CLIP(TwoTowerModel):
     def text_features(self, ids: torch.Tensor) -> torch.Tensor:
         return encode_text_tokens(self, ids)
 
+    def traceable_text_features(self, ids: torch.Tensor) -> torch.Tensor:
+        return encode_text_tokens(self, ids, cut=False)
+
     def forward(self, images: torch.Tensor, ids: torch.Tensor):
         return self.encode_image(images), self.encode_text(ids), self.logit_scale.exp()

@@ -226,23 +226,40 @@ def load_encoder(
 
 
 def embed_one(
-    model: str, checkpoint=None, text: Optional[str] = None, image=None, device: str = "auto"
+    model: str,
+    checkpoint=None,
+    text: Optional[str] = None,
+    image=None,
+    device: str = "auto",
+    backend: Optional[str] = None,
 ) -> dict:
-    """One embedding for ``pixdex embed``: ``{"model", "dim", "embedding"}``."""
+    """One embedding for ``pixdex embed``: ``{"model", "dim", "embedding"}``; float32 torch unless a
+    ``backend`` (:mod:`pixdex.encoders.backends`) is named."""
     if (text is None) == (image is None):
         raise PixdexError("give exactly one of text or image")
+    if backend is not None:
+        from pixdex.encoders.backends import apply_backend, check_backend
+
+        check_backend(backend)
+
+    def load(towers):
+        enc = load_encoder(model, checkpoint=checkpoint, device=device, towers=towers)
+        if backend is not None:
+            apply_backend(enc, backend)
+        return enc
+
     if image is not None:
         from pixdex.images import DecodeError, decode, draft_side, read_file
 
         path = os.path.expanduser(os.fspath(image))
         try:  # decoded as the indexer decodes it; a missing or unreadable file fails before any weights load
             data = read_file(path)
-            enc = load_encoder(model, checkpoint=checkpoint, device=device, towers=("image",))
+            enc = load(("image",))
             img = decode(data, draft_side(enc.preprocess), name=path)[0]
         except DecodeError as e:
             raise PixdexError(f"cannot decode image {image}: {e}") from e
         vec = enc.encode_images(enc.preprocess(img)[None])[0]
     else:
-        enc = load_encoder(model, checkpoint=checkpoint, device=device, towers=("text",))
+        enc = load(("text",))
         vec = enc.encode_texts([text])[0]
     return {"model": enc.name, "dim": int(vec.shape[0]), "embedding": [float(v) for v in vec]}

@@ -37,7 +37,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-MIN_COSINE = 0.995  # per image, int8 vs float32, on the first batch (the bar is 0.99: keep a margin)
+MIN_COSINE = 0.999  # per image, fast path vs float32, on the first batch
 MIN_WIDTH = 256  # narrower towers gain nothing from int8 GEMMs
 CHECK_IMAGES = 8  # images of the first batch encoded both ways for the check
 CHECKS_FILE = "int8_checks.json"  # in the user cache dir: check key -> minimum cosine seen
@@ -47,10 +47,14 @@ def enabled() -> bool:
     return os.environ.get("PIXDEX_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _is_plain_vit(visual) -> bool:
+def is_wide_transformer(visual) -> bool:
+    """A transformer image tower (CLIP ViT or SigLIP's) wide enough to gain from int8."""
+    from pixdex.encoders.siglip import SigLIPVisionTower
     from pixdex.encoders.vit import VisionTransformer
 
-    return isinstance(visual, VisionTransformer) and visual.transformer.width >= MIN_WIDTH
+    return (
+        isinstance(visual, (VisionTransformer, SigLIPVisionTower)) and visual.transformer.width >= MIN_WIDTH
+    )
 
 
 def speed_up(encoder) -> bool:
@@ -62,15 +66,11 @@ def speed_up(encoder) -> bool:
         or str(getattr(encoder, "device", "cpu")) != "cpu"
         or visual is None
         or is_quantized(visual)
-        or not _is_plain_vit(visual)
+        or not is_wide_transformer(visual)
     ):
         return False
-    key = _check_key(encoder)
-    known = _checks().get(key) if key else None
+    key, known = remembered_check(encoder, "int8")
     if known is not None and known < MIN_COSINE:
-        log.info(
-            "int8 image tower off: cosine %.4f < %.3f vs float32 on this model before", known, MIN_COSINE
-        )
         return False
     try:
         tower = Int8Tower(visual, check_key=key)
@@ -88,6 +88,22 @@ def speed_up(encoder) -> bool:
         else "checked on the first batch",
     )
     return True
+
+
+def remembered_check(encoder, label: str) -> tuple[Optional[str], Optional[float]]:
+    """(key, minimum cosine) of the ``label`` fast path's first-batch check remembered for this encoder's
+    weights (None, None without a weights file; key, None when not checked yet). A remembered failure is
+    logged here: the caller then keeps float32."""
+    key = _check_key(encoder)
+    if key is None:
+        return None, None
+    key = key if label == "int8" else f"{key}|{label}"
+    known = _checks().get(key)
+    if known is not None and known < MIN_COSINE:
+        log.info(
+            "%s image tower off: cosine %.4f < %.3f vs float32 on this model before", label, known, MIN_COSINE
+        )
+    return key, known
 
 
 def _check_key(encoder) -> Optional[str]:
@@ -134,7 +150,8 @@ def _remember(key: str, min_cosine: float) -> None:
 
 
 def is_quantized(visual) -> bool:
-    return isinstance(visual, Int8Tower)
+    """Whether ``visual`` is already a checked fast tower (int8, or ONNX Runtime's)."""
+    return isinstance(visual, CheckedTower)
 
 
 def _engine() -> str:
@@ -201,15 +218,19 @@ def count_quantized(module: nn.Module) -> int:
     return sum(isinstance(m, DynamicQuantizedLinear) for m in module.modules())
 
 
-class Int8Tower(nn.Module):
-    """The float32 tower and its int8 twin (:func:`int8_twin`), with the first-batch self-check."""
+class CheckedTower(nn.Module):
+    """A float32 image tower and a faster approximation of it (``fast_visual``: the int8 twin, an ONNX
+    Runtime session, ...), with the first-batch self-check: on the first CPU batch both run on up to
+    :data:`CHECK_IMAGES` images; below :data:`MIN_COSINE` on any of them the fast path is off for good."""
 
-    def __init__(self, visual: nn.Module, check_key: Optional[str] = None):
+    label = "fast"
+
+    def __init__(self, visual: nn.Module, fast: nn.Module, check_key: Optional[str] = None):
         super().__init__()
         self.float_visual = visual
-        # Not registered as a submodule: the model's state dict stays the float tower's (the twin is
+        # Not registered as a submodule: the model's state dict stays the float tower's (the fast path is
         # derived from it, and unpacking int8 weights on every ``state_dict()`` would cost ~0.4 s).
-        object.__setattr__(self, "int8_visual", int8_twin(visual))
+        object.__setattr__(self, "fast_visual", fast)
         self.checked: Optional[bool] = None  # None: not yet compared with float32; False: fell back
         self.min_cosine: Optional[float] = None
         self.check_key = check_key  # where the check's outcome is remembered (None: not remembered)
@@ -220,7 +241,7 @@ class Int8Tower(nn.Module):
         if self.checked is None:
             probe = x[:CHECK_IMAGES]
             ref = self.float_visual(probe)
-            got = self.int8_visual(probe)
+            got = self.fast_visual(probe)
             cos = F.cosine_similarity(got.float(), ref.float(), dim=-1)
             self.min_cosine = float(cos.min())
             self.checked = self.min_cosine >= MIN_COSINE
@@ -229,10 +250,24 @@ class Int8Tower(nn.Module):
             rest = x[CHECK_IMAGES:]
             if not self.checked:
                 log.warning(
-                    "int8 image tower off: cosine %.4f < %.3f vs float32 on this model; using float32",
+                    "%s image tower off: cosine %.4f < %.3f vs float32 on this model; using float32",
+                    self.label,
                     self.min_cosine,
                     MIN_COSINE,
                 )
                 return torch.cat([ref, self.float_visual(rest)]) if len(rest) else ref
-            return torch.cat([ref, self.int8_visual(rest)]) if len(rest) else ref
-        return self.int8_visual(x)
+            return torch.cat([ref, self.fast_visual(rest)]) if len(rest) else ref
+        return self.fast_visual(x)
+
+
+class Int8Tower(CheckedTower):
+    """The float32 tower and its int8 twin (:func:`int8_twin`), with the first-batch self-check."""
+
+    label = "int8"
+
+    def __init__(self, visual: nn.Module, check_key: Optional[str] = None):
+        super().__init__(visual, int8_twin(visual), check_key)
+
+    @property
+    def int8_visual(self) -> nn.Module:
+        return self.fast_visual

@@ -224,6 +224,11 @@ class TwoTowerModel(nn.Module):
     def text_features(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def traceable_text_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """``text_features`` without data-dependent control flow (for ``torch.export`` / ONNX): the
+        same features on full-context ids."""
+        return self.text_features(ids)
+
     def _has_text(self) -> bool:
         return all(getattr(self, a, None) is not None for a in self.TEXT_ATTRS)
 

@@ -142,6 +142,10 @@ class SigLIPTextTower(nn.Module):
             raise PixdexError(f"token ids must be (N, 1..{self.context_length}), got {tuple(ids.shape)}")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
             raise PixdexError(f"token ids outside the vocabulary (0..{self.vocab_size - 1})")
+        return self.features(ids)
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """The tower on checked ids (no data-dependent checks: ONNX export traces this)."""
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
         x = self.transformer(x)
         x = self.ln_final(x[:, -1])  # LayerNorm is per token: pooling first gives the same features
@@ -173,6 +177,9 @@ class SigLIP(TwoTowerModel):
 
     def text_features(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text(ids)
+
+    def traceable_text_features(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.text.features(ids)
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor):
         return self.encode_image(images), self.encode_text(ids), self.logit_scale.exp(), self.logit_bias

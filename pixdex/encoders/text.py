@@ -51,11 +51,12 @@ def build_text_tower(owner: nn.Module, cfg: TextConfig, embed_dim: int) -> None:
     init_(nn.init.normal_, owner.text_projection, std=cfg.width**-0.5)
 
 
-def encode_text_tokens(owner: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def encode_text_tokens(owner: nn.Module, ids: torch.Tensor, cut: bool = True) -> torch.Tensor:
     """Unnormalised text features of token ids ``(N, ctx)``, pooled at the EOT token (highest id).
 
     The mask is causal, so positions after the last EOT in the batch cannot change the pooled features:
-    the sequence is cut there, and a short query runs on a handful of positions instead of the context.
+    with ``cut`` the sequence is cut there, and a short query runs on a handful of positions instead of
+    the context. ``cut=False`` (ONNX export: the cut depends on the data) runs the whole sequence.
     """
     ids = ids.to(owner.token_embedding.weight.device, torch.long)
     if ids.ndim != 2 or ids.shape[1] > owner.positional_embedding.shape[0]:
@@ -63,8 +64,10 @@ def encode_text_tokens(owner: nn.Module, ids: torch.Tensor) -> torch.Tensor:
             f"token ids must be (N, <= {owner.positional_embedding.shape[0]}), got {tuple(ids.shape)}"
         )
     eot = ids.argmax(dim=-1)
-    length = int(eot.max()) + 1 if ids.shape[0] else 1
-    x = owner.token_embedding(ids[:, :length]) + owner.positional_embedding[:length]
+    if cut:
+        length = int(eot.max()) + 1 if ids.shape[0] else 1
+        ids = ids[:, :length]
+    x = owner.token_embedding(ids) + owner.positional_embedding[: ids.shape[1]]
     x = owner.transformer(x, is_causal=True)
     x = owner.ln_final(x[torch.arange(x.shape[0], device=x.device), eot])
     return x @ owner.text_projection

@@ -43,8 +43,11 @@ class LazyEncoder:
         loader: Optional[Callable] = None,
         timings: Optional[Timings] = None,
         on_ready: Optional[Callable[[], None]] = None,
+        backend: str = "auto",
+        exact: bool = False,
     ):
         self.store, self.spec, self.checkpoint, self.device = store, spec, checkpoint, device
+        self.backend, self.exact = backend, exact
         self.timings = timings or Timings()
         self._loader = loader
         self._enc = None
@@ -125,7 +128,7 @@ class LazyEncoder:
             from pixdex.encoders.encoder import load_encoder
 
             enc = load_encoder(self.spec, checkpoint=self.checkpoint, device=self.device, towers=towers)
-        maybe_speed_up(enc)
+        maybe_speed_up(enc, self.backend, self.exact)
         enc.identity()  # hashes the weights file once (cached), here rather than when binding
         self.ready_at = time.monotonic()
         self._load_s = self.ready_at - t
@@ -227,11 +230,12 @@ def preprocessor_of(store: Store):
         return None
 
 
-def maybe_speed_up(enc) -> None:
-    """The int8 image tower on CPU (pixdex.encoders.int8), checked against float32 on the first batch."""
-    from pixdex.encoders.int8 import speed_up
+def maybe_speed_up(enc, backend: str = "auto", exact: bool = False) -> None:
+    """The backend's fast path (pixdex.encoders.backends: by default the int8 image tower on CPU, checked
+    against float32 on the first batch); ``exact`` keeps float32."""
+    from pixdex.encoders.backends import apply_backend
 
-    speed_up(enc)
+    apply_backend(enc, backend, exact)
 
 
 def _export_text_tower(enc, store_dir: Path) -> None:

@@ -334,6 +334,8 @@ def index_paths(
     clear_excludes: bool = False,
     retry_failed: bool = False,
     ray: Optional[str] = None,
+    backend: str = "auto",
+    exact: bool = False,
 ) -> dict:
     """Index ``paths`` into the store at ``store_dir``; return the summary dict (printed unless json_mode).
 
@@ -348,6 +350,7 @@ def index_paths(
     also try again the unchanged files that failed before.
     ``ray``: read, decode and encode on a Ray cluster at this address (``local``: a Ray started here;
     ``auto``: the running cluster), see :mod:`pixdex.scale.index`; the summary's ``ray`` describes it.
+    ``backend`` / ``exact``: what runs the encoder (:mod:`pixdex.encoders.backends`).
     """
     args = (paths, store_dir, model, checkpoint, device, batch_size, workers, json_mode, ivf_threshold)
     more = dict(
@@ -357,6 +360,8 @@ def index_paths(
         clear_excludes=clear_excludes,
         retry_failed=retry_failed,
         ray=ray,
+        backend=backend,
+        exact=exact,
     )
     try:
         return _index_paths(*args, **more)
@@ -388,9 +393,14 @@ def _index_paths(
     clear_excludes: bool = False,
     retry_failed: bool = False,
     ray: Optional[str] = None,
+    backend: str = "auto",
+    exact: bool = False,
 ) -> dict:
     if not paths:
         raise PixdexError("give at least one folder or file to index")
+    from pixdex.encoders.backends import check_backend
+
+    backend = check_backend(backend, exact)
     if batch_size < 0:
         raise PixdexError("--batch-size must be 0 (automatic) or more")
     if ray is not None:
@@ -431,6 +441,8 @@ def _index_paths(
                 loader=encoder_loader,
                 timings=timings,
                 on_ready=progress.model_ready,
+                backend=backend,
+                exact=exact,
             )
             enc.export_in_background = True  # finished below, before the run ends either way
             if not load_now and text_tower_needs_repair(store):
