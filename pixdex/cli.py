@@ -413,7 +413,9 @@ def serve(
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to listen on (other than loopback: see docs/SECURITY.md)."
     ),
-    port: int = typer.Option(8765, "--port", help="TCP port to listen on."),
+    port: int = typer.Option(
+        8765, "--port", min=0, max=65535, help="TCP port to listen on (0: any free one)."
+    ),
 ):
     """Serve a JSON API and a web UI for the store (loopback by default)."""
     from pixdex.search.serve import serve as run_serve
