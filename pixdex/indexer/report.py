@@ -180,7 +180,8 @@ def print_failed_paths(console, c: dict) -> None:
     if c.get("not_retried"):
         console.print(
             f"{c['not_retried']} unchanged files that failed before were not tried again "
-            f"({pixdex_command('index', 'FOLDER', '--retry-failed', store_dir=store)} tries them)",
+            f"({pixdex_command('index', *(c.get('roots') or ['FOLDER']), '--retry-failed', store_dir=store)}"
+            " tries them)",
             markup=False,
         )
     if c.get("excluded"):
