@@ -16,11 +16,13 @@ import typer
 from pixdex import cli_library
 from pixdex.cli_app import PixdexTyper, report_interrupt
 from pixdex.cli_common import (
+    BatchSizeOpt,
     CheckpointOpt,
     DeviceOpt,
     ModelOpt,
     RayOpt,
     StoreOpt,
+    WorkersOpt,
 )
 from pixdex.cli_common import echo_json as _echo_json
 from pixdex.cli_common import store_dir as _store_dir
@@ -190,10 +192,8 @@ def index(
     model: Optional[str] = ModelOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
     device: str = DeviceOpt,
-    batch_size: int = typer.Option(
-        0, "--batch-size", help="Images per encoder batch (0: automatic: 32 on CPU, by free memory on CUDA)."
-    ),
-    workers: int = typer.Option(0, "--workers", help="Decode workers (0: one per core)."),
+    batch_size: int = BatchSizeOpt,
+    workers: int = WorkersOpt,
     json_out: bool = typer.Option(False, "--json", help="Quiet; print the summary as JSON."),
     tag: bool = typer.Option(
         False, "--tag", help="Also tag new images (the store's last label set, else builtin:everyday)."
