@@ -171,3 +171,17 @@ def test_the_retry_failed_hint_names_the_folders_and_retries_as_shown(photos, tm
     summary = json.loads(retried.stdout)
     assert (summary["failed"], summary["not_retried"]) == (1, 0)
     assert summary["failed_paths"][0]["path"] == str((folder / "broken.jpg").resolve())
+
+
+def test_dedup_on_an_imported_store_suggests_indexing_its_folders_and_that_works(photos, tmp_path):
+    src, store = tmp_path / "src", tmp_path / "imported"
+    assert _cli("index", photos, "--store", src, "--model", MODEL, "--json").returncode == 0
+    assert _cli("export", "--store", src, "--out", tmp_path / "exp").returncode == 0
+    assert _cli("import", tmp_path / "exp", "--store", store).returncode == 0  # no copy hashes exported
+    line = _one_line(_cli("dedup", "--store", store, "--tiers", "exact,copy"), ExitCode.CANNOT_RUN)
+    hint = HINT.search(line).group(1).removesuffix(" to compute them, no re-encoding")
+    assert hint == pixdex_command("index", str(photos.resolve()), store_dir=store)
+    r = _run_hint(hint, photos, ["--json"])
+    assert r.returncode == ExitCode.OK and json.loads(r.stdout)["encoded"] == 0, r.stderr[-2000:]
+    r = _cli("dedup", "--store", store, "--tiers", "exact,copy", "--json")
+    assert r.returncode == ExitCode.OK, r.stderr[-2000:]
