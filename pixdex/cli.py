@@ -17,11 +17,13 @@ from pixdex import cli_library
 from pixdex.cli_app import PixdexTyper, report_interrupt
 from pixdex.cli_common import (
     BackendOpt,
+    BatchSizeOpt,
     CheckpointOpt,
     DeviceOpt,
     ModelOpt,
     RayOpt,
     StoreOpt,
+    WorkersOpt,
 )
 from pixdex.cli_common import echo_json as _echo_json
 from pixdex.cli_common import store_dir as _store_dir
@@ -195,10 +197,8 @@ def index(
     model: Optional[str] = ModelOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
     device: str = DeviceOpt,
-    batch_size: int = typer.Option(
-        0, "--batch-size", help="Images per encoder batch (0: automatic: 32 on CPU, by free memory on CUDA)."
-    ),
-    workers: int = typer.Option(0, "--workers", help="Decode workers (0: one per core)."),
+    batch_size: int = BatchSizeOpt,
+    workers: int = WorkersOpt,
     json_out: bool = typer.Option(False, "--json", help="Quiet; print the summary as JSON."),
     tag: bool = typer.Option(
         False, "--tag", help="Also tag new images (the store's last label set, else builtin:everyday)."
@@ -427,7 +427,9 @@ def serve(
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to listen on (other than loopback: see docs/SECURITY.md)."
     ),
-    port: int = typer.Option(8765, "--port", help="TCP port to listen on."),
+    port: int = typer.Option(
+        8765, "--port", min=0, max=65535, help="TCP port to listen on (0: any free one)."
+    ),
 ):
     """Serve a JSON API and a web UI for the store (loopback by default)."""
     from pixdex.search.serve import serve as run_serve

@@ -28,6 +28,10 @@ CheckpointOpt = typer.Option(
     None, "--checkpoint", metavar="FILE", help="Weights file to load (works offline)."
 )
 DeviceOpt = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda.")
+BatchSizeOpt = typer.Option(
+    0, "--batch-size", help="Images per encoder batch (0: automatic: 32 on CPU, by free memory on CUDA)."
+)
+WorkersOpt = typer.Option(0, "--workers", help="Decode workers (0: one per core).")
 RayOpt = typer.Option(
     None,
     "--ray",

@@ -9,9 +9,16 @@ from typing import Optional
 
 import typer
 
-from pixdex.cli_common import CheckpointOpt, DeviceOpt, ModelOpt, StoreOpt, echo_json, store_dir
-
-INTERRUPTED_EXIT_CODE = 130
+from pixdex.cli_common import (
+    BatchSizeOpt,
+    CheckpointOpt,
+    DeviceOpt,
+    ModelOpt,
+    StoreOpt,
+    WorkersOpt,
+    echo_json,
+    store_dir,
+)
 
 
 def _counts_text(d: dict) -> str:
@@ -36,8 +43,8 @@ def watch(
     debounce: float = typer.Option(
         1.0, "--debounce", help="Seconds without a new change before a batch of changes is indexed."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images encoded together."),
-    workers: int = typer.Option(0, "--workers", help="Decode workers (0: automatic)."),
+    batch_size: int = BatchSizeOpt,
+    workers: int = WorkersOpt,
     json_out: bool = typer.Option(
         False, "--json", help="Quiet; print each run's summary, then the session's, as JSON lines."
     ),
@@ -45,6 +52,7 @@ def watch(
     """Index the folders, then keep the store current as files are added, changed, moved or deleted,
     until Ctrl-C (the same incremental rules as `pixdex index`)."""
     from pixdex.errors import ExitCode
+    from pixdex.indexer.report import failed_lines
     from pixdex.indexer.watch import MAX_WAIT_S, changed, watch_paths
 
     where = " ".join(str(p) for p in paths)
@@ -72,6 +80,8 @@ def watch(
                 f"{time.strftime('%H:%M:%S')}  {_counts_text(summary)}; {summary['total']} images"
                 f" ({summary['elapsed_s']:.1f} s)"
             )
+            for line in failed_lines(summary):
+                typer.echo(line)
 
     if not json_out:
         typer.echo(f"catching up: indexing {where} before watching it")
@@ -99,4 +109,4 @@ def watch(
             f"{d['total']} images in the store"
         )
     if totals.interrupted:
-        raise typer.Exit(INTERRUPTED_EXIT_CODE)
+        raise typer.Exit(ExitCode.INTERRUPTED)

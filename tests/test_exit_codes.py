@@ -86,6 +86,15 @@ def test_usage_errors_and_bad_input_cannot_run(tmp_path):
     assert _cli("--version").returncode == ExitCode.OK
 
 
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_port_out_of_range_is_a_usage_error_not_a_traceback(port, photos, tmp_path):
+    store = tmp_path / "store"
+    assert _cli("index", photos, "--store", store, "--model", MODEL, "--json").returncode == 0
+    r = _cli("serve", "--store", store, "--port", port)
+    assert r.returncode == ExitCode.CANNOT_RUN and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "--port" in r.stderr
+
+
 def test_a_second_indexer_on_a_locked_store_exits_locked(photos, tmp_path):
     from pixdex.storage.store import StoreLock
 
@@ -143,3 +152,36 @@ def test_status_suggests_a_command_that_repairs_what_it_reports(photos, tmp_path
     assert fixed.returncode == ExitCode.OK, fixed.stderr[-2000:]
     info = json.loads(_cli("status", "--store", store, "--json").stdout)
     assert info["faiss"]["agrees"] and info["indexed"] == 12
+
+
+def test_the_retry_failed_hint_names_the_folders_and_retries_as_shown(photos, tmp_path):
+    import shutil
+
+    folder = tmp_path / "my photos"  # a space: the hint must quote it
+    shutil.copytree(photos, folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    store = tmp_path / "store"
+    assert _cli("index", folder, "--store", store, "--model", MODEL, "--json").returncode == 0
+    r = _cli("index", folder, "--store", store)
+    assert r.returncode == ExitCode.OK and "not tried again" in r.stdout, r.stdout
+    hint = re.search(r"\((pixdex index .*?) tries them\)", " ".join(r.stdout.split())).group(1)
+    assert "FOLDER" not in hint and shlex.quote(str(folder)) in hint and "--retry-failed" in hint
+    retried = _run_hint(hint, folder, ["--json"])
+    assert retried.returncode == ExitCode.OK, retried.stderr[-2000:]
+    summary = json.loads(retried.stdout)
+    assert (summary["failed"], summary["not_retried"]) == (1, 0)
+    assert summary["failed_paths"][0]["path"] == str((folder / "broken.jpg").resolve())
+
+
+def test_dedup_on_an_imported_store_suggests_indexing_its_folders_and_that_works(photos, tmp_path):
+    src, store = tmp_path / "src", tmp_path / "imported"
+    assert _cli("index", photos, "--store", src, "--model", MODEL, "--json").returncode == 0
+    assert _cli("export", "--store", src, "--out", tmp_path / "exp").returncode == 0
+    assert _cli("import", tmp_path / "exp", "--store", store).returncode == 0  # no copy hashes exported
+    line = _one_line(_cli("dedup", "--store", store, "--tiers", "exact,copy"), ExitCode.CANNOT_RUN)
+    hint = HINT.search(line).group(1).removesuffix(" to compute them, no re-encoding")
+    assert hint == pixdex_command("index", str(photos.resolve()), store_dir=store)
+    r = _run_hint(hint, photos, ["--json"])
+    assert r.returncode == ExitCode.OK and json.loads(r.stdout)["encoded"] == 0, r.stderr[-2000:]
+    r = _cli("dedup", "--store", store, "--tiers", "exact,copy", "--json")
+    assert r.returncode == ExitCode.OK, r.stderr[-2000:]

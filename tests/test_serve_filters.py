@@ -215,3 +215,27 @@ def test_favicon(dated_server):
     im = Image.open(io.BytesIO(body))
     assert im.format == "ICO" and {(16, 16), (32, 32)} <= set(im.info["sizes"])
     assert call(srv, "/favicon.ico", method="HEAD")[0] == 200
+
+
+def test_the_readme_upload_example_is_accepted(dated_server):
+    """The README's curl line for an image search (its header, route and parameters), sent as written."""
+    import re
+    import shlex
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    line = next(x for x in readme.splitlines() if x.startswith("curl ") and "/api/search/image" in x)
+    words = shlex.split(line)
+    headers = dict(w.split(": ", 1) for i, w in enumerate(words) if i and words[i - 1] in ("-H", "--header"))
+    url = urlsplit(next(w for w in words if w.startswith("http")))
+    assert re.search(r"--data-binary @\S+", line)
+    srv, _, truth = dated_server
+    data = open(sorted(truth)[0], "rb").read()
+    s, _, body = call(srv, f"{url.path}?{url.query}", data, headers)
+    assert s == 200 and json.loads(body)["results"], body
+    # without the header (curl's default form type) the answer says what to add
+    s, _, body = call(
+        srv, f"{url.path}?{url.query}", data, {"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert s == 415 and "Content-Type: image/jpeg" in json.loads(body)["error"]

@@ -287,3 +287,43 @@ def test_sigint_ends_a_real_watch_with_130_and_a_summary(demo, tmp_path):
     assert "Traceback" not in err
     assert last["interrupted"] and last["batches"] == 1 and last["new"] == 1 and last["total"] == 2
     assert sorted(Path(p).name for p in db_rows(store)) == ["added.png", "img_00000.png"]
+
+
+def test_the_cli_names_a_batchs_failed_files_and_sizes_batches_as_index_does(monkeypatch, tmp_path):
+    """`pixdex watch` prints the failed files of a batch as `pixdex index` does, and its --batch-size and
+    --workers defaults are index's (0: automatic), passed through to the watch."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    import pixdex.indexer.watch as watch_mod
+    from pixdex.cli import app
+    from pixdex.errors import ExitCode
+
+    store = tmp_path / "store"
+    bad = str(tmp_path / "broken.jpg")
+    got: dict = {}
+
+    def fake_watch_paths(paths, store_dir, on_run, **kw):
+        got.update(kw)
+        totals = watch_mod.WatchTotals()
+        base = {k: 0 for k in watch_mod.COUNTED} | {"store": str(store_dir), "total": 1, "elapsed_s": 0.1}
+        on_run(0, {**base, "new": 1}, None)
+        summary = {**base, "new": 1, "failed": 1, "failed_paths": [{"path": bad, "reason": "truncated"}]}
+        on_run(1, summary, None)
+        totals.add(summary)
+        totals.batches, totals.interrupted = 1, True
+        return totals
+
+    monkeypatch.setattr(watch_mod, "watch_paths", fake_watch_paths)
+    r = CliRunner().invoke(app, ["watch", str(tmp_path), "--store", str(store)])
+    assert r.exit_code == ExitCode.INTERRUPTED, r.output
+    assert f"failed: {bad}: truncated" in r.output
+    assert f"pixdex status --failed --store {store}" in r.output
+
+    def defaults(name: str) -> dict:
+        cmd = typer.main.get_command(app).commands[name]
+        return {p.name: p.default for p in cmd.params}
+
+    index_defaults, watch_defaults = defaults("index"), defaults("watch")
+    for option in ("batch_size", "workers"):
+        assert watch_defaults[option] == index_defaults[option] == got[option]

@@ -54,6 +54,7 @@ def calibrate(
     """Run the calibration (module docstring) and return its figures as a JSON-ready dict."""
     from pixdex.dedup.files import load_files
     from pixdex.images import DecodeError, decode, read_file
+    from pixdex.storage.roots import index_again_command
     from pixdex.storage.store import Store
 
     if sample < 2:
@@ -71,8 +72,7 @@ def calibrate(
             )
         if "copy" in tiers and store.copy_hash_counts()["hashed"] == 0:
             raise PixdexError(
-                f"the store at {store.dir} has no copy hashes yet "
-                f"(run: {pixdex_command('index', 'FOLDER...', store_dir=store.dir)})"
+                f"the store at {store.dir} has no copy hashes yet (run: {index_again_command(store)})"
             )
         D = find.DEFAULT_DISTANCE if copy_distance is None else int(copy_distance)
         T = (

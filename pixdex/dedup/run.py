@@ -143,13 +143,15 @@ def _usable_tiers(
         warnings.append(why + f"; the {tier} tier is skipped")
         out.remove(tier)
 
+    from pixdex.storage.roots import index_again_command
+
     for s in (store, other) if other is not None else (store,):
         if "copy" in out:
             c = s.copy_hash_counts()
             if c["missing"]:
                 msg = (
                     f"{c['missing']} of {s.count()} images of {s.dir} have no copy hashes yet "
-                    f"(run: {pixdex_command('index', 'FOLDER...', store_dir=s.dir)} to compute them, no re-encoding)"
+                    f"(run: {index_again_command(s)} to compute them, no re-encoding)"
                 )
                 if c["hashed"] == 0:
                     drop("copy", msg)

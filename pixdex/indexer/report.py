@@ -286,23 +286,30 @@ def print_summary(summary: dict, stream=None) -> None:
     )
 
 
+def failed_lines(c: dict) -> list[str]:
+    """A run's failed files as summary lines: the first few paths with their reasons, then how to list
+    them all (``pixdex index`` and each ``pixdex watch`` batch print these)."""
+    lines = [f"  failed: {f['path']}: {f['reason']}" for f in c.get("failed_paths", [])]
+    if c.get("failed"):
+        more = c["failed"] - len(c.get("failed_paths", []))
+        lines.append(
+            (f"  ... and {more} more; " if more > 0 else "  ")
+            + f"list the files that failed with: {pixdex_command('status', '--failed', store_dir=c['store'])}"
+        )
+    return lines
+
+
 def print_failed_paths(console, c: dict) -> None:
     """The summary's lines on failed files: the first few paths, how to list them all, what was left
     alone (unchanged files that failed before) and what patterns removed."""
     store = c["store"]
-    for f in c.get("failed_paths", []):
-        console.print(f"  failed: {f['path']}: {f['reason']}", markup=False)
-    if c.get("failed"):
-        more = c["failed"] - len(c.get("failed_paths", []))
-        console.print(
-            (f"  ... and {more} more; " if more > 0 else "  ")
-            + f"list the files that failed with: {pixdex_command('status', '--failed', store_dir=store)}",
-            markup=False,
-        )
+    for line in failed_lines(c):
+        console.print(line, markup=False)
     if c.get("not_retried"):
         console.print(
             f"{c['not_retried']} unchanged files that failed before were not tried again "
-            f"({pixdex_command('index', 'FOLDER', '--retry-failed', store_dir=store)} tries them)",
+            f"({pixdex_command('index', *(c.get('roots') or ['FOLDER']), '--retry-failed', store_dir=store)}"
+            " tries them)",
             markup=False,
         )
     if c.get("excluded"):

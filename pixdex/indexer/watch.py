@@ -125,7 +125,7 @@ def watch_paths(
     model: Optional[str] = None,
     checkpoint: Optional[Path] = None,
     device: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = 0,
     workers: int = 0,
     quiet_s: float = QUIET_S,
     max_wait_s: float = MAX_WAIT_S,

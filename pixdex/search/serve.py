@@ -344,7 +344,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ApiError(405, "method not allowed")
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if not (ctype.startswith("image/") or ctype == "application/octet-stream"):
-            raise _ApiError(415, "send the image's bytes as the body, as image/* or application/octet-stream")
+            raise _ApiError(
+                415,
+                "send the image's bytes as the body, as image/* or application/octet-stream "
+                "(curl: -H 'Content-Type: image/jpeg' --data-binary @FILE)",
+            )
         if self.headers.get("Transfer-Encoding"):
             raise _ApiError(411, "send the image with a Content-Length (no chunked upload)")
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from pixdex.errors import PixdexError
-from pixdex.paths import real_path
+from pixdex.paths import pixdex_command, real_path
 from pixdex.storage.contract import META_EXCLUDES
 from pixdex.storage.schema import ImageRow
 from pixdex.storage.store import Store
@@ -55,6 +55,12 @@ def remember_excludes(
 def stored_roots(store: Store) -> list[str]:
     with store.session() as s:
         return sorted(r for (r,) in s.execute(select(ImageRow.root).distinct()))
+
+
+def index_again_command(store: Store) -> str:
+    """``pixdex index ROOT... --store DIR``: the command that indexes a store's folders again, ready to
+    run (``FOLDER...`` for a store with no rows)."""
+    return pixdex_command("index", *(stored_roots(store) or ["FOLDER..."]), store_dir=store.dir)
 
 
 def forget_root(store_dir: Path, root: str) -> dict:
