@@ -207,7 +207,7 @@ class PlantedFinder:
         ok = (a >= 0) & (b >= 0)
         a, b = a[ok], b[ok]
         s = np.einsum("ij,ij->i", qa[a], qb[b]) if len(a) else np.zeros(0, np.float32)
-        keep = s >= t
+        keep = s >= (t if np.ndim(t) == 0 else np.asarray(t)[a])  # one threshold or one per query
         return Pairs(a[keep], b[keep], s[keep].astype(np.float32))
 
     def similar_pairs(self, vectors, threshold):

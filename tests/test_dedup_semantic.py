@@ -163,3 +163,37 @@ def test_bad_input_is_a_pixdex_error(args):
 def test_cross_dimension_mismatch():
     with pytest.raises(PixdexError):
         semantic.cross_pairs(np.eye(3, dtype=np.float32), np.eye(4, dtype=np.float32), 0.9)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_cross_pairs_with_one_threshold_per_query_equals_brute_force(exact):
+    """Each query at its own bound (dataset dedup's swap search) against float64 brute force; a bound
+    over 1 asks for nothing; the same bound for every query gives what one number gives."""
+    q = _planted(3000, 48, seed=21)
+    b = _planted(2500, 48, seed=22)
+    b[:300] = _unit(q[:300] + 0.2 * _unit(np.random.default_rng(5).standard_normal((300, 48))))
+    bounds = np.random.default_rng(6).uniform(0.8, 0.98, len(q)).astype(np.float32)
+    bounds[::7] = 1.5
+    s = q.astype(np.float64) @ b.astype(np.float64).T
+    ri, rj = np.nonzero(s >= bounds[:, None] + TOL)  # clear of the bound: must be found
+    must = set(zip(ri.tolist(), rj.tolist()))
+    ai, aj = np.nonzero(s >= bounds[:, None] - TOL)  # may be found (float32 rounding at the bound)
+    may = set(zip(ai.tolist(), aj.tolist()))
+    assert len(must) > 200
+    got = semantic.cross_pairs(q, b, bounds, exact=exact)
+    found = set(zip(got.i.tolist(), got.j.tolist()))
+    assert found <= may
+    assert np.all(got.score >= bounds[got.i])
+    recall = len(found & must) / len(must)
+    assert recall == 1.0 if exact else recall >= 0.99
+    one = semantic.cross_pairs(q, b, 0.9, exact=exact)
+    same = semantic.cross_pairs(q, b, np.full(len(q), 0.9, np.float32), exact=exact)
+    assert np.array_equal(one.i, same.i) and np.array_equal(one.j, same.j)
+
+
+def test_per_query_thresholds_are_checked():
+    q = _planted(10, 16, seed=1)
+    with pytest.raises(PixdexError, match="thresholds for"):
+        semantic.cross_pairs(q, q, np.full(9, 0.5))
+    with pytest.raises(PixdexError, match="finite"):
+        semantic.cross_pairs(q, q, np.full(10, np.nan))

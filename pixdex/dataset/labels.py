@@ -30,9 +30,9 @@ earlier). ``duplicate_of`` is that leader; a ``duplicate_pair`` row's leader may
 With ``m`` = median and ``s`` = 1.4826 x MAD of the dataset's clip scores, a row is ``low`` when its
 score < cut = max(``mismatch_floor``, m - ``mismatch_z`` x s), and ``swapped`` when another row's image
 matches its caption at cosine >= max(cut, own score + margin), margin = ``swap_margin`` or ``mismatch_z``
-x s; ``mismatch_with`` names the best such row. Found with two ``cross_pairs(captions, images, t)`` calls,
-never N x N: the low rows with t = cut (few queries), the others with t = max(cut, their lowest score +
-margin), which is >= m by default, so that a caption's many fair matches are not all returned.
+x s; ``mismatch_with`` names the best such row. Found with one ``cross_pairs(captions, images, t)`` call,
+never N x N, each caption at its own bound t = max(cut, own score + margin) (>= m for most rows by
+default, so that a caption's many fair matches are not returned).
 
 **Contaminated.** The row's image or caption is linked (same tiers and thresholds) to an item of the
 ``against`` set; ``contaminated_by`` names the closest item (image tiers before caption tiers).
@@ -98,7 +98,7 @@ class PairFinder(Protocol):
 
     def similar_pairs(self, vectors: np.ndarray, threshold: float) -> Pairs: ...
 
-    def cross_pairs(self, queries: np.ndarray, base: np.ndarray, threshold: float) -> Pairs: ...
+    def cross_pairs(self, queries: np.ndarray, base: np.ndarray, threshold: float | np.ndarray) -> Pairs: ...
 
 
 def default_finder() -> PairFinder:
@@ -417,8 +417,7 @@ def _mismatch(img, cap, clip, o: LabelOptions, finder: PairFinder):
         low_cut = max(low_cut, o.mismatch_floor)
     margin = o.swap_margin if o.swap_margin is not None else o.mismatch_z * spread
     reason = np.where(clip < low_cut, 1, 0).astype(np.int8)
-    found = [_swaps(img, cap, clip, reason == k, low_cut, margin, finder) for k in (1, 0)]
-    q, j, s = (np.concatenate(x) for x in zip(*found))
+    q, j, s = _swaps(img, cap, np.maximum(clip + margin, low_cut), finder)
     with_row, with_score = best_per_query(q, j, s, n)
     reason[with_row >= 0] |= 2
     stats = {
@@ -431,21 +430,12 @@ def _mismatch(img, cap, clip, o: LabelOptions, finder: PairFinder):
     return reason, with_row, with_score, stats
 
 
-def _swaps(img, cap, clip, rows: np.ndarray, cut: float, margin: float, finder: PairFinder):
-    """(row, other row, cosine) with cos(caption of row, image of other) >= max(cut, clip[row] + margin),
-    for the rows of the mask ``rows``: one ``cross_pairs`` call at the group's lowest such bound."""
-    if not rows.any():
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    t = max(cut, float(clip[rows].min()) + margin)
-    if rows.sum() > len(rows) // 4:  # most rows: query all rather than copy most of the matrix
-        p = finder.cross_pairs(cap, img, t)
-        q = np.asarray(p.i, np.int64)
-    else:
-        idx = np.flatnonzero(rows)
-        p = finder.cross_pairs(cap[idx], img, t)
-        q = idx[np.asarray(p.i, np.int64)]
-    j, s = np.asarray(p.j, np.int64), np.asarray(p.score, np.float32)
-    ok = rows[q] & (q != j) & (s >= np.maximum(clip[q] + margin, cut))
+def _swaps(img, cap, bound: np.ndarray, finder: PairFinder):
+    """(row, other row, cosine) with cos(caption of row, image of other) >= ``bound[row]``: one
+    ``cross_pairs`` call, each caption at its own bound."""
+    p = finder.cross_pairs(cap, img, bound)
+    q, j, s = np.asarray(p.i, np.int64), np.asarray(p.j, np.int64), np.asarray(p.score, np.float32)
+    ok = q != j
     return q[ok], j[ok], s[ok]
 
 

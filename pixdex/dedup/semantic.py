@@ -83,13 +83,15 @@ def similar_pairs(
 def cross_pairs(
     queries: np.ndarray,
     base: np.ndarray,
-    threshold: float,
+    threshold,
     *,
     exact: Optional[bool] = None,
     progress: Optional[Progress] = None,
 ) -> Pairs:
     """Every pair (query row i, base row j) with cosine >= ``threshold``; both L2-normalised.
 
+    ``threshold``: one cosine, or one per query (an array of ``len(queries)``; a value over 1 asks for
+    nothing): one search then serves queries that each need their own bound.
     Exact when ``len(queries) * len(base)`` is small (e.g. a few photos against any store), clustered
     as in :func:`similar_pairs` otherwise (a store against another store).
     """
@@ -97,7 +99,7 @@ def cross_pairs(
     b = _check_vectors(base, "base")
     if q.shape[1] != b.shape[1]:
         raise PixdexError(f"queries have {q.shape[1]} dimensions but the base has {b.shape[1]}")
-    t = _check_threshold(threshold)
+    t = _check_threshold(threshold) if np.ndim(threshold) == 0 else _check_row_thresholds(threshold, q)
     if q.shape[0] == 0 or b.shape[0] == 0:
         return Pairs.empty()
     if exact is None:
@@ -135,11 +137,30 @@ def _check_threshold(t: float) -> float:
     return t
 
 
+def _check_row_thresholds(t, q: np.ndarray) -> np.ndarray:
+    t = np.asarray(t, dtype=np.float32).reshape(-1)
+    if t.shape[0] != q.shape[0]:
+        raise PixdexError(f"{t.shape[0]} thresholds for {q.shape[0]} queries")
+    if not np.all(np.isfinite(t)) or (t.size and float(t.min()) < -1.001):
+        raise PixdexError("per-query cosine thresholds must be finite and >= -1")
+    return t
+
+
+def _rows(t, rows: np.ndarray):
+    """The threshold of the query rows ``rows`` as a column (or the one threshold)."""
+    return t if np.ndim(t) == 0 else t[rows][:, None]
+
+
+def _cols(t, cols: np.ndarray):
+    """The threshold of the query rows ``cols`` as a row (or the one threshold)."""
+    return t if np.ndim(t) == 0 else t[cols][None, :]
+
+
 # ---------------------------------------------------------------------- shared pieces
 
 
-def _block_pairs(a: np.ndarray, b: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of a, rows of b) where a @ b.T >= t - slack."""
+def _block_pairs(a: np.ndarray, b: np.ndarray, t) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of a, rows of b) where a @ b.T >= t - slack (``t``: a number, or a column / row of them)."""
     r, c = np.nonzero(a @ b.T >= t - _SLACK)
     return r.astype(np.int64), c.astype(np.int64)
 
@@ -154,7 +175,7 @@ def _finish(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray, t: float
     for s in range(0, i.size, BLOCK * 4):
         e = s + BLOCK * 4
         score[s:e] = np.einsum("ij,ij->i", a[i[s:e]], b[j[s:e]])
-    keep = score >= np.float32(t)
+    keep = score >= (np.float32(t) if np.ndim(t) == 0 else t[i])
     return Pairs(i[keep], j[keep], score[keep])
 
 
@@ -166,7 +187,7 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _exact_candidates(
-    a: np.ndarray, b: np.ndarray, t: float, same: bool, progress: Optional[Progress]
+    a: np.ndarray, b: np.ndarray, t, same: bool, progress: Optional[Progress]
 ) -> tuple[np.ndarray, np.ndarray]:
     na, nb = a.shape[0], b.shape[0]
     rb, cb = -(-na // BLOCK), -(-nb // BLOCK)
@@ -177,7 +198,7 @@ def _exact_candidates(
     for r0 in range(0, na, BLOCK):
         ra = a[r0 : r0 + BLOCK]
         for c0 in range(r0 if same else 0, nb, BLOCK):
-            r, c = _block_pairs(ra, b[c0 : c0 + BLOCK], t)
+            r, c = _block_pairs(ra, b[c0 : c0 + BLOCK], _rows(t, np.arange(r0, r0 + ra.shape[0])))
             if same and c0 == r0:  # diagonal block: the upper triangle only
                 r, c = r[r < c], c[r < c]
             if r.size:
@@ -255,21 +276,28 @@ def _members(lists: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _compare(
-    xp: np.ndarray, probers: np.ndarray, xh: np.ndarray, home: np.ndarray, t: float, out: list
+    xp: np.ndarray,
+    probers: np.ndarray,
+    xh: np.ndarray,
+    home: np.ndarray,
+    t,
+    out: list,
+    queries_home: bool = False,
 ) -> None:
-    """Append (probers row, home row) candidates of ``xp[probers] @ xh[home].T``, block by block."""
+    """Append (probers row, home row) candidates of ``xp[probers] @ xh[home].T``, block by block.
+    Per-query thresholds ``t`` belong to the probers, or to the home rows when ``queries_home``."""
     for c0 in range(0, home.size, 2 * BLOCK):
         hc = home[c0 : c0 + 2 * BLOCK]
         hb = xh[hc]
         for r0 in range(0, probers.size, BLOCK):
             pr = probers[r0 : r0 + BLOCK]
-            r, c = _block_pairs(xp[pr], hb, t)
+            r, c = _block_pairs(xp[pr], hb, _cols(t, hc) if queries_home else _rows(t, pr))
             if r.size:
                 out.append((pr[r], hc[c]))
 
 
 def _clustered_candidates(
-    a: np.ndarray, b: np.ndarray, t: float, same: bool, progress: Optional[Progress]
+    a: np.ndarray, b: np.ndarray, t, same: bool, progress: Optional[Progress]
 ) -> tuple[np.ndarray, np.ndarray]:
     na, nb = a.shape[0], b.shape[0]
     nlist = nlist_for(nb if same else max(na, nb))
@@ -313,7 +341,7 @@ def _clustered_candidates(
                 _compare(a, np.concatenate([ha, extra_a]), b, hb, t, out)
             if ha.size and extra_b.size:
                 part_out: list[tuple[np.ndarray, np.ndarray]] = []
-                _compare(b, extra_b, a, ha, t, part_out)
+                _compare(b, extra_b, a, ha, t, part_out, queries_home=True)
                 out.extend((i, j) for j, i in part_out)
             tick(ha.size + hb.size)
     i, j = _cat([p[0] for p in out]), _cat([p[1] for p in out])
