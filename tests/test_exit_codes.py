@@ -95,6 +95,30 @@ def test_a_port_out_of_range_is_a_usage_error_not_a_traceback(port, photos, tmp_
     assert "--port" in r.stderr
 
 
+def test_ctrl_c_stops_serve_with_the_interrupted_code(photos, tmp_path):
+    import signal
+    import time
+
+    store = tmp_path / "store"
+    assert _cli("index", photos, "--store", store, "--model", MODEL, "--json").returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pixdex", "serve", "--store", str(store), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert "serving" in proc.stdout.readline()  # listening: Ctrl-C now reaches serve_forever
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == ExitCode.INTERRUPTED and "stopped" in out and "Traceback" not in err, err
+
+
 def test_a_second_indexer_on_a_locked_store_exits_locked(photos, tmp_path):
     from pixdex.storage.store import StoreLock
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import parse_qs, urlsplit
 
-from pixdex.errors import PixdexError
+from pixdex.errors import ExitCode, PixdexError
 from pixdex.search.display import visible
 from pixdex.search.media import Unavailable
 
@@ -492,6 +492,7 @@ def serve(store_dir: Path, host: str = "127.0.0.1", port: int = 8765) -> None:
         server.serve_forever()
     except KeyboardInterrupt:
         sys.stdout.write("pixdex: stopped\n")
+        raise SystemExit(int(ExitCode.INTERRUPTED)) from None  # the exit-code table's Ctrl-C, as watch
     finally:
         server.server_close()
         server.engine.close()
