@@ -9,8 +9,9 @@ then prints images/s of:
 - pixdex index, end to end (scan, read, hash, draft-decode, preprocess, encode, commit, FAISS), in
   process with the model already loaded (the steady state), and the CLI as a user runs it (process start
   and model load included);
-- the bare pixdex encoder on already-preprocessed tensors, as `pixdex index` uses it (int8 image tower
-  on CPU, see pixdex/encoders/int8.py) and in float32;
+- the bare pixdex encoder on already-preprocessed tensors, as `pixdex index` uses it (``--backend``,
+  default auto: ONNX Runtime int8 for this model on the CPU, see pixdex/encoders/backends.py) and in
+  float32;
 - open_clip's eager ViT-B-32-256 encoder on the same tensors;
 
 and, on lines of their own:
@@ -85,7 +86,7 @@ def cli_index(folder: Path, store: Path, checkpoint: Path, args) -> tuple[dict, 
     """One `pixdex index` process: (its JSON summary, its launch time, its wall seconds)."""
     cmd = [sys.executable, "-m", "pixdex", "index", str(folder), "--store", str(store), "--model", MODEL]
     cmd += ["--checkpoint", str(checkpoint), "--json", "--batch-size", str(args.batch_size)]
-    cmd += ["--workers", str(args.workers)]
+    cmd += ["--workers", str(args.workers), "--backend", args.backend]
     launched = time.time()
     t = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -121,14 +122,17 @@ def main() -> None:
     ap.add_argument("--photos", help="use this folder of photos instead of generating one")
     ap.add_argument("--repeats", type=int, default=3, help="timed batches per bare-encoder figure")
     ap.add_argument("--skip-cli", action="store_true", help="do not time the CLI subprocess")
+    ap.add_argument(
+        "--backend", default="auto", help="the encoder backend, as `pixdex index --backend` (default auto)"
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
 
     import numpy as np
     import torch
 
+    from pixdex.encoders.backends import apply_backend
     from pixdex.encoders.encoder import load_encoder
-    from pixdex.encoders.int8 import is_quantized, speed_up
     from pixdex.images import load_for_model
     from pixdex.indexer.run import index_paths
 
@@ -141,14 +145,16 @@ def main() -> None:
         flush=True,
     )
 
-    enc = load_encoder(MODEL, device="cpu", random_init=True)  # both towers, as for a new store
-    fp32 = load_encoder(MODEL, device="cpu", towers=("image",), random_init=True)
-    swapped = speed_up(enc)
+    ckpt = checkpoint_file()  # the CLI's weights, so the in-process encoder uses the same ONNX cache
+    enc = load_encoder(MODEL, checkpoint=ckpt, device="cpu")  # both towers, as for a new store
+    fp32 = load_encoder(MODEL, checkpoint=ckpt, device="cpu", towers=("image",))
+    engine = apply_backend(enc, args.backend)  # what `pixdex index` runs by default (auto)
     # already-preprocessed tensors of real photos (decode cost excluded on purpose)
     pre = np.stack([enc.preprocess(load_for_model(f, enc.preprocess)) for f in files[: args.batch_size]])
-    enc.encode_images(pre)  # the first batch is where the int8 tower checks itself against float32
+    enc.encode_images(pre)  # the first batch is where a fast tower checks itself against float32
     qv = enc.model.visual
-    check = f"min cosine vs float32 {qv.min_cosine:.5f}, kept: {qv.checked}" if is_quantized(qv) else "off"
+    checked = getattr(qv, "min_cosine", None)
+    check = f"min cosine vs float32 {checked:.5f}, kept: {qv.checked}" if checked is not None else "no check"
 
     bare = rate(enc.encode_images, pre, args.repeats)
     bare32 = rate(fp32.encode_images, pre, args.repeats)
@@ -182,7 +188,7 @@ def main() -> None:
                 [folder],
                 store_dir=st,
                 model=MODEL,
-                checkpoint=Path("random"),
+                checkpoint=ckpt,
                 batch_size=args.batch_size,
                 workers=args.workers,
                 json_mode=True,
@@ -201,7 +207,6 @@ def main() -> None:
     cli = float("nan")
     summary, launched, whole = {}, 0.0, float("nan")
     if not args.skip_cli:
-        ckpt = checkpoint_file()
         warm = Path(tempfile.mkdtemp(prefix="pixdex-bench-one-"))
         shutil.copy(files[0], warm / files[0].name)
         store = Path(tempfile.mkdtemp(prefix="pixdex-bench-store-"))
@@ -214,7 +219,7 @@ def main() -> None:
             shutil.rmtree(warm, ignore_errors=True)
 
     print()
-    print(f"int8 image tower: {'on' if swapped else 'off'} ({check})")
+    print(f"image tower: {engine} ({check})")
     print(f"{'pixdex index, end to end (model loaded)':<48} {e2e:7.2f} images/s")
     print(f"{'  same, decoding overlapping the encoder':<48} {e2e_free:7.2f} images/s")
     print(f"{'pixdex index CLI (process start + model load)':<48} {cli:7.2f} images/s")
