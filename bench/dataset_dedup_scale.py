@@ -144,10 +144,10 @@ class TimedFinder:
         self.inner, self.seconds, self.calls = inner, 0.0, []
 
     def _run(self, name, *args):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         p = getattr(self.inner, name)(*args)
         self.seconds += time.perf_counter() - t
-        self.calls.append((name, len(args[0]), len(p.i), time.perf_counter() - t))
+        self.calls.append((name, len(args[0]), len(p.i), time.perf_counter() - t, time.process_time() - c))
         return p
 
     def similar_pairs(self, vectors, threshold):
@@ -323,16 +323,17 @@ def main(argv=None) -> None:
 
     timed = TimedFinder(finder)
     o = LabelOptions()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     table = label_dataset(
         [str(i) for i in range(n)], img, cap, texts, hashes, against=against, options=o, finder=timed
     )
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(
-        f"label_dataset: {wall:.1f} s wall ({timed.seconds:.1f} s pair finding, {wall - timed.seconds:.1f} s the rest)"
+        f"label_dataset: {wall:.1f} s wall ({timed.seconds:.1f} s pair finding, {wall - timed.seconds:.1f} s the rest); "
+        f"{cpu:.1f} CPU-s (wall x threads when the machine is quiet; more wall than that = other load)"
     )
-    for name, q, rows, secs in timed.calls:
-        print(f"  {name:14s} {q:>9,} queries -> {rows:>9,} pairs  {secs:6.1f} s")
+    for name, q, rows, secs, cpu_s in timed.calls:
+        print(f"  {name:14s} {q:>9,} queries -> {rows:>9,} pairs  {secs:6.1f} s  {cpu_s:6.1f} CPU-s")
     summ = table.summary()
     print("labels:", summ["labels"], f"removed {summ['removed']:,} ({summ['removed_rate']:.2%})")
 

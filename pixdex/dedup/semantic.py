@@ -6,7 +6,7 @@ Two ways, chosen by the amount of work (see :data:`EXACT_MAX_DOTS`):
   ``BLOCK x BLOCK`` floats whatever N is.
 - **clustered** (large inputs), SemDeDup-style with multi-assignment: the vectors are projected on
   their ``PCA_DIM`` principal directions (fitted on a seeded sample) and a seeded k-means there makes
-  ``nlist`` ~ sqrt(NPROBE * N) cells. Every vector has a *home* cell (the nearest) and *probes* its
+  ``nlist`` ~ sqrt(4 * NPROBE * N) cells (:func:`nlist_for`). Every vector has a *home* cell (the nearest) and *probes* its
   ``NPROBE`` nearest cells. A pair (a, b) is compared (in the full dimension) when b's home is among
   a's probes or a's home is among b's probes: each cell is one blocked matrix product, (home members
   + probers) x home members, so pairs near a cell border are still compared. The projection only
@@ -213,9 +213,18 @@ def _exact_candidates(
 # ---------------------------------------------------------------------- clustered
 
 
-def nlist_for(n: int) -> int:
-    """Lists for the clustered way: about sqrt(NPROBE * n) (balances assignment and comparison cost)."""
-    return int(max(1, min(n // 32, 2 ** round(math.log2(max(1.0, math.sqrt(NPROBE * n)))))))
+def nlist_for(n: int, m: Optional[int] = None) -> int:
+    """Lists for the clustered way over ``n`` vectors (or ``n`` queries against ``m`` base vectors).
+
+    Assigning costs about ``(n + m) * nlist`` products in ``PCA_DIM`` dimensions and comparing about
+    ``NPROBE * n * m / nlist`` in the full one (8x more per product at d = 512), so the total is least
+    near ``nlist = sqrt(4 * NPROBE * h)`` with ``h`` the harmonic mean ``2nm / (n + m)`` (``h = n`` for
+    one set). Measured at 1M x 512 (CPU seconds, 2 cores): one set 94 s at 4096 lists against 100 s at
+    2048 (same pairs); 1M queries against 10k 32 s at 512 lists against 56 s at 2048 (same pairs).
+    """
+    h = n if m is None or m == n else 2.0 * n * m / max(1, n + m)
+    largest = max(n, m or 0) // 32
+    return int(max(1, min(largest, 2 ** round(math.log2(max(1.0, math.sqrt(4 * NPROBE * h)))))))
 
 
 def _sample(xs: tuple[np.ndarray, ...], m: int) -> np.ndarray:
@@ -300,7 +309,7 @@ def _clustered_candidates(
     a: np.ndarray, b: np.ndarray, t, same: bool, progress: Optional[Progress]
 ) -> tuple[np.ndarray, np.ndarray]:
     na, nb = a.shape[0], b.shape[0]
-    nlist = nlist_for(nb if same else max(na, nb))
+    nlist = nlist_for(nb) if same else nlist_for(na, nb)
     nprobe = min(NPROBE, nlist)
     total = (na if same else na + nb) * 2
     done = [0]
