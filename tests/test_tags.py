@@ -147,7 +147,8 @@ def test_search_tag_filter_listing_and_tag_counts(demo, tmp_path):
 
     _, _, labels, _ = demo
     store = _copy_store(demo, tmp_path)
-    assert run_search(store, tags=["red circle"]) == []  # nothing tagged yet
+    with pytest.raises(PixdexError, match="no tags yet"):  # nothing tagged yet: say so, not "no match"
+        run_search(store, tags=["red circle"])
     tag_store(store, labels=str(labels), templates="builtin:simple", top=3, min_prob=0.05)
     tags = _tags(store)
     red = {p: t["red circle"] for p, t in tags.items() if "red circle" in t}
@@ -199,7 +200,14 @@ def test_tag_errors(demo, tmp_path):
         tag_store(store, labels="cat,dog", top=0)
     with pytest.raises(PixdexError, match="no such labels file"):
         tag_store(store, labels="missing/labels.txt")
-    # a store made before tags existed (no tags table): a clear error, not a traceback
+    # a store never tagged (an empty tags table), and one made before tags existed (no tags table):
+    # a clear error naming `pixdex tag`, not "No images match"
+    con = sqlite3.connect(store / DB_FILE)
+    con.execute("DELETE FROM tags")
+    con.commit()
+    con.close()
+    with pytest.raises(PixdexError, match="no tags yet; run: pixdex tag"):
+        run_search(store, "a red circle", tags=["red circle"])
     con = sqlite3.connect(store / DB_FILE)
     con.execute("DROP TABLE tags")
     con.commit()

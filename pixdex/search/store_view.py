@@ -172,10 +172,11 @@ class StoreView:
     # ------------------------------------------------------------------ tags (pixdex tag)
 
     def has_tags(self) -> bool:
-        """Whether the store has a tags table (stores made before tags were added have none)."""
+        """Whether the store has tags: a tags table (stores made before tags were added have none) with
+        at least one row (`pixdex tag` has run)."""
         if not self._has_tags:
             found = self._q("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (T_TAGS,))
-            self._has_tags = bool(found)
+            self._has_tags = bool(found) and bool(self._q(f"SELECT 1 FROM {T_TAGS} LIMIT 1"))
         return self._has_tags
 
     def _need_tags(self) -> None:
