@@ -114,6 +114,17 @@ class MultiheadAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
+    def drop_key_bias_grad(self) -> None:
+        """Zero the key bias's gradient, which is exactly zero in exact arithmetic: the bias adds
+        ``q . b_k`` to every key's score of a query alike, and softmax ignores that. Computed, it is
+        rounding noise that Adam would turn into steps of the learning rate's size (a different noise
+        with every summation order, so N processes and one would train different key biases). Not with
+        qk-norm, where the keys are normalised after the bias."""
+        grad = self.in_proj_bias.grad
+        if grad is not None and self.ln_k is None:
+            width = grad.shape[0] // 3
+            grad[width : 2 * width] = 0
+
     def forward(
         self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False
     ) -> torch.Tensor:

@@ -297,6 +297,7 @@ def _train(o: TrainOptions, dist, device: str) -> dict:
     import torch
 
     from pixdex.encoders.build import build_model
+    from pixdex.encoders.layers import MultiheadAttention
     from pixdex.encoders.preprocess import Preprocessor
     from pixdex.encoders.tokenizer import get_tokenizer
     from pixdex.training import distributed
@@ -483,6 +484,9 @@ def _train(o: TrainOptions, dist, device: str) -> dict:
                     scaler.scale(loss * dist.world_size).backward()
                 step_loss += float(loss.detach())
             distributed.undo_loss_scaling(loss_fn, dist)
+            for m in model.modules():  # gradients that are rounding noise (see drop_key_bias_grad)
+                if isinstance(m, MultiheadAttention):
+                    m.drop_key_bias_grad()
             if not math.isfinite(step_loss):
                 raise PixdexError(
                     f"the loss became {step_loss} at step {step + 1}; lower --lr "
