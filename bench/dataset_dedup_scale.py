@@ -234,7 +234,9 @@ def planted_recall(table, truth):
             ok &= table.duplicate_of[rows_a] == want
         elif name == "contaminated":
             ok &= table.against_index[rows_a] == want
-        else:  # the label; naming the swap partner is reported apart (a same-topic swap may miss the margin)
+        elif (
+            name == "mismatch"
+        ):  # naming the swap partner is reported apart (a same-topic swap may miss the margin)
             swapped = want >= 0
             named = table.mismatch_with[rows_a[swapped]] == want[swapped]
             out["swap partner named"] = (int(named.sum()), int(swapped.sum()))
