@@ -30,9 +30,10 @@ earlier). ``duplicate_of`` is that leader; a ``duplicate_pair`` row's leader may
 With ``m`` = median and ``s`` = 1.4826 x MAD of the dataset's clip scores, a row is ``low`` when its
 score < cut = max(``mismatch_floor``, m - ``mismatch_z`` x s), and ``swapped`` when another row's image
 matches its caption at cosine >= max(cut, own score + margin), margin = ``swap_margin`` or ``mismatch_z``
-x s; ``mismatch_with`` names the best such row. Found with one ``cross_pairs(captions, images, t)`` call,
-never N x N, each caption at its own bound t = max(cut, own score + margin) (>= m for most rows by
-default, so that a caption's many fair matches are not returned).
+x s; ``mismatch_with`` names the best such row. Found with two ``cross_pairs(captions, images, t)`` calls,
+never N x N, each caption at its own bound t = max(cut, own score + margin): the low rows (few
+queries, the lowest bound) and the others (t >= m for most of them by default, so that a caption's many
+fair matches are not returned).
 
 **Contaminated.** The row's image or caption is linked (same tiers and thresholds) to an item of the
 ``against`` set; ``contaminated_by`` names the closest item (image tiers before caption tiers).
@@ -417,7 +418,10 @@ def _mismatch(img, cap, clip, o: LabelOptions, finder: PairFinder):
         low_cut = max(low_cut, o.mismatch_floor)
     margin = o.swap_margin if o.swap_margin is not None else o.mismatch_z * spread
     reason = np.where(clip < low_cut, 1, 0).astype(np.int8)
-    q, j, s = _swaps(img, cap, np.maximum(clip + margin, low_cut), finder)
+    bound = np.maximum(clip + margin, low_cut)
+    low = reason == 1
+    found = [_swaps(img, cap, bound, rows, finder) for rows in (low, ~low)]
+    q, j, s = (np.concatenate(x) for x in zip(*found))
     with_row, with_score = best_per_query(q, j, s, n)
     reason[with_row >= 0] |= 2
     stats = {
@@ -430,12 +434,22 @@ def _mismatch(img, cap, clip, o: LabelOptions, finder: PairFinder):
     return reason, with_row, with_score, stats
 
 
-def _swaps(img, cap, bound: np.ndarray, finder: PairFinder):
-    """(row, other row, cosine) with cos(caption of row, image of other) >= ``bound[row]``: one
-    ``cross_pairs`` call, each caption at its own bound."""
-    p = finder.cross_pairs(cap, img, bound)
-    q, j, s = np.asarray(p.i, np.int64), np.asarray(p.j, np.int64), np.asarray(p.score, np.float32)
-    ok = q != j
+def _swaps(img, cap, bound: np.ndarray, rows: np.ndarray, finder: PairFinder):
+    """(row, other row, cosine) with cos(caption of row, image of other) >= ``bound[row]``, for the rows
+    of the mask ``rows``: one ``cross_pairs`` call, each caption at its own bound. The few low rows go
+    alone (their bound is the lowest, and a small query set gets fewer, larger cells: see
+    ``semantic.nlist_for``); most rows: all captions are queried, the others asking for nothing."""
+    if not rows.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    if rows.sum() > len(rows) // 4:  # most rows: query all rather than copy most of the matrix
+        p = finder.cross_pairs(cap, img, np.where(rows, bound, np.float32(2.0)))
+        q = np.asarray(p.i, np.int64)
+    else:
+        idx = np.flatnonzero(rows)
+        p = finder.cross_pairs(cap[idx], img, bound[idx])
+        q = idx[np.asarray(p.i, np.int64)]
+    j, s = np.asarray(p.j, np.int64), np.asarray(p.score, np.float32)
+    ok = rows[q] & (q != j)
     return q[ok], j[ok], s[ok]
 
 

@@ -6,7 +6,7 @@ Two ways, chosen by the amount of work (see :data:`EXACT_MAX_DOTS`):
   ``BLOCK x BLOCK`` floats whatever N is.
 - **clustered** (large inputs), SemDeDup-style with multi-assignment: the vectors are projected on
   their ``PCA_DIM`` principal directions (fitted on a seeded sample) and a seeded k-means there makes
-  ``nlist`` ~ sqrt(NPROBE * N) cells (:func:`nlist_for`). Every vector has a *home* cell (the nearest) and *probes* its
+  ``nlist`` ~ sqrt(4 * NPROBE * N) cells (:func:`nlist_for`). Every vector has a *home* cell (the nearest) and *probes* its
   ``NPROBE`` nearest cells. A pair (a, b) is compared (in the full dimension) when b's home is among
   a's probes or a's home is among b's probes: each cell is one blocked matrix product, (home members
   + probers) x home members, so pairs near a cell border are still compared. The projection only
@@ -215,18 +215,19 @@ def _exact_candidates(
 
 def nlist_for(n: int, m: Optional[int] = None) -> int:
     """Lists for the clustered way over ``n`` vectors (or ``n`` queries against ``m`` base vectors):
-    about ``sqrt(NPROBE * h)``, ``h`` the harmonic mean ``2nm / (n + m)`` (``h = n`` for one set).
+    about ``sqrt(4 * NPROBE * h)``, ``h`` the harmonic mean ``2nm / (n + m)`` (``h = n`` for one set).
 
     Assigning costs about ``(n + m) * nlist`` products in ``PCA_DIM`` dimensions and comparing about
-    ``NPROBE * n * m / nlist`` in the full one, so with ``h`` the two stay balanced when one side is
-    small. Measured at 1M x 512 (CPU seconds, 2 cores): 1M queries against 10k took 56 s at 2048 lists
-    (``max(n, m)``, the old rule) and 33 s at 256. For one set, 4096 lists instead of 2048 saved 6% (94
-    against 100 s, same pairs) but smaller cells lose low-cosine cross pairs (dataset dedup's swapped
-    captions, cosine ~0.3: half the partners named at 200k rows), so the constant stays.
+    ``NPROBE * n * m / nlist`` in the full one (8x more per product at d = 512), so the total is least
+    near that count, and ``h`` keeps the two balanced when one side is small. Measured at 1M x 512 (CPU
+    seconds, 2 cores): one set 94 s at 4096 lists against 100 s at 2048 (same pairs); 1M queries
+    against 10k 32 s at 512 lists against 56 s at 2048 (the old rule, ``max(n, m)``; same pairs).
+    Fewer, larger cells keep more low-cosine cross pairs (cosine ~0.3 across modalities): dataset
+    dedup looks for those with its few low rows as queries, which get such cells from ``h``.
     """
     h = n if m is None or m == n else 2.0 * n * m / max(1, n + m)
     largest = max(n, m or 0) // 32
-    return int(max(1, min(largest, 2 ** round(math.log2(max(1.0, math.sqrt(NPROBE * h)))))))
+    return int(max(1, min(largest, 2 ** round(math.log2(max(1.0, math.sqrt(4 * NPROBE * h)))))))
 
 
 def _sample(xs: tuple[np.ndarray, ...], m: int) -> np.ndarray:
@@ -321,7 +322,7 @@ def _clustered_candidates(
         if progress is not None:
             progress(min(done[0], total), total)
 
-    part = _Partition(_sample((b,), KMEANS_POINTS_PER_LIST * nlist), nlist, PCA_DIM)
+    part = _Partition(_sample((b,) if same else (a, b), KMEANS_POINTS_PER_LIST * nlist), nlist, PCA_DIM)
     pa = part.assign(a, nprobe, tick)
     pb = pa if same else part.assign(b, nprobe, tick)
     # home members of each list, and members probing it without it being their home
