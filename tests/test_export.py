@@ -179,3 +179,17 @@ def test_cli_export_and_import(indexed, tmp_path):
     rc, out, err = run_cli("export", "--store", str(store), "--out", str(tmp_path / "o2"), "--format", "csv")
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "o2").exists()
+
+
+def test_an_export_folder_given_as_a_store_says_to_import_it(tmp_path):
+    import shlex
+
+    from pixdex.exchange.layout import EXPORT_META
+    from pixdex.search.cli_search import run_search
+
+    folder = tmp_path / "my export"
+    folder.mkdir()
+    (folder / EXPORT_META).write_text("{}")
+    with pytest.raises(PixdexError, match="an export of a store") as e:
+        run_search(folder, "a red circle")
+    assert f"pixdex import {shlex.quote(str(folder))} --store NEW_STORE" in str(e.value)

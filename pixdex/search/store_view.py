@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -109,6 +110,13 @@ class StoreView:
                 raise PixdexError(
                     f"no store at {self.dir} (index some photos first: "
                     f"{pixdex_command('index', 'FOLDER', store_dir=self.dir)})"
+                )
+            from pixdex.exchange.layout import EXPORT_META
+
+            if (self.dir / EXPORT_META).is_file():  # `pixdex export`'s output: it is read back by import
+                raise PixdexError(
+                    f"{self.dir} is an export of a store, not a store; read it into one with: "
+                    f"pixdex import {shlex.quote(str(self.dir))} --store NEW_STORE"
                 )
             raise PixdexError(
                 f"{self.dir} is not a pixdex store (no {DB_FILE}); run: "
