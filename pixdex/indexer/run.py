@@ -24,10 +24,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -57,6 +56,7 @@ from pixdex.indexer.plan import Candidate, make_plan
 from pixdex.indexer.procpool import decode_stream, expected_batch_size
 from pixdex.indexer.report import Progress, RunProgress, Tally, Timings, print_summary
 from pixdex.indexer.scan import compile_patterns, normalise_roots, scan
+from pixdex.interrupts import ctrl_c_after_block
 from pixdex.storage import faiss_index
 from pixdex.storage.contract import (
     DB_FILE,
@@ -84,31 +84,6 @@ def _env_float(name: str, default: float) -> float:
     except ValueError:
         log.warning("ignoring %s=%r (not a number)", name, os.environ.get(name))
         return default
-
-
-@contextlib.contextmanager
-def _ctrl_c_after_block() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) arriving inside the block until the block ends, then raise it.
-
-    A batch's commit and the count of what it kept are one step for Ctrl-C: SQLite's COMMIT is a long C
-    call, a signal during it would otherwise raise in the Python just after, with the batch committed
-    and not counted. Outside the main thread (no signal handler can be set there) nothing is held.
-    """
-    held: list[int] = []
-    try:
-        old = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-        if held:
-            if callable(old):
-                old(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
-            elif old == signal.SIG_DFL:
-                raise KeyboardInterrupt
 
 
 def _remove_empty_store(store_dir: Path) -> None:
@@ -277,7 +252,7 @@ class _Run:
         if self.dim is None:
             self.dim = int(self.store.identity["dim"])
         batch, self.batch = self.batch, Batch()
-        with self.timings("commit"), _ctrl_c_after_block():
+        with self.timings("commit"), ctrl_c_after_block():
             applied = apply_batch(self.store, batch, self.dim)
             # what an interrupted run reports as kept: the files this run made searchable
             self.tally.add(
