@@ -22,6 +22,7 @@ unchanged folder reads no file and loads no model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -293,6 +294,29 @@ def _entry_of(r: NewRow):
     return FileEntry(r.path, r.root, r.size, r.mtime_ns)
 
 
+def _rebuild_damaged_store(run: Callable[..., dict]) -> Callable[..., dict]:
+    """``run(paths, store_dir, ...)``, once more after setting a damaged database aside (renamed, never
+    deleted): the store is then rebuilt from the photos with the model recorded in ``store.json``."""
+
+    @functools.wraps(run)
+    def guarded(paths, store_dir, *args, **kwargs) -> dict:
+        try:
+            return run(paths, store_dir, *args, **kwargs)
+        except DamagedStore as e:
+            store_dir = Path(store_dir).expanduser()
+            lock = StoreLock(store_dir)
+            lock.acquire()  # another indexer may have started meanwhile: then it is its business
+            try:
+                aside = set_aside_damaged_db(store_dir)
+            finally:
+                lock.release()
+            log.warning("%s; set it aside as %s and rebuilding the store", e, aside.name)
+        return run(paths, store_dir, *args, **kwargs)
+
+    return guarded
+
+
+@_rebuild_damaged_store
 def index_paths(
     paths: Sequence[Path],
     store_dir: Path,
@@ -327,50 +351,6 @@ def index_paths(
     ``auto``: the running cluster), see :mod:`pixdex.scale.index`; the summary's ``ray`` describes it.
     ``backend`` / ``exact``: what runs the encoder (:mod:`pixdex.encoders.backends`).
     """
-    args = (paths, store_dir, model, checkpoint, device, batch_size, workers, json_mode, ivf_threshold)
-    more = dict(
-        encoder_loader=encoder_loader,
-        tag=tag,
-        exclude=exclude,
-        clear_excludes=clear_excludes,
-        retry_failed=retry_failed,
-        ray=ray,
-        backend=backend,
-        exact=exact,
-    )
-    try:
-        return _index_paths(*args, **more)
-    except DamagedStore as e:
-        store_dir = Path(store_dir).expanduser()
-        lock = StoreLock(store_dir)
-        lock.acquire()  # another indexer may have started meanwhile: then it is its business
-        try:
-            aside = set_aside_damaged_db(store_dir)
-        finally:
-            lock.release()
-        log.warning("%s; set it aside as %s and rebuilding the store", e, aside.name)
-    return _index_paths(*args, **more)
-
-
-def _index_paths(
-    paths: Sequence[Path],
-    store_dir: Path,
-    model: Optional[str] = None,
-    checkpoint: Optional[Path] = None,
-    device: str = "auto",
-    batch_size: int = 0,
-    workers: int = 0,
-    json_mode: bool = False,
-    ivf_threshold: Optional[int] = None,
-    encoder_loader: Optional[Callable] = None,
-    tag: bool = False,
-    exclude: Sequence[str] = (),
-    clear_excludes: bool = False,
-    retry_failed: bool = False,
-    ray: Optional[str] = None,
-    backend: str = "auto",
-    exact: bool = False,
-) -> dict:
     if not paths:
         raise PixdexError("give at least one folder or file to index")
     from pixdex.encoders.backends import check_backend
